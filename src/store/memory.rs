@@ -1,0 +1,157 @@
+//! In-memory reference implementation of [`Store`], used by tests, and the
+//! nonce set that single-replica backends keep in memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::{Expect, Op, Store, StoreError, Table};
+
+/// Replay-Nonces held in memory: enough for one replica (the sled default).
+/// A restart forgets them, and clients retry on `badNonce` as RFC 8555 §6.5 says.
+#[derive(Debug, Default)]
+pub struct NonceSet {
+    inner: Mutex<HashMap<String, OffsetDateTime>>,
+}
+
+impl NonceSet {
+    const SWEEP_AT: usize = 100_000;
+
+    /// Remembers a nonce until `expires`.
+    pub fn insert(&self, nonce: &str, expires: OffsetDateTime) -> Result<(), StoreError> {
+        let mut map = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::backend("nonce set", "lock poisoned"))?;
+        if map.len() >= Self::SWEEP_AT {
+            let now = OffsetDateTime::now_utc();
+            map.retain(|_, exp| *exp > now);
+        }
+        map.insert(nonce.to_owned(), expires);
+        Ok(())
+    }
+
+    /// Removes a nonce; true if it was there and not expired.
+    pub fn redeem(&self, nonce: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut map = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::backend("nonce set", "lock poisoned"))?;
+        Ok(map.remove(nonce).is_some_and(|exp| exp > now))
+    }
+}
+
+/// Checks every precondition of a batch against a lookup function; returns the
+/// first failing op as a conflict.
+pub(crate) fn check_preconditions<F>(ops: &[Op], mut current: F) -> Result<(), StoreError>
+where
+    F: FnMut(Table, &str) -> Result<Option<Vec<u8>>, StoreError>,
+{
+    for op in ops {
+        let ok = match &op.expect {
+            Expect::Any => true,
+            Expect::Absent => current(op.table, &op.key)?.is_none(),
+            Expect::Present => current(op.table, &op.key)?.is_some(),
+            Expect::Value(v) => current(op.table, &op.key)?.as_deref() == Some(v.as_slice()),
+        };
+        if !ok {
+            return Err(StoreError::Conflict {
+                table: op.table,
+                key: op.key.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A store that lives in memory only.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tables: Mutex<BTreeMap<(Table, String), Vec<u8>>>,
+    nonces: NonceSet,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, BTreeMap<(Table, String), Vec<u8>>>, StoreError> {
+        self.tables
+            .lock()
+            .map_err(|_| StoreError::backend("memory store", "lock poisoned"))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock()?.get(&(table, key.to_owned())).cloned())
+    }
+
+    async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut tables = self.lock()?;
+        // Preconditions see the batch's own earlier writes, as in a transaction.
+        let mut staged: BTreeMap<(Table, String), Option<Vec<u8>>> = BTreeMap::new();
+        for op in &ops {
+            check_preconditions(std::slice::from_ref(op), |t, k| {
+                let key = (t, k.to_owned());
+                Ok(match staged.get(&key) {
+                    Some(v) => v.clone(),
+                    None => tables.get(&key).cloned(),
+                })
+            })?;
+            staged.insert((op.table, op.key.clone()), op.value.clone());
+        }
+        for (key, value) in staged {
+            match value {
+                Some(v) => tables.insert(key, v),
+                None => tables.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
+    async fn scan(
+        &self,
+        table: Table,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tables = self.lock()?;
+        let start = (table, after.unwrap_or(prefix).to_owned());
+        Ok(tables
+            .range(start..)
+            .take_while(|((t, k), _)| *t == table && k.starts_with(prefix))
+            .filter(|((_, k), _)| Some(k.as_str()) != after)
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn count(&self, table: Table) -> Result<u64, StoreError> {
+        Ok(self.lock()?.keys().filter(|(t, _)| *t == table).count() as u64)
+    }
+
+    async fn insert_nonce(&self, nonce: &str, expires: OffsetDateTime) -> Result<(), StoreError> {
+        self.nonces.insert(nonce, expires)
+    }
+
+    async fn redeem_nonce(&self, nonce: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        self.nonces.redeem(nonce, now)
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.lock().map(|_| ())
+    }
+}

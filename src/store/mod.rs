@@ -1,0 +1,193 @@
+//! Persistence (Boulder's SA). The [`Store`] trait is a small transactional
+//! key-value seam: named tables, point reads, prefix scans and atomic batches
+//! whose operations carry compare-and-swap preconditions. Every backend
+//! (memory, sled, PostgreSQL) implements only that; the typed layer in
+//! [`records`] builds accounts, orders, jobs and their indexes on top, once.
+//!
+//! Writes are durable before `commit` returns: nothing a client was told
+//! succeeded is lost in a crash (DESIGN.md §6).
+
+pub mod memory;
+pub mod records;
+pub mod sled;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+pub use records::Records;
+
+/// The tables the typed layer uses. Keys within a table are plain strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// `account id` → AccountRecord
+    Accounts,
+    /// `jwk thumbprint` → account id
+    AccountKeys,
+    /// `account id/order id` → empty (the account's orders list)
+    AccountOrders,
+    /// `authz id` → AuthzRecord
+    Authzs,
+    /// `cert id` → CertificateRecord
+    Certs,
+    /// `serial hex` → cert id
+    CertSerials,
+    /// `kid` → EabKeyRecord
+    EabKeys,
+    /// `order id` → FinalizeJob
+    Jobs,
+    /// free-form settings the server keeps (`key` → bytes)
+    Meta,
+    /// `order id` → OrderRecord
+    Orders,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Self; 10] = [
+        Self::Accounts,
+        Self::AccountKeys,
+        Self::AccountOrders,
+        Self::Authzs,
+        Self::Certs,
+        Self::CertSerials,
+        Self::EabKeys,
+        Self::Jobs,
+        Self::Meta,
+        Self::Orders,
+    ];
+
+    /// A short stable name, used as a key prefix or a column value by backends.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accounts => "accounts",
+            Self::AccountKeys => "account_keys",
+            Self::AccountOrders => "account_orders",
+            Self::Authzs => "authzs",
+            Self::Certs => "certs",
+            Self::CertSerials => "cert_serials",
+            Self::EabKeys => "eab_keys",
+            Self::Jobs => "jobs",
+            Self::Meta => "meta",
+            Self::Orders => "orders",
+        }
+    }
+}
+
+/// What must hold for an operation to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing: a blind write or delete.
+    Any,
+    /// The key must not exist.
+    Absent,
+    /// The key must exist (any value).
+    Present,
+    /// The key must hold exactly these bytes (compare-and-swap).
+    Value(Vec<u8>),
+}
+
+/// One write in an atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    pub table: Table,
+    pub key: String,
+    /// `None` deletes the key.
+    pub value: Option<Vec<u8>>,
+    pub expect: Expect,
+}
+
+impl Op {
+    /// Writes `value` at `key` if `expect` holds.
+    pub fn put(table: Table, key: impl Into<String>, value: Vec<u8>, expect: Expect) -> Self {
+        Self {
+            table,
+            key: key.into(),
+            value: Some(value),
+            expect,
+        }
+    }
+
+    /// Deletes `key` if `expect` holds.
+    pub fn delete(table: Table, key: impl Into<String>, expect: Expect) -> Self {
+        Self {
+            table,
+            key: key.into(),
+            value: None,
+            expect,
+        }
+    }
+}
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A precondition of a batch did not hold; nothing was written.
+    #[error("conflict on {table:?} key {key:?}: the record changed or already exists")]
+    Conflict { table: Table, key: String },
+    /// A record could not be decoded.
+    #[error("corrupt record in {table:?} key {key:?}")]
+    Corrupt {
+        table: Table,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The backend failed (I/O, connection, …).
+    #[error("store backend failed: {context}")]
+    Backend {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// A backend error with context.
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Backend {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// The persistence seam.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The backend's name, for logs (`memory`, `sled`, `postgresql`).
+    fn backend_name(&self) -> &'static str;
+
+    /// Reads one key.
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Applies every op or none. If any precondition fails, returns
+    /// [`StoreError::Conflict`] naming the first failing key and writes nothing.
+    /// On `Ok`, the batch is durable.
+    async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError>;
+
+    /// Keys and values of `table` whose key starts with `prefix`, in key order,
+    /// starting after `after` (exclusive) when given, at most `limit` entries.
+    async fn scan(
+        &self,
+        table: Table,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Number of keys in `table`.
+    async fn count(&self, table: Table) -> Result<u64, StoreError>;
+
+    /// Records a fresh Replay-Nonce valid until `expires`.
+    async fn insert_nonce(&self, nonce: &str, expires: OffsetDateTime) -> Result<(), StoreError>;
+
+    /// Redeems a nonce: true if it existed and had not expired at `now`; it can
+    /// never be redeemed again, on this replica or any other sharing the store.
+    async fn redeem_nonce(&self, nonce: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// Whether a write can be made durable now (for `/ready`).
+    async fn check_writable(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,1 @@
+//! The embedded default store, on sled. (Being written.)

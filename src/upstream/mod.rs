@@ -1,0 +1,144 @@
+//! The upstream seam (step-ca's `cas/apiv1`): every CA that signs for the RA sits
+//! behind [`CertificateAuthorityService`]. The RA holds no CA key; only the
+//! `softcas` backend, meant for a first run and for tests, keeps one.
+
+pub mod softcas;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::acme::{Identifier, ProblemType};
+
+/// What the RA asks an upstream to sign.
+#[derive(Clone, Debug)]
+pub struct SignRequest {
+    /// The client's CSR, DER, already checked against the order.
+    pub csr_der: Vec<u8>,
+    /// The order's identifiers, exactly as validated.
+    pub identifiers: Vec<Identifier>,
+    pub not_before: Option<OffsetDateTime>,
+    pub not_after: Option<OffsetDateTime>,
+    /// What the upstream saved through [`Checkpoint`] in an earlier attempt
+    /// for the same order (for an ACME upstream: its order URL).
+    pub resume: Option<String>,
+    /// RFC 9773 `replaces`, passed on where the upstream understands it.
+    pub replaces: Option<String>,
+}
+
+/// A certificate chain from an upstream: DER certificates, leaf first.
+#[derive(Clone, Debug)]
+pub struct IssuedChain {
+    pub certificates: Vec<Vec<u8>>,
+}
+
+impl IssuedChain {
+    /// The chain as PEM, leaf first.
+    pub fn to_pem(&self) -> String {
+        self.certificates
+            .iter()
+            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())))
+            .collect()
+    }
+}
+
+/// What the RA asks an upstream to revoke.
+#[derive(Clone, Debug)]
+pub struct RevokeRequest {
+    /// The certificate, DER.
+    pub certificate_der: Vec<u8>,
+    /// Serial number, lower-case hex.
+    pub serial_hex: String,
+    /// RFC 5280 §5.3.1 reason code.
+    pub reason: u8,
+}
+
+/// Lets an upstream persist its progress on one order before a step that must
+/// not be repeated (DESIGN.md §3 step 6), so a crash resumes instead of
+/// issuing twice.
+#[async_trait]
+pub trait Checkpoint: Send + Sync {
+    /// Durably stores `state` with the finalize job; it comes back as
+    /// [`SignRequest::resume`] on the next attempt.
+    async fn save(&self, state: &str) -> Result<(), UpstreamError>;
+}
+
+/// A [`Checkpoint`] that keeps nothing, for callers outside the finalize worker
+/// (the RA's own TLS certificate).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoCheckpoint;
+
+#[async_trait]
+impl Checkpoint for NoCheckpoint {
+    async fn save(&self, _state: &str) -> Result<(), UpstreamError> {
+        Ok(())
+    }
+}
+
+/// Errors from an upstream CA.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream refused the request for good; the client should see why.
+    #[error("upstream refused: {detail}")]
+    Rejected {
+        /// The ACME problem type that best describes the refusal.
+        kind: ProblemType,
+        /// What the upstream said, safe to show to the client.
+        detail: String,
+    },
+    /// The upstream could not be reached or failed; try again later.
+    #[error("upstream unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Anything else that will not get better by retrying (bad local state,
+    /// a broken key file). Logged, not shown to the client.
+    #[error("upstream failed: {context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl UpstreamError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// A CA that signs for the RA (step-ca: `CertificateAuthorityService`).
+#[async_trait]
+pub trait CertificateAuthorityService: Send + Sync + 'static {
+    /// A short name for logs and metrics labels (`softcas`, `externalcas`, …).
+    fn name(&self) -> &'static str;
+
+    /// Signs a new certificate for the CSR in `req`.
+    async fn create_certificate(
+        &self,
+        req: &SignRequest,
+        checkpoint: &dyn Checkpoint,
+    ) -> Result<IssuedChain, UpstreamError>;
+
+    /// Signs a renewal. Most upstreams treat it as a new certificate.
+    async fn renew_certificate(
+        &self,
+        req: &SignRequest,
+        checkpoint: &dyn Checkpoint,
+    ) -> Result<IssuedChain, UpstreamError> {
+        self.create_certificate(req, checkpoint).await
+    }
+
+    /// Revokes a certificate the upstream issued.
+    async fn revoke_certificate(&self, req: &RevokeRequest) -> Result<(), UpstreamError>;
+
+    /// The root certificates (DER) the upstream chains to, for `/roots.pem`.
+    fn roots(&self) -> Vec<Vec<u8>>;
+
+    /// Whether the upstream answers now (for `/ready` and the up metric).
+    async fn health(&self) -> Result<(), UpstreamError> {
+        Ok(())
+    }
+}

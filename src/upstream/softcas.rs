@@ -1,0 +1,1 @@
+//! softcas: a local CA (being written).
