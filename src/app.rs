@@ -1,1 +1,184 @@
-//! (being written)
+//! The composition root: configuration → concrete store, upstream, resolver →
+//! Authority → router → listeners; signals and graceful shutdown. The only
+//! place that names concrete implementations.
+
+mod admin;
+mod serve;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use anyhow::{Context, bail};
+use time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub use serve::{Server, start};
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, ProvisionerConfig, StoreChoice, parse_go_duration};
+use crate::ra::Provisioner;
+use crate::store::Store;
+use crate::store::memory::MemoryStore;
+use crate::store::sled::SledStore;
+
+/// Runs the command line.
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let command = match (cli.command, cli.config) {
+        (Some(c), _) => c,
+        (None, Some(config)) => Command::Serve { config },
+        (None, None) => bail!("give a configuration file: acmeproxy ca.json (or see --help)"),
+    };
+    match command {
+        Command::Serve { config } => {
+            let (cfg, warnings) = load(&config)?;
+            crate::telemetry::init(cfg.logger.as_ref().and_then(|l| l.format.as_deref()) == Some("json"));
+            for w in &warnings.0 {
+                tracing::warn!("{w}");
+            }
+            runtime()?.block_on(serve::run_until_signal(cfg))
+        }
+        Command::CheckConfig { config } => {
+            let (cfg, warnings) = load(&config)?;
+            for w in &warnings.0 {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "{}: valid (upstream {}, store {:?}, {} provisioner(s))",
+                config.display(),
+                cfg.authority.kind,
+                cfg.store()?,
+                cfg.authority.provisioners.len()
+            );
+            Ok(())
+        }
+        Command::Init {
+            dir,
+            address,
+            metrics_port,
+        } => admin::init(&dir, &address, metrics_port),
+        Command::Eab { command } => runtime()?.block_on(admin::eab(command)),
+        Command::Version => {
+            println!("acmeproxy {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn load(path: &Path) -> anyhow::Result<(Config, crate::config::Warnings)> {
+    Config::load(path).with_context(|| format!("configuration {}", path.display()))
+}
+
+/// Opens the store the configuration selects.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match cfg.store()? {
+        StoreChoice::Memory => Arc::new(MemoryStore::new()),
+        StoreChoice::Sled(path) => {
+            if let Some(parent) = path.parent() {
+                create_private_dir(parent)?;
+            }
+            Arc::new(SledStore::open(&path)?)
+        }
+        StoreChoice::Postgres(_) => {
+            bail!("db.type postgresql is not available in this build of acmeproxy; use \"sled\"")
+        }
+    })
+}
+
+/// Creates a directory (and parents) readable only by the owner.
+pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating directory {}", path.display()))
+}
+
+/// The provisioners of the configuration, with lifetimes resolved: the
+/// provisioner's claims, else the authority's, else `certlifetime` days,
+/// else 90 days.
+pub fn provisioners(cfg: &Config) -> anyhow::Result<Vec<Provisioner>> {
+    let certlifetime = cfg
+        .softcas()
+        .ok()
+        .and_then(|s| s.certlifetime)
+        .map(|d| Duration::days(i64::from(d)));
+    cfg.authority
+        .provisioners
+        .iter()
+        .map(|p| provisioner(cfg, p, certlifetime))
+        .collect()
+}
+
+fn provisioner(
+    cfg: &Config,
+    p: &ProvisionerConfig,
+    certlifetime: Option<Duration>,
+) -> anyhow::Result<Provisioner> {
+    let claim = |f: fn(&crate::config::ClaimsConfig) -> Option<&String>| -> anyhow::Result<Option<Duration>> {
+        let v = p
+            .claims
+            .as_ref()
+            .and_then(f)
+            .or_else(|| cfg.authority.claims.as_ref().and_then(f));
+        v.map(|s| {
+            parse_go_duration(s)
+                .map_err(anyhow::Error::msg)
+                .and_then(|d| Duration::try_from(d).context("duration out of range"))
+        })
+        .transpose()
+    };
+    let default = claim(|c| c.default_tls_cert_duration.as_ref())?
+        .or(certlifetime)
+        .unwrap_or(Duration::days(90));
+    let max = claim(|c| c.max_tls_cert_duration.as_ref())?
+        .unwrap_or(Duration::days(398))
+        .max(default);
+    let min = claim(|c| c.min_tls_cert_duration.as_ref())?
+        .unwrap_or(Duration::minutes(5))
+        .min(default);
+    Ok(Provisioner {
+        name: p.name.clone(),
+        challenges: p.challenge_types(),
+        require_eab: p.require_eab,
+        default_lifetime: default,
+        min_lifetime: min,
+        max_lifetime: max,
+        terms_of_service: p.terms_of_service().map(str::to_owned),
+        website: p.website().map(str::to_owned),
+        caa_identities: p.caa_identities().to_vec(),
+    })
+}
+
+/// How long graceful shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: StdDuration = StdDuration::from_secs(10);
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        t.cancel();
+    });
+    token
+}

@@ -1,1 +1,694 @@
-//! (being written)
+//! The `ca.json` document: a step-ca style configuration, so that users of
+//! step-ca and of the Go `acme-proxy` plugin bring the file they have.
+//! Parsing is strict (unknown keys are errors that name their path); keys that
+//! step-ca defines and acmeproxy does not use are accepted with one warning.
+//! `acmeproxy check-config` runs exactly [`Config::load`].
+
+mod duration;
+mod secret;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::acme::types::ChallengeType;
+
+pub use duration::parse_go_duration;
+pub use secret::Secret;
+
+/// Errors in the configuration; each names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole `ca.json`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// Listen address of the ACME server, `host:port` or `:port`.
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// Names (and IP literals) of the RA's own TLS certificate.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// Where the RA keeps what it writes (store, softcas keys, TLS, socket).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub db: Option<DbConfig>,
+    #[serde(default)]
+    pub logger: Option<LoggerConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    pub authority: AuthorityConfig,
+    #[serde(default)]
+    pub validation: ValidationConfig,
+    /// Metrics listener; `authority.config.metrics` (Go plugin) is read too.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    // step-ca keys that acmeproxy does not use: accepted, warned about.
+    #[serde(default)]
+    root: Option<Value>,
+    #[serde(default)]
+    federated_roots: Option<Value>,
+    #[serde(default)]
+    crt: Option<Value>,
+    #[serde(default)]
+    key: Option<Value>,
+    #[serde(default)]
+    ssh: Option<Value>,
+    #[serde(default)]
+    templates: Option<Value>,
+    #[serde(default)]
+    common_name: Option<Value>,
+    #[serde(default)]
+    insecure_address: Option<Value>,
+    #[serde(default)]
+    kms: Option<Value>,
+    #[serde(default)]
+    crl: Option<Value>,
+    #[serde(default)]
+    password: Option<Value>,
+}
+
+fn default_address() -> String {
+    ":443".to_owned()
+}
+
+/// `db`: which store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DbConfig {
+    /// `sled` (default); step-ca's `badgerv2`, `badger`, `bbolt` mean the
+    /// embedded store; `postgresql` for replicas.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Path (embedded) or connection URL (PostgreSQL).
+    #[serde(default)]
+    pub data_source: Option<String>,
+    #[serde(default)]
+    badger_file_loading_mode: Option<Value>,
+}
+
+/// `logger`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoggerConfig {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// `tls`: versions, and optionally a certificate and key from files.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub min_version: Option<f32>,
+    #[serde(default)]
+    pub max_version: Option<f32>,
+    /// PEM certificate chain; with `keyFile`, replaces the obtained certificate.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    renegotiation: Option<Value>,
+    #[serde(default)]
+    cipher_suites: Option<Value>,
+}
+
+/// `authority`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorityConfig {
+    /// `softcas`, `externalcas`, `stepcas` or `vaultcas`.
+    #[serde(rename = "type", default = "default_authority_type")]
+    pub kind: String,
+    /// Upstream-specific settings.
+    #[serde(default)]
+    pub config: Option<Value>,
+    #[serde(default)]
+    pub provisioners: Vec<ProvisionerConfig>,
+    #[serde(default)]
+    pub claims: Option<ClaimsConfig>,
+    #[serde(default)]
+    pub policy: Option<Value>,
+    // stepcas / vaultcas keys (step-ca RA mode).
+    #[serde(default)]
+    pub certificate_authority: Option<String>,
+    #[serde(default)]
+    pub certificate_authority_fingerprint: Option<String>,
+    #[serde(default)]
+    pub certificate_issuer: Option<Value>,
+    // step-ca keys acmeproxy does not use.
+    #[serde(default)]
+    template: Option<Value>,
+    #[serde(default)]
+    backdate: Option<Value>,
+    #[serde(default)]
+    options: Option<Value>,
+    #[serde(default)]
+    enable_admin: Option<Value>,
+    #[serde(default)]
+    disable_issued_at_check: Option<Value>,
+    #[serde(default)]
+    admins: Option<Value>,
+}
+
+fn default_authority_type() -> String {
+    "softcas".to_owned()
+}
+
+/// One ACME provisioner: one directory at `/acme/<name>/directory`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProvisionerConfig {
+    /// Must be `ACME`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    /// Challenge types offered; default all three.
+    #[serde(default)]
+    pub challenges: Option<Vec<ChallengeType>>,
+    /// Whether newAccount needs External Account Binding.
+    #[serde(default, rename = "requireEAB")]
+    pub require_eab: bool,
+    #[serde(default)]
+    pub claims: Option<ClaimsConfig>,
+    #[serde(default)]
+    pub policy: Option<Value>,
+    #[serde(default)]
+    options: Option<Value>,
+    #[serde(default, rename = "forceCN")]
+    force_cn: Option<Value>,
+    #[serde(default)]
+    terms_of_service: Option<String>,
+    #[serde(default)]
+    website: Option<String>,
+    #[serde(default)]
+    caa_identities: Option<Vec<String>>,
+    #[serde(default)]
+    attestation_formats: Option<Value>,
+}
+
+/// `claims`: certificate lifetimes, Go durations (`24h`, `720h`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimsConfig {
+    #[serde(default, rename = "minTLSCertDuration")]
+    pub min_tls_cert_duration: Option<String>,
+    #[serde(default, rename = "maxTLSCertDuration")]
+    pub max_tls_cert_duration: Option<String>,
+    #[serde(default, rename = "defaultTLSCertDuration")]
+    pub default_tls_cert_duration: Option<String>,
+    #[serde(default, rename = "enableSSHCA")]
+    enable_ssh_ca: Option<Value>,
+    #[serde(default)]
+    disable_renewal: Option<Value>,
+    #[serde(default)]
+    allow_renewal_after_expiry: Option<Value>,
+    #[serde(default)]
+    disable_smallstep_extensions: Option<Value>,
+}
+
+/// `validation`: where challenge validation connects.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ValidationConfig {
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    #[serde(default = "default_tls_alpn_port")]
+    pub tls_alpn_port: u16,
+    /// `host:port` name servers; empty means the system's.
+    #[serde(default)]
+    pub resolvers: Vec<String>,
+    #[serde(default = "default_validation_timeout")]
+    pub timeout_seconds: u64,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            http_port: default_http_port(),
+            tls_alpn_port: default_tls_alpn_port(),
+            resolvers: Vec::new(),
+            timeout_seconds: default_validation_timeout(),
+        }
+    }
+}
+
+fn default_http_port() -> u16 {
+    80
+}
+fn default_tls_alpn_port() -> u16 {
+    443
+}
+fn default_validation_timeout() -> u64 {
+    15
+}
+
+/// `metrics`: the Prometheus listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Port on all interfaces (the Go plugin's key).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Full listen address; wins over `port`.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    data_source: Option<Value>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The softcas upstream's `authority.config`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SoftCasConfig {
+    /// Leaf lifetime in days (the Go plugin's key); default 90.
+    #[serde(default)]
+    pub certlifetime: Option<u32>,
+    /// CA name: "<name> Root CA" / "<name> Intermediate CA".
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// What a loaded configuration warns about (ignored keys, renamed backends).
+#[derive(Clone, Debug, Default)]
+pub struct Warnings(pub Vec<String>);
+
+/// The embedded store the configuration selects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    Memory,
+    Sled(PathBuf),
+    Postgres(Secret),
+}
+
+/// The metrics listener, if enabled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl Config {
+    /// Reads, parses and validates a `ca.json`.
+    pub fn load(path: &Path) -> Result<(Self, Warnings), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates a document.
+    pub fn parse(text: &str) -> Result<(Self, Warnings), ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+        let warnings = cfg.validate()?;
+        Ok((cfg, warnings))
+    }
+
+    /// A configuration for tests: softcas, in-memory store, one provisioner
+    /// `acme`, loopback.
+    pub fn for_test(data_dir: &Path) -> Self {
+        let text = serde_json::json!({
+            "address": "127.0.0.1:0",
+            "dnsNames": ["localhost", "127.0.0.1"],
+            "dataDir": data_dir,
+            "db": {"type": "memory"},
+            "metrics": {"enabled": false},
+            "authority": {"type": "softcas", "provisioners": [{"type": "ACME", "name": "acme"}]},
+        });
+        match serde_json::from_value(text) {
+            Ok(c) => c,
+            Err(e) => unreachable!("the test configuration is valid: {e}"),
+        }
+    }
+
+    /// The data directory (default `/var/lib/acmeproxy`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/acmeproxy"))
+    }
+
+    /// The listen address, with `:port` meaning all interfaces.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_listen(&self.address).map_err(|m| ConfigError::invalid("address", m))
+    }
+
+    /// The store selected by `db`.
+    pub fn store(&self) -> Result<StoreChoice, ConfigError> {
+        let default_path = || self.data_dir().join("db");
+        let Some(db) = &self.db else {
+            return Ok(StoreChoice::Sled(default_path()));
+        };
+        match db.kind.as_str() {
+            "sled" | "badgerv2" | "badger" | "badgerV2" | "bbolt" => Ok(StoreChoice::Sled(
+                db.data_source
+                    .as_ref()
+                    .filter(|_| db.kind == "sled")
+                    .map_or_else(default_path, PathBuf::from),
+            )),
+            "memory" => Ok(StoreChoice::Memory),
+            "postgresql" | "postgres" => match &db.data_source {
+                Some(url) if !url.is_empty() => Ok(StoreChoice::Postgres(Secret::new(url.clone()))),
+                _ => Err(ConfigError::invalid(
+                    "db.dataSource",
+                    "postgresql needs a connection URL in db.dataSource",
+                )),
+            },
+            other => Err(ConfigError::invalid(
+                "db.type",
+                format!("unknown store {other:?}; use \"sled\" or \"postgresql\""),
+            )),
+        }
+    }
+
+    /// The metrics listener: top-level `metrics`, else `authority.config.metrics`,
+    /// else port 9123 on all interfaces.
+    pub fn metrics_listen(&self) -> Result<MetricsListen, ConfigError> {
+        let from_authority = self
+            .authority
+            .config
+            .as_ref()
+            .and_then(|c| c.get("metrics"))
+            .map(|m| serde_json::from_value::<MetricsConfig>(m.clone()))
+            .transpose()
+            .map_err(|e| ConfigError::invalid("authority.config.metrics", e.to_string()))?;
+        let m = self.metrics.clone().or(from_authority);
+        let Some(m) = m else {
+            return Ok(MetricsListen(Some(SocketAddr::from(([0, 0, 0, 0], 9123)))));
+        };
+        if !m.enabled {
+            return Ok(MetricsListen(None));
+        }
+        let addr = match (&m.address, m.port) {
+            (Some(a), _) => parse_listen(a).map_err(|e| ConfigError::invalid("metrics.address", e))?,
+            (None, Some(p)) => SocketAddr::from(([0, 0, 0, 0], p)),
+            (None, None) => SocketAddr::from(([0, 0, 0, 0], 9123)),
+        };
+        Ok(MetricsListen(Some(addr)))
+    }
+
+    /// The validation resolvers as socket addresses.
+    pub fn resolvers(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.validation
+            .resolvers
+            .iter()
+            .map(|r| {
+                r.parse::<SocketAddr>()
+                    .or_else(|_| r.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        ConfigError::invalid(
+                            "validation.resolvers",
+                            format!("{r:?} is not an IP address or ip:port"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// The softcas settings (`authority.config` when `type` is `softcas`).
+    pub fn softcas(&self) -> Result<SoftCasConfig, ConfigError> {
+        match &self.authority.config {
+            None => Ok(SoftCasConfig::default()),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| ConfigError::invalid("authority.config", e.to_string())),
+        }
+    }
+
+    fn validate(&self) -> Result<Warnings, ConfigError> {
+        let mut warnings = Vec::new();
+        let mut ignored = BTreeSet::new();
+        for (name, present) in [
+            ("root", self.root.is_some()),
+            ("federatedRoots", self.federated_roots.is_some()),
+            ("crt", self.crt.is_some()),
+            ("key", self.key.is_some()),
+            ("ssh", self.ssh.is_some()),
+            ("templates", self.templates.is_some()),
+            ("commonName", self.common_name.is_some()),
+            ("insecureAddress", self.insecure_address.is_some()),
+            ("kms", self.kms.is_some()),
+            ("crl", self.crl.is_some()),
+            ("password", self.password.is_some()),
+            ("authority.template", self.authority.template.is_some()),
+            ("authority.backdate", self.authority.backdate.is_some()),
+            ("authority.options", self.authority.options.is_some()),
+            ("authority.enableAdmin", self.authority.enable_admin.is_some()),
+            (
+                "authority.disableIssuedAtCheck",
+                self.authority.disable_issued_at_check.is_some(),
+            ),
+            ("authority.admins", self.authority.admins.is_some()),
+        ] {
+            if present {
+                ignored.insert(name.to_owned());
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.renegotiation.is_some() {
+                ignored.insert("tls.renegotiation".to_owned());
+            }
+            if tls.cipher_suites.is_some() {
+                ignored.insert("tls.cipherSuites".to_owned());
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(ConfigError::invalid(
+                    "tls",
+                    "certFile and keyFile go together: give both or neither",
+                ));
+            }
+        }
+        if let Some(db) = &self.db {
+            if db.badger_file_loading_mode.is_some() {
+                ignored.insert("db.badgerFileLoadingMode".to_owned());
+            }
+            if matches!(db.kind.as_str(), "badgerv2" | "badger" | "badgerV2" | "bbolt") {
+                warnings.push(format!(
+                    "db.type {:?} is read as the embedded sled store in {} (the step-ca database is not read)",
+                    db.kind,
+                    self.data_dir().join("db").display()
+                ));
+            }
+        }
+        for c in self
+            .authority
+            .claims
+            .iter()
+            .chain(self.authority.provisioners.iter().filter_map(|p| p.claims.as_ref()))
+        {
+            collect_claims_ignored(c, &mut ignored);
+            for (k, v) in [
+                ("minTLSCertDuration", &c.min_tls_cert_duration),
+                ("maxTLSCertDuration", &c.max_tls_cert_duration),
+                ("defaultTLSCertDuration", &c.default_tls_cert_duration),
+            ] {
+                if let Some(v) = v {
+                    parse_go_duration(v)
+                        .map_err(|m| ConfigError::invalid(format!("claims.{k}"), m))?;
+                }
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, p) in self.authority.provisioners.iter().enumerate() {
+            let key = format!("authority.provisioners[{i}]");
+            if p.kind != "ACME" {
+                return Err(ConfigError::invalid(
+                    format!("{key}.type"),
+                    format!("only ACME provisioners are served, not {:?}", p.kind),
+                ));
+            }
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    "a provisioner name must be non-empty and use only letters, digits, '-', '_' and '.'",
+                ));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("provisioner {:?} is defined twice", p.name),
+                ));
+            }
+            if matches!(&p.challenges, Some(c) if c.is_empty()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.challenges"),
+                    "offer at least one challenge type",
+                ));
+            }
+            for (k, present) in [
+                ("options", p.options.is_some()),
+                ("forceCN", p.force_cn.is_some()),
+                ("attestationFormats", p.attestation_formats.is_some()),
+            ] {
+                if present {
+                    ignored.insert(format!("{key}.{k}"));
+                }
+            }
+        }
+        if self.authority.provisioners.is_empty() {
+            return Err(ConfigError::invalid(
+                "authority.provisioners",
+                "define at least one provisioner, e.g. {\"type\": \"ACME\", \"name\": \"acme\"}",
+            ));
+        }
+        match self.authority.kind.as_str() {
+            "softcas" => {
+                self.softcas()?;
+            }
+            "externalcas" | "stepcas" | "vaultcas" => {
+                return Err(ConfigError::invalid(
+                    "authority.type",
+                    format!(
+                        "upstream {:?} is not supported by this version of acmeproxy yet; use \"softcas\"",
+                        self.authority.kind
+                    ),
+                ));
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    "authority.type",
+                    format!(
+                        "unknown upstream {other:?}; use \"softcas\", \"externalcas\", \"stepcas\" or \"vaultcas\""
+                    ),
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for (k, v) in [("minVersion", tls.min_version), ("maxVersion", tls.max_version)] {
+                if let Some(v) = v {
+                    if !(1.0..=1.3).contains(&v) {
+                        return Err(ConfigError::invalid(
+                            format!("tls.{k}"),
+                            format!("{v} is not a TLS version (1.2 or 1.3)"),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.tls.as_ref().and_then(|t| t.cert_file.as_ref()).is_none() && self.dns_names.is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "dnsNames",
+                "name at least one DNS name (or IP) for the server's own certificate",
+            ));
+        }
+        self.listen_addr()?;
+        self.store()?;
+        self.metrics_listen()?;
+        self.resolvers()?;
+        if self.validation.timeout_seconds == 0 {
+            return Err(ConfigError::invalid(
+                "validation.timeoutSeconds",
+                "must be at least 1",
+            ));
+        }
+        if !ignored.is_empty() {
+            warnings.insert(
+                0,
+                format!(
+                    "ignoring step-ca keys that acmeproxy does not use: {}",
+                    ignored.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        Ok(Warnings(warnings))
+    }
+}
+
+fn collect_claims_ignored(c: &ClaimsConfig, ignored: &mut BTreeSet<String>) {
+    for (k, present) in [
+        ("enableSSHCA", c.enable_ssh_ca.is_some()),
+        ("disableRenewal", c.disable_renewal.is_some()),
+        ("allowRenewalAfterExpiry", c.allow_renewal_after_expiry.is_some()),
+        (
+            "disableSmallstepExtensions",
+            c.disable_smallstep_extensions.is_some(),
+        ),
+    ] {
+        if present {
+            ignored.insert(format!("claims.{k}"));
+        }
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not a listen address like \":443\" or \"127.0.0.1:8443\""))
+}
+
+impl ProvisionerConfig {
+    /// The challenge types this provisioner offers.
+    pub fn challenge_types(&self) -> Vec<ChallengeType> {
+        self.challenges.clone().unwrap_or_else(|| {
+            vec![
+                ChallengeType::Http01,
+                ChallengeType::Dns01,
+                ChallengeType::TlsAlpn01,
+            ]
+        })
+    }
+
+    /// Directory `meta.termsOfService`.
+    pub fn terms_of_service(&self) -> Option<&str> {
+        self.terms_of_service.as_deref()
+    }
+
+    /// Directory `meta.website`.
+    pub fn website(&self) -> Option<&str> {
+        self.website.as_deref()
+    }
+
+    /// Directory `meta.caaIdentities`.
+    pub fn caa_identities(&self) -> &[String] {
+        self.caa_identities.as_deref().unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests;

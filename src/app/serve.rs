@@ -1,0 +1,264 @@
+//! Building the running server and serving HTTPS (and metrics) until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::{SHUTDOWN_GRACE, create_private_dir, open_store, provisioners, shutdown_on_signals};
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::model::{Clock, SystemClock};
+use crate::nonce::NonceService;
+use crate::ra::{Authority, AuthorityOptions, FinalizeWorker};
+use crate::store::Records;
+use crate::tls::{ServerIdentity, TlsOptions};
+use crate::upstream::CertificateAuthorityService;
+use crate::upstream::softcas::{SoftCas, SoftCasOptions};
+use crate::validate::{HickoryResolver, ValidationSettings, Validator};
+
+/// A running server, for `main` and for tests.
+pub struct Server {
+    /// The address the ACME listener is bound to.
+    pub addr: SocketAddr,
+    /// The metrics listener's address, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The roots (PEM) that the server's own certificate and issued chains lead to.
+    pub roots_pem: String,
+    shutdown: CancellationToken,
+    join: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Asks the server to stop (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped and flushed.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.join.await.context("the server task panicked")?
+    }
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
+    let addr = cfg.listen_addr()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let token = shutdown_on_signals();
+    let server = start(cfg, listener, token).await?;
+    tracing::info!(address = %server.addr, "acmeproxy is serving");
+    server.wait().await
+}
+
+/// Builds every part from `cfg` and starts serving on `listener` until
+/// `shutdown` is cancelled.
+pub async fn start(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Server> {
+    let data_dir = cfg.data_dir();
+    create_private_dir(&data_dir)?;
+    let store = open_store(&cfg).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+    let upstream: Arc<dyn CertificateAuthorityService> = match cfg.authority.kind.as_str() {
+        "softcas" => {
+            let sc = cfg.softcas()?;
+            let lifetime = StdDuration::from_secs(u64::from(sc.certlifetime.unwrap_or(90)) * 86_400);
+            Arc::new(
+                SoftCas::open(SoftCasOptions {
+                    dir: data_dir.join("softcas"),
+                    name: sc.name.unwrap_or_else(|| "acmeproxy".to_owned()),
+                    default_lifetime: lifetime,
+                })
+                .context("opening the softcas CA")?,
+            )
+        }
+        other => anyhow::bail!("upstream {other:?} is not available in this build"),
+    };
+
+    let resolvers = cfg.resolvers()?;
+    let timeout = StdDuration::from_secs(cfg.validation.timeout_seconds);
+    let resolver = HickoryResolver::new(&resolvers, timeout).context("setting up the DNS resolver")?;
+    let validator = Validator::new(ValidationSettings {
+        http_port: cfg.validation.http_port,
+        tls_alpn_port: cfg.validation.tls_alpn_port,
+        timeout,
+        resolver: Arc::new(resolver),
+    });
+
+    let ra = Authority::new(
+        Records::new(Arc::clone(&store)),
+        Arc::clone(&clock),
+        validator,
+        Arc::clone(&upstream),
+        provisioners(&cfg)?,
+        AuthorityOptions::default(),
+        shutdown.clone(),
+    );
+    let nonces = NonceService::new(Arc::clone(&store), clock, Duration::minutes(30));
+    let app = router(AppState {
+        ra: Arc::clone(&ra),
+        nonces,
+    });
+
+    let tls = cfg.tls.clone().unwrap_or_default();
+    let identity = ServerIdentity::load_or_obtain(
+        TlsOptions {
+            dns_names: cfg.dns_names.clone(),
+            data_dir: data_dir.clone(),
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+            min_version: tls.min_version,
+            max_version: tls.max_version,
+        },
+        Arc::clone(&upstream),
+    )
+    .await
+    .context("getting the server's own TLS certificate")?;
+    crate::metrics::own_certificate_expiry(identity.not_after());
+    let tls_config = identity
+        .server_config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+        .context("building the TLS configuration")?;
+    let renewal = identity.spawn_renewal(shutdown.clone());
+    spawn_sighup_reload(Arc::clone(&identity), shutdown.clone());
+
+    let metrics_addr = match cfg.metrics_listen()?.0 {
+        Some(addr) => Some(spawn_metrics(addr, shutdown.clone()).await?),
+        None => None,
+    };
+
+    let worker = tokio::spawn(FinalizeWorker::new(Arc::clone(&ra)).run());
+    let addr = listener.local_addr().context("reading the listen address")?;
+    let roots_pem = ra.roots_pem();
+    let token = shutdown.clone();
+    let join = tokio::spawn(async move {
+        serve_tls(listener, TlsAcceptor::from(tls_config), app, token).await;
+        let _ = worker.await;
+        let _ = renewal.await;
+        ra.drain().await;
+        // Dropping the last store handle flushes sled; be explicit anyway.
+        ra.records().store().check_writable().await.ok();
+        tracing::info!("acmeproxy stopped");
+        Ok(())
+    });
+    Ok(Server {
+        addr,
+        metrics_addr,
+        roots_pem,
+        shutdown,
+        join,
+    })
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(StdDuration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(StdDuration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("some connections did not finish within the grace period");
+        }
+    }
+}
+
+async fn spawn_metrics(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics listener on {addr}"))?;
+    let bound = listener.local_addr().context("metrics listener address")?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                crate::metrics::render(),
+            )
+        }),
+    );
+    tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(bound)
+}
+
+fn spawn_sighup_reload(identity: Arc<ServerIdentity>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match identity.reload_files() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate reload failed"),
+                },
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
+}

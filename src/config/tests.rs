@@ -1,0 +1,66 @@
+use super::*;
+
+fn minimal() -> serde_json::Value {
+    serde_json::json!({
+        "address": "127.0.0.1:8443",
+        "dnsNames": ["localhost"],
+        "authority": {"type": "softcas", "provisioners": [{"type": "ACME", "name": "acme"}]}
+    })
+}
+
+#[test]
+fn minimal_config_has_safe_defaults() {
+    let (cfg, warnings) = Config::parse(&minimal().to_string()).unwrap();
+    assert!(warnings.0.is_empty());
+    assert_eq!(cfg.validation.http_port, 80);
+    assert_eq!(cfg.validation.tls_alpn_port, 443);
+    assert_eq!(cfg.store().unwrap(), StoreChoice::Sled("/var/lib/acmeproxy/db".into()));
+    assert_eq!(
+        cfg.metrics_listen().unwrap(),
+        MetricsListen(Some("0.0.0.0:9123".parse().unwrap()))
+    );
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_its_path() {
+    let mut v = minimal();
+    v["authority"]["provisioners"][0]["requireEab"] = true.into();
+    let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+    assert!(e.contains("authority.provisioners[0]"), "{e}");
+    assert!(e.contains("requireEab"), "{e}");
+}
+
+#[test]
+fn step_ca_keys_are_ignored_with_one_warning() {
+    let mut v = minimal();
+    v["authority"]["template"] = serde_json::json!({});
+    v["authority"]["backdate"] = "1m0s".into();
+    v["db"] = serde_json::json!({"type": "bbolt", "dataSource": "/opt/x"});
+    let (_, w) = Config::parse(&v.to_string()).unwrap();
+    assert!(w.0[0].contains("authority.backdate, authority.template"), "{:?}", w.0);
+    assert!(w.0.iter().any(|m| m.contains("bbolt")));
+}
+
+#[test]
+fn invalid_values_name_the_key() {
+    for (patch, key) in [
+        (serde_json::json!({"address": "nonsense"}), "address"),
+        (serde_json::json!({"dnsNames": []}), "dnsNames"),
+        (serde_json::json!({"db": {"type": "mysql"}}), "db.type"),
+        (serde_json::json!({"validation": {"resolvers": ["x"]}}), "validation.resolvers"),
+    ] {
+        let mut v = minimal();
+        for (k, val) in patch.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+        assert!(e.starts_with(key), "{e}");
+    }
+}
+
+#[test]
+fn test_config_is_valid() {
+    let cfg = Config::for_test(std::path::Path::new("/tmp/x"));
+    assert_eq!(cfg.store().unwrap(), StoreChoice::Memory);
+    assert!(cfg.validate().is_ok());
+}

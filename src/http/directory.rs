@@ -1,0 +1,118 @@
+//! Directory, newNonce, roots, health and readiness (RFC 8555 §7.1.1, §7.2).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::links::Links;
+use super::problem::HttpError;
+use crate::acme::ProblemType;
+use crate::acme::types::{Directory, DirectoryMeta};
+
+/// GET directory (RFC 8555 §7.1.1).
+pub(super) async fn directory(
+    State(st): State<AppState>,
+    Path(prov): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, HttpError> {
+    let Some(p) = st.ra.provisioner(&prov) else {
+        return Err(unknown_provisioner(&prov));
+    };
+    let links = Links::from_request(&headers, &uri, &prov)
+        .ok_or_else(|| HttpError::new(ProblemType::Malformed, "the request has no usable Host header"))?;
+    let dir = Directory {
+        new_nonce: links.new_nonce(),
+        new_account: links.new_account(),
+        new_order: links.new_order(),
+        revoke_cert: links.revoke_cert(),
+        key_change: links.key_change(),
+        renewal_info: None,
+        meta: DirectoryMeta {
+            terms_of_service: p.terms_of_service.clone(),
+            website: p.website.clone(),
+            caa_identities: p.caa_identities.clone(),
+            external_account_required: p.require_eab,
+        },
+    };
+    Ok(Json(dir).into_response())
+}
+
+/// HEAD newNonce: 200 (RFC 8555 §7.2). The nonce is added by the layer.
+pub(super) async fn new_nonce_head(
+    State(st): State<AppState>,
+    Path(prov): Path<String>,
+) -> Result<Response, HttpError> {
+    nonce_response(&st, &prov, StatusCode::OK)
+}
+
+/// GET newNonce: 204 (RFC 8555 §7.2).
+pub(super) async fn new_nonce_get(
+    State(st): State<AppState>,
+    Path(prov): Path<String>,
+) -> Result<Response, HttpError> {
+    nonce_response(&st, &prov, StatusCode::NO_CONTENT)
+}
+
+fn nonce_response(st: &AppState, prov: &str, status: StatusCode) -> Result<Response, HttpError> {
+    if st.ra.provisioner(prov).is_none() {
+        return Err(unknown_provisioner(prov));
+    }
+    let mut resp = status.into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Anything else under /acme: a 404 problem.
+pub(super) async fn not_found(uri: Uri) -> HttpError {
+    HttpError::new(
+        ProblemType::Malformed,
+        format!("{} is not an ACME resource of this server", uri.path()),
+    )
+    .status(404)
+}
+
+/// GET /roots.pem: the roots the upstream chains to (as step-ca serves).
+pub(super) async fn roots(State(st): State<AppState>) -> Response {
+    let mut resp = st.ra.roots_pem().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-pem-file"),
+    );
+    resp
+}
+
+/// GET /health: the process is alive.
+pub(super) async fn health() -> &'static str {
+    "ok\n"
+}
+
+/// GET /ready: the store takes writes and the upstream answers.
+pub(super) async fn ready(State(st): State<AppState>) -> Response {
+    if let Err(e) = st.ra.records().store().check_writable().await {
+        tracing::warn!(error = %e, "not ready: store");
+        return (StatusCode::SERVICE_UNAVAILABLE, "store not writable\n").into_response();
+    }
+    match st.ra.upstream().health().await {
+        Ok(()) => {
+            crate::metrics::upstream_up(true);
+            "ready\n".into_response()
+        }
+        Err(e) => {
+            crate::metrics::upstream_up(false);
+            tracing::warn!(error = %e, "not ready: upstream");
+            (StatusCode::SERVICE_UNAVAILABLE, "upstream CA unreachable\n").into_response()
+        }
+    }
+}
+
+pub(super) fn unknown_provisioner(prov: &str) -> HttpError {
+    HttpError::new(
+        ProblemType::Malformed,
+        format!("there is no provisioner {prov:?} on this server"),
+    )
+    .status(404)
+}

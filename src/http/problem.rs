@@ -1,0 +1,78 @@
+//! Turning errors into problem documents (RFC 8555 §6.7): one place, with
+//! internal causes logged and never sent. The Replay-Nonce is added by the
+//! layer in `http::mod` to every response, errors included.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::acme::{Problem, ProblemType};
+use crate::ra::RaError;
+
+/// An error answer of the ACME front end.
+#[derive(Debug)]
+pub struct HttpError {
+    pub error: RaError,
+    /// A Location header to send with it (keyChange conflict).
+    pub location: Option<String>,
+}
+
+impl HttpError {
+    /// A problem of `kind` with `detail`.
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self {
+            error: RaError::new(kind, detail),
+            location: None,
+        }
+    }
+
+    /// The same error with another HTTP status.
+    pub fn status(mut self, status: u16) -> Self {
+        self.error.problem.status = Some(status);
+        self
+    }
+}
+
+impl From<RaError> for HttpError {
+    fn from(error: RaError) -> Self {
+        Self {
+            error,
+            location: None,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for HttpError {
+    fn from(e: crate::store::StoreError) -> Self {
+        RaError::from(e).into()
+    }
+}
+
+/// Renders a problem document with its status.
+pub fn problem_response(problem: &Problem) -> Response {
+    let status =
+        StatusCode::from_u16(problem.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let e = &self.error;
+        if e.is_internal() {
+            tracing::error!(problem = %e.problem.kind, detail = %e.problem.detail,
+                source = ?e.source, "request failed");
+        } else {
+            tracing::debug!(problem = %e.problem.kind, detail = %e.problem.detail, "request refused");
+        }
+        let mut resp = problem_response(&e.problem);
+        if let Some(loc) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            resp.headers_mut().insert(header::LOCATION, loc);
+        }
+        resp
+    }
+}

@@ -1,0 +1,220 @@
+//! Every Prometheus instrument, defined once (DESIGN.md §7). Prefix
+//! `acmeproxy_`; labels are bounded: routes, statuses, challenge types,
+//! upstream names and results — never names, serials or account ids.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use time::OffsetDateTime;
+
+use crate::acme::types::{ChallengeType, OrderStatus};
+
+struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    orders: IntCounterVec,
+    validations: IntCounterVec,
+    validation_duration: HistogramVec,
+    upstream_calls: IntCounterVec,
+    upstream_duration: HistogramVec,
+    upstream_up: IntGauge,
+    finalize_queue_depth: IntGauge,
+    finalize_oldest_age: Gauge,
+    certificates_issued: IntCounter,
+    certificates_revoked: IntCounter,
+    own_cert_expiry: Gauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let m = Metrics {
+        http_requests: IntCounterVec::new(
+            Opts::new("acmeproxy_http_requests_total", "HTTP requests by route and status"),
+            &["route", "status"],
+        )?,
+        http_duration: HistogramVec::new(
+            HistogramOpts::new(
+                "acmeproxy_http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?,
+        orders: IntCounterVec::new(
+            Opts::new("acmeproxy_orders_total", "Orders by final status"),
+            &["status"],
+        )?,
+        validations: IntCounterVec::new(
+            Opts::new(
+                "acmeproxy_challenge_validations_total",
+                "Challenge validations by type and result",
+            ),
+            &["type", "result"],
+        )?,
+        validation_duration: HistogramVec::new(
+            HistogramOpts::new(
+                "acmeproxy_challenge_validation_duration_seconds",
+                "Challenge validation duration by type",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["type"],
+        )?,
+        upstream_calls: IntCounterVec::new(
+            Opts::new(
+                "acmeproxy_upstream_calls_total",
+                "Upstream CA calls by upstream, operation and result",
+            ),
+            &["upstream", "operation", "result"],
+        )?,
+        upstream_duration: HistogramVec::new(
+            HistogramOpts::new(
+                "acmeproxy_upstream_call_duration_seconds",
+                "Upstream CA call duration by upstream and operation",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream", "operation"],
+        )?,
+        upstream_up: IntGauge::new("acmeproxy_upstream_up", "1 if the upstream CA answered its last health check")?,
+        finalize_queue_depth: IntGauge::new(
+            "acmeproxy_finalize_queue_depth",
+            "Finalize jobs due and waiting for the upstream",
+        )?,
+        finalize_oldest_age: Gauge::new(
+            "acmeproxy_finalize_queue_oldest_age_seconds",
+            "Age of the oldest due finalize job",
+        )?,
+        certificates_issued: IntCounter::new(
+            "acmeproxy_certificates_issued_total",
+            "Certificates issued",
+        )?,
+        certificates_revoked: IntCounter::new(
+            "acmeproxy_certificates_revoked_total",
+            "Certificates revoked",
+        )?,
+        own_cert_expiry: Gauge::new(
+            "acmeproxy_own_certificate_expiry_timestamp_seconds",
+            "notAfter of the RA's own TLS certificate, Unix time",
+        )?,
+        registry,
+    };
+    m.registry.register(Box::new(m.http_requests.clone()))?;
+    m.registry.register(Box::new(m.http_duration.clone()))?;
+    m.registry.register(Box::new(m.orders.clone()))?;
+    m.registry.register(Box::new(m.validations.clone()))?;
+    m.registry.register(Box::new(m.validation_duration.clone()))?;
+    m.registry.register(Box::new(m.upstream_calls.clone()))?;
+    m.registry.register(Box::new(m.upstream_duration.clone()))?;
+    m.registry.register(Box::new(m.upstream_up.clone()))?;
+    m.registry.register(Box::new(m.finalize_queue_depth.clone()))?;
+    m.registry.register(Box::new(m.finalize_oldest_age.clone()))?;
+    m.registry.register(Box::new(m.certificates_issued.clone()))?;
+    m.registry.register(Box::new(m.certificates_revoked.clone()))?;
+    m.registry.register(Box::new(m.own_cert_expiry.clone()))?;
+    Ok(m)
+}
+
+static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| match build() {
+    Ok(m) => Some(m),
+    Err(e) => {
+        tracing::error!(error = %e, "metrics could not be set up; continuing without them");
+        None
+    }
+});
+
+fn with(f: impl FnOnce(&Metrics)) {
+    if let Some(m) = METRICS.as_ref() {
+        f(m);
+    }
+}
+
+/// One HTTP request finished.
+pub fn http_request(route: &str, status: u16, elapsed: Duration) {
+    with(|m| {
+        m.http_requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        m.http_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    });
+}
+
+/// An order reached a final status.
+pub fn order_finished(status: OrderStatus) {
+    with(|m| m.orders.with_label_values(&[status.as_str()]).inc());
+}
+
+/// A challenge validation finished.
+pub fn validation_done(kind: ChallengeType, ok: bool, elapsed: Duration) {
+    with(|m| {
+        m.validations
+            .with_label_values(&[kind.as_str(), if ok { "valid" } else { "invalid" }])
+            .inc();
+        m.validation_duration
+            .with_label_values(&[kind.as_str()])
+            .observe(elapsed.as_secs_f64());
+    });
+}
+
+/// An upstream call finished.
+pub fn upstream_call(upstream: &str, operation: &str, ok: bool, elapsed: Duration) {
+    with(|m| {
+        m.upstream_calls
+            .with_label_values(&[upstream, operation, if ok { "success" } else { "failure" }])
+            .inc();
+        m.upstream_duration
+            .with_label_values(&[upstream, operation])
+            .observe(elapsed.as_secs_f64());
+    });
+}
+
+/// Whether the upstream answered its health check.
+pub fn upstream_up(up: bool) {
+    with(|m| m.upstream_up.set(i64::from(up)));
+}
+
+/// The finalize queue as the worker last saw it.
+pub fn finalize_queue(depth: usize, oldest: Option<OffsetDateTime>, now: OffsetDateTime) {
+    with(|m| {
+        m.finalize_queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        m.finalize_oldest_age
+            .set(oldest.map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0)));
+    });
+}
+
+/// A certificate was issued.
+pub fn certificate_issued() {
+    with(|m| m.certificates_issued.inc());
+}
+
+/// A certificate was revoked.
+pub fn certificate_revoked() {
+    with(|m| m.certificates_revoked.inc());
+}
+
+/// The RA's own certificate's notAfter.
+pub fn own_certificate_expiry(not_after: OffsetDateTime) {
+    with(|m| m.own_cert_expiry.set(not_after.unix_timestamp() as f64));
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    let Some(m) = METRICS.as_ref() else {
+        return String::new();
+    };
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

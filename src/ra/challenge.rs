@@ -1,0 +1,131 @@
+//! Answering challenges: the challenge goes to `processing`, validation runs
+//! in the background, and its outcome moves the authorization and the order
+//! on (RFC 8555 §7.5.1, §8).
+//!
+//! <https://www.rfc-editor.org/rfc/rfc8555#section-7.5.1>
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::error::{RaError, problem};
+use super::{Authority, Event, state};
+use crate::acme::jws::{PublicJwk, key_authorization};
+use crate::acme::types::{AuthorizationStatus, ChallengeStatus, ChallengeType};
+use crate::acme::{Problem, ProblemType};
+use crate::model::{AccountRecord, AuthzRecord, OrderRecord};
+use crate::store::StoreError;
+use crate::store::records::Batch;
+
+impl Authority {
+    /// The client says a challenge is ready (RFC 8555 §7.5.1). Starts the
+    /// validation in the background and waits briefly for it, so that a quick
+    /// validation is answered `valid` at once and clients need not sleep.
+    pub async fn answer_challenge(
+        self: &Arc<Self>,
+        account: &AccountRecord,
+        authz_id: &str,
+        kind: ChallengeType,
+    ) -> Result<AuthzRecord, RaError> {
+        let current = self.owned_authz(&account.id, authz_id).await?;
+        let Some(index) = current.challenges.iter().position(|c| c.kind == kind) else {
+            return Err(super::order::not_found("challenge"));
+        };
+        let now = self.clock.now();
+        if state::authz_at(current.value.clone(), now).status == AuthorizationStatus::Expired {
+            return problem(
+                ProblemType::Malformed,
+                "the authorization has expired; create a new order",
+            );
+        }
+        let mut next = current.value.clone();
+        if !state::start_validation(&mut next, index) {
+            // Already started or finished: answer with its state (idempotent).
+            return Ok(current.value);
+        }
+        let rx = self.events.subscribe();
+        match self.records.commit(Batch::new().replace(&current, &next)).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => {
+                // Someone else started it at the same moment.
+                return self.authz(&account.id, authz_id).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let jwk = PublicJwk::from_json(&account.jwk)
+            .map_err(|e| RaError::internal("reading the account key", e))?;
+        let key_auth = key_authorization(&next.challenges[index].token, &jwk);
+        let this = Arc::clone(self);
+        let authz = next.clone();
+        self.tasks.spawn(async move {
+            this.run_validation(authz, index, key_auth).await;
+        });
+        self.wait_for(rx, Event::Authz(next.id.to_string()), self.opts.challenge_wait)
+            .await;
+        self.authz(&account.id, authz_id).await
+    }
+
+    async fn run_validation(&self, authz: AuthzRecord, index: usize, key_auth: String) {
+        let Some(ch) = authz.challenges.get(index) else {
+            return;
+        };
+        let kind = ch.kind;
+        let started = Instant::now();
+        let outcome = self
+            .validator
+            .validate(kind, &authz.identifier, &ch.token, &key_auth)
+            .await;
+        let result = match &outcome {
+            Ok(record) => {
+                tracing::info!(authz = %authz.id, %kind, identifier = %authz.identifier,
+                    address = ?record.address_used, "challenge valid");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(authz = %authz.id, %kind, identifier = %authz.identifier,
+                    error = %e, "challenge invalid");
+                Err(Problem::new(e.problem_type(), e.to_string())
+                    .with_identifier(authz.identifier.clone()))
+            }
+        };
+        crate::metrics::validation_done(kind, result.is_ok(), started.elapsed());
+        if let Err(e) = self.record_validation(&authz, index, result).await {
+            tracing::error!(authz = %authz.id, error = %e, "could not store the validation result");
+        }
+        self.publish(Event::Authz(authz.id.to_string()));
+    }
+
+    async fn record_validation(
+        &self,
+        authz: &AuthzRecord,
+        index: usize,
+        result: Result<(), Problem>,
+    ) -> Result<(), RaError> {
+        for _ in 0..16 {
+            let Some(current) = self.records.get::<AuthzRecord>(authz.id.as_str()).await? else {
+                return Ok(());
+            };
+            let mut next = current.value.clone();
+            if current.challenges.get(index).map(|c| c.status) != Some(ChallengeStatus::Processing) {
+                return Ok(());
+            }
+            if !state::apply_validation(&mut next, index, result.clone(), self.clock.now()) {
+                return Ok(());
+            }
+            match self.records.commit(Batch::new().replace(&current, &next)).await {
+                Ok(()) => {
+                    if let Some(order) = self.records.get::<OrderRecord>(next.order_id.as_str()).await?
+                    {
+                        self.refresh_order(order).await?;
+                    }
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        problem(
+            ProblemType::ServerInternal,
+            "the authorization changed concurrently too often",
+        )
+    }
+}

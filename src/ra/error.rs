@@ -1,0 +1,82 @@
+//! The Authority's error: an ACME problem the client may see, plus the
+//! internal cause for the log. 5xx details never reach the client.
+
+use std::error::Error as StdError;
+
+use crate::acme::{Problem, ProblemType};
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+/// An error from the Authority.
+#[derive(Debug, thiserror::Error)]
+#[error("{problem}")]
+pub struct RaError {
+    /// What the client is told.
+    pub problem: Problem,
+    /// The internal cause, logged only.
+    #[source]
+    pub source: Option<Box<dyn StdError + Send + Sync>>,
+    /// For a keyChange conflict: the account that holds the key (its URL goes
+    /// in the Location header, RFC 8555 §7.3.5).
+    pub conflicting_account: Option<crate::model::AccountId>,
+}
+
+impl RaError {
+    /// A client-facing problem.
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self {
+            problem: Problem::new(kind, detail),
+            source: None,
+            conflicting_account: None,
+        }
+    }
+
+    /// A problem document as is.
+    pub fn from_problem(problem: Problem) -> Self {
+        Self {
+            problem,
+            source: None,
+            conflicting_account: None,
+        }
+    }
+
+    /// An internal failure: the client sees a generic serverInternal, the log
+    /// sees `context` and the source.
+    pub fn internal(context: &str, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self {
+            problem: Problem::new(
+                ProblemType::ServerInternal,
+                format!("internal error while {context}; the server log has the details"),
+            ),
+            source: Some(source.into()),
+            conflicting_account: None,
+        }
+    }
+
+    /// Whether this is a server-side failure (logged at error level).
+    pub fn is_internal(&self) -> bool {
+        self.problem.http_status() >= 500
+    }
+}
+
+impl From<StoreError> for RaError {
+    fn from(e: StoreError) -> Self {
+        Self::internal("accessing the store", e)
+    }
+}
+
+impl From<UpstreamError> for RaError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Rejected { kind, detail } => {
+                Self::new(kind, format!("the upstream CA refused: {detail}"))
+            }
+            other => Self::internal("calling the upstream CA", other),
+        }
+    }
+}
+
+/// Shorthand for a problem result.
+pub(crate) fn problem<T>(kind: ProblemType, detail: impl Into<String>) -> Result<T, RaError> {
+    Err(RaError::new(kind, detail))
+}

@@ -1,0 +1,230 @@
+//! Finalize, certificate download and revocation (RFC 8555 §7.4, §7.4.2, §7.6).
+//! Finalize only writes the order's `processing` state and a durable finalize
+//! job in one transaction; the worker talks to the upstream.
+//!
+//! <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
+
+use std::sync::Arc;
+
+use time::Duration;
+
+use super::error::{RaError, problem};
+use super::{Authority, Event, RevocationSigner, state};
+use crate::acme::ProblemType;
+use crate::acme::jws::PublicJwk;
+use crate::acme::types::OrderStatus;
+use crate::model::{AccountId, CertId, CertificateRecord, FinalizeJob, OrderRecord, Revocation};
+use crate::policy::{cert, csr};
+use crate::store::StoreError;
+use crate::store::records::Batch;
+use crate::upstream::RevokeRequest;
+
+/// RFC 5280 §5.3.1 reasons a subscriber may give (as Boulder allows, plus
+/// privilegeWithdrawn).
+const ALLOWED_REASONS: [u8; 6] = [0, 1, 3, 4, 5, 9];
+
+impl Authority {
+    /// finalize (RFC 8555 §7.4): checks the CSR, moves the order to
+    /// `processing` and writes the finalize job in one transaction, then
+    /// waits briefly so a quick upstream answers `valid` at once.
+    pub async fn finalize(
+        self: &Arc<Self>,
+        account: &crate::model::AccountRecord,
+        order_id: &str,
+        csr_der: &[u8],
+    ) -> Result<OrderRecord, RaError> {
+        let stored = self.owned_order(&account.id, order_id).await?;
+        let order = self.refresh_order(stored).await?;
+        if order.status != OrderStatus::Ready {
+            return problem(
+                ProblemType::OrderNotReady,
+                format!(
+                    "the order is {}, not ready: {}",
+                    order.status.as_str(),
+                    match order.status {
+                        OrderStatus::Pending => "complete its authorizations first",
+                        OrderStatus::Processing => "it is being finalized; poll the order",
+                        OrderStatus::Valid => "it is already finalized; download the certificate",
+                        _ => "create a new order",
+                    }
+                ),
+            );
+        }
+        let parsed = csr::parse_csr(csr_der).map_err(|e| RaError::new(ProblemType::BadCsr, e.0))?;
+        let account_key = PublicJwk::from_json(&account.jwk)
+            .map_err(|e| RaError::internal("reading the account key", e))?;
+        csr::check_against_order(&parsed, &order.identifiers, &account_key)
+            .map_err(|e| RaError::new(ProblemType::BadCsr, e.0))?;
+
+        let Some(current) = self.records.get::<OrderRecord>(order.id.as_str()).await? else {
+            return Err(super::order::not_found("order"));
+        };
+        let mut next = current.value.clone();
+        if !state::begin_finalize(&mut next) {
+            return problem(
+                ProblemType::OrderNotReady,
+                "the order changed while finalizing; poll it",
+            );
+        }
+        let now = self.clock.now();
+        let job = FinalizeJob {
+            order_id: order.id.clone(),
+            csr_der: csr_der.to_vec(),
+            attempts: 0,
+            next_attempt_at: now,
+            created_at: now,
+            upstream_state: None,
+            last_error: None,
+        };
+        let rx = self.events.subscribe();
+        match self
+            .records
+            .commit(Batch::new().replace(&current, &next).insert(&job))
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return problem(
+                    ProblemType::OrderNotReady,
+                    "the order is already being finalized; poll it",
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.jobs_ready.notify_one();
+        self.wait_for(rx, Event::Order(order.id.to_string()), self.opts.finalize_wait)
+            .await;
+        self.order(&account.id, order.id.as_str()).await
+    }
+
+    /// A certificate chain of `account` (RFC 8555 §7.4.2).
+    pub async fn certificate(
+        &self,
+        account: &AccountId,
+        id: &str,
+    ) -> Result<CertificateRecord, RaError> {
+        let cert = match CertId::parse(id) {
+            Some(id) => self.records.get::<CertificateRecord>(id.as_str()).await?,
+            None => None,
+        };
+        match cert {
+            Some(c) if &c.account_id == account => Ok(c.value),
+            _ => Err(super::order::not_found("certificate")),
+        }
+    }
+
+    /// revokeCert (RFC 8555 §7.6), forwarded to the upstream and recorded.
+    pub async fn revoke(
+        &self,
+        provisioner: &str,
+        signer: &RevocationSigner,
+        cert_der: &[u8],
+        reason: Option<u8>,
+    ) -> Result<(), RaError> {
+        let reason = reason.unwrap_or(0);
+        if !ALLOWED_REASONS.contains(&reason) {
+            return problem(
+                ProblemType::BadRevocationReason,
+                format!(
+                    "reason code {reason} is not accepted; use one of 0 (unspecified), 1 (keyCompromise), 3 (affiliationChanged), 4 (superseded), 5 (cessationOfOperation), 9 (privilegeWithdrawn)"
+                ),
+            );
+        }
+        let info = cert::cert_info(cert_der).map_err(|e| {
+            RaError::new(
+                ProblemType::Malformed,
+                format!("the certificate to revoke cannot be read: {}", e.0),
+            )
+        })?;
+        let Some(stored) = self.records.cert_by_serial(&info.serial_hex).await? else {
+            return problem(
+                ProblemType::Malformed,
+                format!(
+                    "certificate with serial {} was not issued through this server",
+                    info.serial_hex
+                ),
+            )
+            .map_err(|e: RaError| e.with_status(404));
+        };
+        let leaf = cert::pem_chain_to_der(&stored.chain_pem)
+            .ok()
+            .and_then(|c| c.into_iter().next());
+        if leaf.as_deref() != Some(cert_der) {
+            return problem(
+                ProblemType::Malformed,
+                "the certificate does not match the one issued with this serial",
+            );
+        }
+        match signer {
+            RevocationSigner::Account(acct) => {
+                if acct.id != stored.account_id {
+                    return problem(
+                        ProblemType::Unauthorized,
+                        "this account did not order the certificate; sign the request with the account that did, or with the certificate's key",
+                    );
+                }
+            }
+            RevocationSigner::CertificateKey(jwk) => {
+                if jwk != &info.public_key {
+                    return problem(
+                        ProblemType::Unauthorized,
+                        "the request is signed with a key that is not the certificate's key",
+                    );
+                }
+            }
+        }
+        let Some(order) = self.records.get::<OrderRecord>(stored.order_id.as_str()).await? else {
+            return problem(ProblemType::ServerInternal, "the certificate's order is gone");
+        };
+        if order.provisioner != provisioner {
+            return problem(
+                ProblemType::Unauthorized,
+                format!(
+                    "the certificate was issued through provisioner {:?}; revoke it there",
+                    order.provisioner
+                ),
+            );
+        }
+        if stored.revocation.is_some() {
+            return problem(
+                ProblemType::AlreadyRevoked,
+                format!("certificate {} is already revoked", stored.serial_hex),
+            );
+        }
+        self.upstream
+            .revoke_certificate(&RevokeRequest {
+                certificate_der: cert_der.to_vec(),
+                serial_hex: stored.serial_hex.clone(),
+                reason,
+            })
+            .await?;
+        let mut current = stored;
+        for _ in 0..8 {
+            let mut next = current.value.clone();
+            next.revocation = Some(Revocation {
+                reason,
+                revoked_at: self.clock.now(),
+            });
+            match self.records.commit(Batch::new().replace(&current, &next)).await {
+                Ok(()) => {
+                    crate::metrics::certificate_revoked();
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    match self.records.get::<CertificateRecord>(current.id.as_str()).await? {
+                        Some(c) if c.revocation.is_none() => current = c,
+                        _ => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        problem(ProblemType::ServerInternal, "could not record the revocation")
+    }
+
+    /// The lifetime to ask the upstream for when an order names no notAfter.
+    pub(super) fn default_lifetime(&self, provisioner: &str) -> Duration {
+        self.provisioner(provisioner)
+            .map_or(Duration::days(90), |p| p.default_lifetime)
+    }
+}

@@ -1,0 +1,329 @@
+//! Orders and authorizations: creation, reads (with expiry applied), the
+//! account's orders list, and authorization deactivation (RFC 8555 §7.4, §7.5).
+//!
+//! <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::error::{RaError, problem};
+use super::{Authority, state};
+use crate::acme::ProblemType;
+use crate::acme::types::{
+    AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier, NewOrderRequest, OrderStatus,
+};
+use crate::model::{
+    AccountId, AccountRecord, AuthzId, AuthzRecord, ChallengeRecord, OrderId, OrderRecord,
+    random_token,
+};
+use crate::policy::identifiers::check_identifiers;
+use crate::store::records::{Batch, Versioned};
+use crate::store::{Records, StoreError};
+
+/// Orders per page of the account's orders list.
+pub const ORDERS_PAGE: usize = 100;
+
+impl Authority {
+    /// newOrder (RFC 8555 §7.4).
+    pub async fn new_order(
+        &self,
+        account: &AccountRecord,
+        req: NewOrderRequest,
+    ) -> Result<(OrderRecord, Vec<AuthzRecord>), RaError> {
+        let Some(prov) = self.provisioner(&account.provisioner) else {
+            return problem(ProblemType::Unauthorized, "the account's provisioner is gone");
+        };
+        let identifiers = check_identifiers(&req.identifiers).map_err(RaError::from_problem)?;
+        let now = self.clock.now();
+        let not_before = parse_time("notBefore", req.not_before.as_deref())?;
+        let not_after = parse_time("notAfter", req.not_after.as_deref())?;
+        if let (Some(nb), Some(na)) = (not_before, not_after) {
+            if na <= nb {
+                return problem(ProblemType::Malformed, "notAfter must be after notBefore");
+            }
+        }
+        if let Some(na) = not_after {
+            let start = not_before.unwrap_or(now);
+            let life = na - start;
+            if na <= now {
+                return problem(ProblemType::Malformed, "notAfter is in the past");
+            }
+            if life > prov.max_lifetime {
+                return problem(
+                    ProblemType::RejectedIdentifier,
+                    format!(
+                        "the requested lifetime ({} h) is longer than this provisioner allows ({} h)",
+                        life.whole_hours(),
+                        prov.max_lifetime.whole_hours()
+                    ),
+                );
+            }
+            if life < prov.min_lifetime {
+                return problem(
+                    ProblemType::Malformed,
+                    format!(
+                        "the requested lifetime is shorter than this provisioner allows ({} min)",
+                        prov.min_lifetime.whole_minutes()
+                    ),
+                );
+            }
+        }
+        let order_id = OrderId::random();
+        let expires = now + self.opts.order_lifetime;
+        let authz_expires = (now + self.opts.authz_lifetime).min(expires);
+        let mut authzs: Vec<AuthzRecord> = Vec::with_capacity(identifiers.len());
+        for id in &identifiers {
+            let wildcard = id.is_wildcard();
+            let base = id.base();
+            // A wildcard and its base name need separate authorizations: the
+            // wildcard's offers dns-01 only (RFC 8555 §7.1.3).
+            let kinds: Vec<ChallengeType> = prov
+                .challenges
+                .iter()
+                .copied()
+                .filter(|k| match (&base, k) {
+                    (_, ChallengeType::Dns01) if wildcard => true,
+                    (_, _) if wildcard => false,
+                    (Identifier::Ip(_), ChallengeType::Dns01) => false,
+                    _ => true,
+                })
+                .collect();
+            if kinds.is_empty() {
+                return problem(
+                    ProblemType::RejectedIdentifier,
+                    format!(
+                        "{id} cannot be validated with the challenge types this provisioner offers ({})",
+                        prov.challenges
+                            .iter()
+                            .map(|c| c.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+            let token = random_token(32);
+            authzs.push(AuthzRecord {
+                id: AuthzId::random(),
+                account_id: account.id.clone(),
+                order_id: order_id.clone(),
+                identifier: base,
+                wildcard,
+                status: AuthorizationStatus::Pending,
+                expires: authz_expires,
+                challenges: kinds
+                    .into_iter()
+                    .map(|kind| ChallengeRecord {
+                        kind,
+                        token: token.clone(),
+                        status: ChallengeStatus::Pending,
+                        validated: None,
+                        error: None,
+                    })
+                    .collect(),
+            });
+        }
+        let order = OrderRecord {
+            id: order_id,
+            account_id: account.id.clone(),
+            provisioner: account.provisioner.clone(),
+            status: OrderStatus::Pending,
+            identifiers,
+            authz_ids: authzs.iter().map(|a| a.id.clone()).collect(),
+            not_before,
+            not_after,
+            expires,
+            created_at: now,
+            error: None,
+            certificate_id: None,
+            replaces: req.replaces,
+        };
+        self.records
+            .commit(Records::order_insert_ops(Batch::new(), &order, &authzs))
+            .await?;
+        Ok((order, authzs))
+    }
+
+    /// An order of `account`, with expiry and authorization outcomes applied.
+    pub async fn order(&self, account: &AccountId, id: &str) -> Result<OrderRecord, RaError> {
+        let order = self.owned_order(account, id).await?;
+        self.refresh_order(order).await
+    }
+
+    pub(super) async fn owned_order(
+        &self,
+        account: &AccountId,
+        id: &str,
+    ) -> Result<Versioned<OrderRecord>, RaError> {
+        let order = match OrderId::parse(id) {
+            Some(id) => self.records.get::<OrderRecord>(id.as_str()).await?,
+            None => None,
+        };
+        match order {
+            Some(o) if &o.account_id == account => Ok(o),
+            _ => Err(not_found("order")),
+        }
+    }
+
+    /// Brings a stored order up to date (expiry, authorization results) and
+    /// stores the change, retrying on concurrent updates.
+    pub(super) async fn refresh_order(
+        &self,
+        mut order: Versioned<OrderRecord>,
+    ) -> Result<OrderRecord, RaError> {
+        for _ in 0..8 {
+            if !matches!(order.status, OrderStatus::Pending | OrderStatus::Ready) {
+                return Ok(order.value);
+            }
+            let now = self.clock.now();
+            let authzs = self.order_authzs(&order).await?;
+            let next = state::order_at(order.value.clone(), &authzs, now);
+            if next == order.value {
+                return Ok(next);
+            }
+            match self.records.commit(Batch::new().replace(&order, &next)).await {
+                Ok(()) => {
+                    if next.status == OrderStatus::Invalid {
+                        crate::metrics::order_finished(next.status);
+                    }
+                    return Ok(next);
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    match self.records.get::<OrderRecord>(order.id.as_str()).await? {
+                        Some(o) => order = o,
+                        None => return Err(not_found("order")),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        problem(
+            ProblemType::ServerInternal,
+            "the order changed concurrently too often; try again",
+        )
+    }
+
+    async fn order_authzs(&self, order: &OrderRecord) -> Result<Vec<AuthzRecord>, RaError> {
+        let now = self.clock.now();
+        let mut out = Vec::with_capacity(order.authz_ids.len());
+        for id in &order.authz_ids {
+            if let Some(a) = self.records.get::<AuthzRecord>(id.as_str()).await? {
+                out.push(state::authz_at(a.value, now));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of the account's order ids (RFC 8555 §7.1.2.1), and the cursor
+    /// of the next page if there is one.
+    pub async fn orders_page(
+        &self,
+        account: &AccountId,
+        after: Option<&str>,
+    ) -> Result<(Vec<OrderId>, Option<OrderId>), RaError> {
+        let after = after.and_then(OrderId::parse);
+        let mut ids = self
+            .records
+            .account_orders(account, after.as_ref(), ORDERS_PAGE + 1)
+            .await?;
+        let next = if ids.len() > ORDERS_PAGE {
+            ids.truncate(ORDERS_PAGE);
+            ids.last().cloned()
+        } else {
+            None
+        };
+        Ok((ids, next))
+    }
+
+    /// An authorization of `account`, with expiry applied.
+    pub async fn authz(&self, account: &AccountId, id: &str) -> Result<AuthzRecord, RaError> {
+        let a = self.owned_authz(account, id).await?;
+        Ok(state::authz_at(a.value, self.clock.now()))
+    }
+
+    pub(super) async fn owned_authz(
+        &self,
+        account: &AccountId,
+        id: &str,
+    ) -> Result<Versioned<AuthzRecord>, RaError> {
+        let authz = match AuthzId::parse(id) {
+            Some(id) => self.records.get::<AuthzRecord>(id.as_str()).await?,
+            None => None,
+        };
+        match authz {
+            Some(a) if &a.account_id == account => Ok(a),
+            _ => Err(not_found("authorization")),
+        }
+    }
+
+    /// Deactivates an authorization (RFC 8555 §7.5.2).
+    pub async fn deactivate_authz(
+        &self,
+        account: &AccountId,
+        id: &str,
+        status: &str,
+    ) -> Result<AuthzRecord, RaError> {
+        if status != "deactivated" {
+            return problem(
+                ProblemType::Malformed,
+                format!("an authorization's status can only be set to \"deactivated\", not {status:?}"),
+            );
+        }
+        for _ in 0..8 {
+            let current = self.owned_authz(account, id).await?;
+            let now = self.clock.now();
+            let shown = state::authz_at(current.value.clone(), now);
+            if !matches!(
+                shown.status,
+                AuthorizationStatus::Pending | AuthorizationStatus::Valid
+            ) {
+                return problem(
+                    ProblemType::Malformed,
+                    format!(
+                        "only a pending or valid authorization can be deactivated; this one is {}",
+                        serde_json::to_value(shown.status)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+            let mut next = current.value.clone();
+            next.status = AuthorizationStatus::Deactivated;
+            match self.records.commit(Batch::new().replace(&current, &next)).await {
+                Ok(()) => {
+                    if let Some(order) = self.records.get::<OrderRecord>(next.order_id.as_str()).await? {
+                        self.refresh_order(order).await?;
+                    }
+                    return Ok(next);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        problem(
+            ProblemType::ServerInternal,
+            "the authorization changed concurrently too often; try again",
+        )
+    }
+}
+
+/// A 404 that does not tell whether the resource exists for someone else.
+pub(super) fn not_found(what: &str) -> RaError {
+    RaError::new(
+        ProblemType::Malformed,
+        format!("no such {what} for this account"),
+    )
+    .with_status(404)
+}
+
+fn parse_time(field: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, RaError> {
+    v.map(|s| {
+        OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+            RaError::new(
+                ProblemType::Malformed,
+                format!("{field} {s:?} is not an RFC 3339 date-time like 2026-01-01T00:00:00Z"),
+            )
+        })
+    })
+    .transpose()
+}

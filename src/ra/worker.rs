@@ -1,0 +1,306 @@
+//! The finalize worker: takes due finalize jobs, asks the upstream to sign,
+//! stores the chain and makes the order `valid` in one transaction, or retries
+//! transient failures with back-off until the order expires (DESIGN.md §3).
+//! Unfinished jobs are resumed after a restart, because they live in the store.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use time::Duration;
+use tokio::sync::Semaphore;
+
+use super::{Authority, Event, state};
+use crate::acme::{Problem, ProblemType};
+use crate::acme::types::OrderStatus;
+use crate::model::{CertId, CertificateRecord, FinalizeJob, OrderId, OrderRecord};
+use crate::policy::cert;
+use crate::store::records::{Batch, Versioned};
+use crate::store::{Records, StoreError};
+use crate::upstream::{Checkpoint, SignRequest, UpstreamError};
+
+/// Runs finalize jobs until shutdown.
+pub struct FinalizeWorker {
+    authority: Arc<Authority>,
+    in_flight: Arc<Mutex<HashSet<OrderId>>>,
+}
+
+impl FinalizeWorker {
+    /// A worker for this Authority.
+    pub fn new(authority: Arc<Authority>) -> Self {
+        Self {
+            authority,
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Polls for due jobs (woken at once by finalize, else every second) and
+    /// runs them, a bounded number at a time, until the shutdown token fires.
+    pub async fn run(self) {
+        let ra = Arc::clone(&self.authority);
+        let permits = Arc::new(Semaphore::new(ra.opts.finalize_concurrency.max(1)));
+        loop {
+            let notified = ra.jobs_ready.notified();
+            match ra.records.due_jobs(ra.clock.now(), 256).await {
+                Ok(jobs) => {
+                    crate::metrics::finalize_queue(jobs.len(), jobs.first().map(|j| j.created_at), ra.clock.now());
+                    for job in jobs {
+                        if !self.claim(&job.order_id) {
+                            continue;
+                        }
+                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                            return;
+                        };
+                        let ra2 = Arc::clone(&ra);
+                        let in_flight = Arc::clone(&self.in_flight);
+                        ra.tasks.spawn(async move {
+                            let id = job.order_id.clone();
+                            ra2.run_job(job.value).await;
+                            if let Ok(mut set) = in_flight.lock() {
+                                set.remove(&id);
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read finalize jobs"),
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = ra.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    fn claim(&self, id: &OrderId) -> bool {
+        match self.in_flight.lock() {
+            Ok(mut set) => set.insert(id.clone()),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Saves the upstream's progress into the job before irreversible steps.
+struct JobCheckpoint {
+    records: Records,
+    order_id: OrderId,
+}
+
+#[async_trait]
+impl Checkpoint for JobCheckpoint {
+    async fn save(&self, state: &str) -> Result<(), UpstreamError> {
+        let internal = |e: StoreError| UpstreamError::Internal {
+            context: "saving the upstream state with the finalize job".into(),
+            source: Some(Box::new(e)),
+        };
+        for _ in 0..8 {
+            let Some(job) = self
+                .records
+                .get::<FinalizeJob>(self.order_id.as_str())
+                .await
+                .map_err(internal)?
+            else {
+                return Err(UpstreamError::Internal {
+                    context: "the finalize job vanished".into(),
+                    source: None,
+                });
+            };
+            let mut next = job.value.clone();
+            next.upstream_state = Some(state.to_owned());
+            match self.records.commit(Batch::new().replace(&job, &next)).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(internal(e)),
+            }
+        }
+        Err(UpstreamError::Internal {
+            context: "the finalize job changed concurrently".into(),
+            source: None,
+        })
+    }
+}
+
+impl Authority {
+    async fn run_job(&self, job: FinalizeJob) {
+        let order_id = job.order_id.clone();
+        if let Err(e) = self.try_job(job).await {
+            tracing::error!(order = %order_id, error = %e, source = ?e.source, "finalize job failed to record its outcome; it will be retried");
+        }
+        self.publish(Event::Order(order_id.to_string()));
+    }
+
+    async fn try_job(&self, job: FinalizeJob) -> Result<(), super::RaError> {
+        let Some(order) = self.records.get::<OrderRecord>(job.order_id.as_str()).await? else {
+            self.drop_job(&job.order_id).await?;
+            return Ok(());
+        };
+        if order.status != OrderStatus::Processing {
+            self.drop_job(&job.order_id).await?;
+            return Ok(());
+        }
+        let now = self.clock.now();
+        if now >= order.expires {
+            let why = job
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no answer".to_owned());
+            let p = Problem::new(
+                ProblemType::ServerInternal,
+                format!("the upstream CA did not issue the certificate before the order expired (last error: {why}); create a new order"),
+            );
+            return self.finish(&order, Err(p), None).await;
+        }
+        let not_after = order
+            .not_after
+            .unwrap_or_else(|| order.not_before.unwrap_or(now) + self.default_lifetime(&order.provisioner));
+        let req = SignRequest {
+            csr_der: job.csr_der.clone(),
+            identifiers: order.identifiers.clone(),
+            not_before: order.not_before,
+            not_after: Some(not_after),
+            resume: job.upstream_state.clone(),
+            replaces: order.replaces.clone(),
+        };
+        let checkpoint = JobCheckpoint {
+            records: self.records.clone(),
+            order_id: order.id.clone(),
+        };
+        let started = Instant::now();
+        let result = self.upstream.create_certificate(&req, &checkpoint).await;
+        crate::metrics::upstream_call(self.upstream.name(), "create", result.is_ok(), started.elapsed());
+        match result {
+            Ok(chain) => {
+                let Some(leaf) = chain.certificates.first() else {
+                    return self.retry_later(&job, "the upstream returned an empty chain").await;
+                };
+                let info = match cert::cert_info(leaf) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        return self
+                            .retry_later(&job, &format!("the upstream returned an unreadable certificate: {}", e.0))
+                            .await;
+                    }
+                };
+                let record = CertificateRecord {
+                    id: CertId::random(),
+                    account_id: order.account_id.clone(),
+                    order_id: order.id.clone(),
+                    serial_hex: info.serial_hex,
+                    chain_pem: chain.to_pem(),
+                    not_before: info.not_before,
+                    not_after: info.not_after,
+                    upstream: self.upstream.name().to_owned(),
+                    revocation: None,
+                };
+                self.finish(&order, Ok(record.id.clone()), Some(record)).await
+            }
+            Err(e @ UpstreamError::Rejected { .. }) => {
+                let UpstreamError::Rejected { kind, detail } = &e else {
+                    return Ok(());
+                };
+                tracing::warn!(order = %order.id, error = %e, "upstream refused the certificate");
+                let p = Problem::new(*kind, format!("the upstream CA refused the certificate: {detail}"));
+                self.finish(&order, Err(p), None).await
+            }
+            Err(e) => {
+                tracing::warn!(order = %order.id, attempt = job.attempts + 1, error = %e, source = ?std::error::Error::source(&e), "upstream failed; will retry");
+                self.retry_later(&job, &e.to_string()).await
+            }
+        }
+    }
+
+    /// Stores the outcome: certificate + order `valid` + job removed, or order
+    /// `invalid` + job removed, in one transaction.
+    async fn finish(
+        &self,
+        order: &Versioned<OrderRecord>,
+        result: Result<CertId, Problem>,
+        cert: Option<CertificateRecord>,
+    ) -> Result<(), super::RaError> {
+        let mut order = order.clone();
+        for _ in 0..8 {
+            let mut next = order.value.clone();
+            if !state::end_finalize(&mut next, result.clone()) {
+                self.drop_job(&order.id).await?;
+                return Ok(());
+            }
+            let Some(job) = self.records.get::<FinalizeJob>(order.id.as_str()).await? else {
+                return Ok(());
+            };
+            let mut batch = Batch::new().replace(&order, &next).remove(&job);
+            if let Some(c) = &cert {
+                batch = Records::cert_insert_ops(batch, c);
+            }
+            match self.records.commit(batch).await {
+                Ok(()) => {
+                    crate::metrics::order_finished(next.status);
+                    if cert.is_some() {
+                        crate::metrics::certificate_issued();
+                    }
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    match self.records.get::<OrderRecord>(order.id.as_str()).await? {
+                        Some(o) => order = o,
+                        None => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(super::RaError::new(
+            ProblemType::ServerInternal,
+            "the order changed concurrently too often",
+        ))
+    }
+
+    async fn retry_later(&self, job: &FinalizeJob, why: &str) -> Result<(), super::RaError> {
+        for _ in 0..8 {
+            let Some(current) = self.records.get::<FinalizeJob>(job.order_id.as_str()).await? else {
+                return Ok(());
+            };
+            let mut next = current.value.clone();
+            next.attempts = next.attempts.saturating_add(1);
+            next.last_error = Some(why.to_owned());
+            next.next_attempt_at = self.clock.now() + backoff(next.attempts, self.opts.max_backoff);
+            match self.records.commit(Batch::new().replace(&current, &next)).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn drop_job(&self, order_id: &OrderId) -> Result<(), super::RaError> {
+        if let Some(job) = self.records.get::<FinalizeJob>(order_id.as_str()).await? {
+            match self.records.commit(Batch::new().remove(&job)).await {
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Exponential back-off: 1 s, 2 s, 4 s, … capped at `max`.
+fn backoff(attempts: u32, max: Duration) -> Duration {
+    let secs = 1i64 << attempts.saturating_sub(1).min(20);
+    Duration::seconds(secs).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let max = Duration::minutes(5);
+        assert_eq!(backoff(1, max), Duration::seconds(1));
+        assert_eq!(backoff(2, max), Duration::seconds(2));
+        assert_eq!(backoff(5, max), Duration::seconds(16));
+        assert_eq!(backoff(30, max), max);
+    }
+}

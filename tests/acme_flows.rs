@@ -1,0 +1,250 @@
+//! End-to-end ACME flows driven by instant-acme against an in-process server:
+//! http-01, dns-01, tls-alpn-01, wildcards, IP identifiers, download, revoke.
+
+mod common;
+
+use common::TestServer;
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus,
+    RetryPolicy, RevocationReason, RevocationRequest,
+};
+use rustls::pki_types::CertificateDer;
+use x509_parser::prelude::*;
+
+/// Runs one order to completion answering `kind`; returns the chain PEM and
+/// the certificate key.
+async fn issue(
+    ts: &TestServer,
+    account: &Account,
+    identifiers: &[Identifier],
+    kind: ChallengeType,
+) -> Result<(String, String), String> {
+    let mut order = account
+        .new_order(&NewOrder::new(identifiers))
+        .await
+        .map_err(|e| format!("newOrder: {e}"))?;
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut a = a.map_err(|e| format!("authz: {e}"))?;
+        if a.status == AuthorizationStatus::Valid {
+            continue;
+        }
+        let mut ch = a
+            .challenge(kind.clone())
+            .ok_or_else(|| format!("no {kind:?} challenge offered"))?;
+        let key_auth = ch.key_authorization();
+        let ident = ch.identifier().to_string();
+        let value = match ch.identifier().identifier {
+            Identifier::Dns(name) => name.clone(),
+            Identifier::Ip(ip) => ip.to_string(),
+            _ => return Err("unexpected identifier".into()),
+        };
+        match kind {
+            ChallengeType::Http01 => ts.responders.set_http01(&ch.token, key_auth.as_str()),
+            ChallengeType::Dns01 => ts
+                .responders
+                .set_dns01(value.trim_start_matches("*."), &key_auth.dns_value()),
+            ChallengeType::TlsAlpn01 => {
+                let sni = match ch.identifier().identifier {
+                    Identifier::Ip(std::net::IpAddr::V4(v4)) => {
+                        let o = v4.octets();
+                        format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+                    }
+                    _ => value.clone(),
+                };
+                ts.responders
+                    .set_tls_alpn01(&sni, &value, key_auth.digest().as_ref())
+            }
+            _ => return Err("unsupported kind".into()),
+        }
+        let _ = ident;
+        ch.set_ready().await.map_err(|e| format!("challenge: {e}"))?;
+    }
+    let status = order
+        .poll_ready(&RetryPolicy::default())
+        .await
+        .map_err(|e| format!("poll_ready: {e}"))?;
+    if status != OrderStatus::Ready {
+        return Err(format!("order is {status:?}: {:?}", order.state().error));
+    }
+    let key = order.finalize().await.map_err(|e| format!("finalize: {e}"))?;
+    let chain = order
+        .poll_certificate(&RetryPolicy::default())
+        .await
+        .map_err(|e| format!("certificate: {e}"))?;
+    Ok((chain, key))
+}
+
+fn leaf_sans(chain: &str) -> Vec<String> {
+    let pems = ::pem::parse_many(chain).unwrap();
+    let (_, cert) = X509Certificate::from_der(pems[0].contents()).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .map(|g| match g {
+            GeneralName::DNSName(d) => d.to_string(),
+            GeneralName::IPAddress(b) if b.len() == 4 => {
+                std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()
+            }
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// The chain verifies link by link up to the server's root.
+fn verify_chain(chain: &str, root_pem: &str) {
+    let mut certs: Vec<Vec<u8>> = ::pem::parse_many(chain)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.contents().to_vec())
+        .collect();
+    assert!(certs.len() >= 2, "chain has leaf and issuers");
+    let root = ::pem::parse(root_pem).unwrap().contents().to_vec();
+    if certs.last() != Some(&root) {
+        certs.push(root);
+    }
+    for pair in certs.windows(2) {
+        let (_, child) = X509Certificate::from_der(&pair[0]).unwrap();
+        let (_, parent) = X509Certificate::from_der(&pair[1]).unwrap();
+        assert_eq!(child.issuer(), parent.subject());
+        child
+            .verify_signature(Some(parent.public_key()))
+            .expect("signature verifies with the issuer's key");
+    }
+}
+
+#[tokio::test]
+async fn http01_issue_download_revoke() {
+    let ts = TestServer::start().await;
+    let (account, _) = ts.account().await;
+    let ids = [Identifier::Dns("www.example.test".into())];
+    let (chain, _key) = issue(&ts, &account, &ids, ChallengeType::Http01).await.unwrap();
+    assert_eq!(leaf_sans(&chain), vec!["www.example.test"]);
+    verify_chain(&chain, &ts.server.as_ref().unwrap().roots_pem);
+
+    let der = ::pem::parse(&chain).unwrap().contents().to_vec();
+    let cert = CertificateDer::from(der);
+    account
+        .revoke(&RevocationRequest {
+            certificate: &cert,
+            reason: Some(RevocationReason::KeyCompromise),
+        })
+        .await
+        .unwrap();
+    let again = account
+        .revoke(&RevocationRequest {
+            certificate: &cert,
+            reason: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("alreadyRevoked"), "{again}");
+}
+
+#[tokio::test]
+async fn dns01_with_wildcard_and_base_name() {
+    let ts = TestServer::start().await;
+    let (account, _) = ts.account().await;
+    let ids = [
+        Identifier::Dns("*.wild.test".into()),
+        Identifier::Dns("wild.test".into()),
+    ];
+    let (chain, _) = issue(&ts, &account, &ids, ChallengeType::Dns01).await.unwrap();
+    let mut sans = leaf_sans(&chain);
+    sans.sort();
+    assert_eq!(sans, vec!["*.wild.test", "wild.test"]);
+}
+
+#[tokio::test]
+async fn tls_alpn01_for_a_name_and_http01_for_an_ip() {
+    let ts = TestServer::start().await;
+    let (account, _) = ts.account().await;
+    let (chain, _) = issue(
+        &ts,
+        &account,
+        &[Identifier::Dns("alpn.test".into())],
+        ChallengeType::TlsAlpn01,
+    )
+    .await
+    .unwrap();
+    assert_eq!(leaf_sans(&chain), vec!["alpn.test"]);
+    let (chain, _) = issue(
+        &ts,
+        &account,
+        &[Identifier::Ip("127.0.0.1".parse().unwrap())],
+        ChallengeType::Http01,
+    )
+    .await
+    .unwrap();
+    assert_eq!(leaf_sans(&chain), vec!["127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn failed_validation_makes_the_order_invalid_with_the_reason() {
+    let ts = TestServer::start().await;
+    let (account, _) = ts.account().await;
+    let ids = [Identifier::Dns("nobody-home.test".into())];
+    let mut order = account.new_order(&NewOrder::new(&ids)).await.unwrap();
+    let mut authzs = order.authorizations();
+    let mut a = authzs.next().await.unwrap().unwrap();
+    // Nothing is served for this token: the validator gets a 404.
+    let mut ch = a.challenge(ChallengeType::Http01).unwrap();
+    ch.set_ready().await.unwrap();
+    drop(authzs);
+    let status = order
+        .poll_ready(&RetryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(status, OrderStatus::Invalid);
+    let err = order.state().error.clone().expect("order carries the problem");
+    assert!(
+        format!("{:?}", err.r#type).contains("unauthorized")
+            || format!("{:?}", err.r#type).contains("Unauthorized"),
+        "{err:?}"
+    );
+    assert!(err.detail.unwrap_or_default().contains("nobody-home.test"));
+}
+
+#[tokio::test]
+async fn directory_nonce_and_roots() {
+    let ts = TestServer::start().await;
+    let http = ts.http();
+    let dir: serde_json::Value = http
+        .get(ts.directory_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for k in ["newNonce", "newAccount", "newOrder", "revokeCert", "keyChange"] {
+        assert!(dir[k].as_str().unwrap().starts_with("https://127.0.0.1:"), "{k}");
+    }
+    assert_eq!(dir["meta"]["externalAccountRequired"], false);
+
+    let head = http
+        .head(dir["newNonce"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.headers().contains_key("replay-nonce"));
+    assert_eq!(head.headers()["cache-control"], "no-store");
+    let get = http
+        .get(dir["newNonce"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 204);
+    assert!(get.headers().contains_key("replay-nonce"));
+
+    let roots = http.get(ts.url("/roots.pem")).send().await.unwrap();
+    assert_eq!(roots.status(), 200);
+    assert!(roots.text().await.unwrap().contains("BEGIN CERTIFICATE"));
+
+    let missing = http.get(ts.url("/acme/nope/directory")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+    assert!(missing.headers().contains_key("replay-nonce"));
+}

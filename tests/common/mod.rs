@@ -1,0 +1,176 @@
+//! Test support: a server started in-process on 127.0.0.1 with a free port,
+//! a temporary data directory and softcas; challenge responders for http-01,
+//! tls-alpn-01 and dns-01 (a mock DNS server); an instant-acme client.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod responders;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use acmeproxy::app::Server;
+use acmeproxy::config::Config;
+use acmeproxy::validate::mockdns::MockDns;
+use instant_acme::{Account, AccountCredentials, NewAccount};
+use tokio_util::sync::CancellationToken;
+
+pub use responders::Responders;
+
+/// What a test server should look like.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `memory` or `sled`.
+    pub db: &'static str,
+    pub require_eab: bool,
+    pub challenges: Option<Vec<&'static str>>,
+    /// Reuse this data directory (restart tests).
+    pub data_dir: Option<PathBuf>,
+    /// Extra top-level JSON merged into the provisioner.
+    pub provisioner_extra: serde_json::Value,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            db: "memory",
+            require_eab: false,
+            challenges: None,
+            data_dir: None,
+            provisioner_extra: serde_json::json!({}),
+        }
+    }
+}
+
+/// A running acmeproxy with its responders.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub root_file: PathBuf,
+    pub responders: Responders,
+    pub config: Config,
+    shutdown: CancellationToken,
+}
+
+impl TestServer {
+    /// Starts a server with default options.
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts a server with `opts`.
+    pub async fn start_with(opts: Options) -> Self {
+        let responders = Responders::start().await;
+        Self::start_with_responders(opts, responders).await
+    }
+
+    /// Starts a server that validates against existing responders.
+    pub async fn start_with_responders(opts: Options, responders: Responders) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
+        let mut prov = serde_json::json!({"type": "ACME", "name": "acme", "requireEAB": opts.require_eab});
+        if let Some(c) = &opts.challenges {
+            prov["challenges"] = serde_json::json!(c);
+        }
+        if let Some(extra) = opts.provisioner_extra.as_object() {
+            for (k, v) in extra {
+                prov[k] = v.clone();
+            }
+        }
+        let doc = serde_json::json!({
+            "address": "127.0.0.1:0",
+            "dnsNames": ["localhost", "127.0.0.1"],
+            "dataDir": data_dir,
+            "db": {"type": opts.db},
+            "logger": {"format": "text"},
+            "metrics": {"enabled": false},
+            "authority": {"type": "softcas", "provisioners": [prov]},
+            "validation": {
+                "httpPort": responders.http_port(),
+                "tlsAlpnPort": responders.tls_alpn_port(),
+                "resolvers": [responders.dns_addr().to_string()],
+                "timeoutSeconds": 5
+            }
+        });
+        let (config, _) = Config::parse(&doc.to_string()).unwrap();
+        acmeproxy::telemetry::init(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = CancellationToken::new();
+        let server = acmeproxy::app::start(config.clone(), listener, shutdown.clone())
+            .await
+            .unwrap();
+        let root_file = dir.path().join("root.pem");
+        std::fs::write(&root_file, &server.roots_pem).unwrap();
+        Self {
+            addr: server.addr,
+            server: Some(server),
+            dir,
+            data_dir,
+            root_file,
+            responders,
+            config,
+            shutdown,
+        }
+    }
+
+    /// The directory URL of provisioner `acme`.
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/acme/acme/directory", self.addr.port())
+    }
+
+    /// A URL on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    /// A reqwest client trusting the server's root.
+    pub fn http(&self) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(
+            self.server
+                .as_ref()
+                .map(|s| s.roots_pem.as_bytes())
+                .unwrap_or_default(),
+        )
+        .unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(root)
+            .build()
+            .unwrap()
+    }
+
+    /// A new instant-acme account.
+    pub async fn account(&self) -> (Account, AccountCredentials) {
+        Account::builder_with_root(&self.root_file)
+            .unwrap()
+            .create(
+                &NewAccount {
+                    contact: &["mailto:test@example.org"],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.directory_url(),
+                None,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(s) = self.server.take() {
+            s.wait().await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Keeps the mock DNS type reachable for tests that build their own.
+pub type Dns = Arc<MockDns>;
