@@ -3,7 +3,12 @@
 //! tls-alpn-01 and dns-01 (a mock DNS server); an instant-acme client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod clients;
+pub mod procs;
 pub mod responders;
+
+#[allow(unused_imports)]
+pub(crate) use procs::*;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,242 @@
+//! Interop: real ACME (RFC 8555) clients from Debian — certbot, lego, uacme
+//! and dehydrated — against the built `acmeproxy` binary. Each scenario
+//! starts its own server (softcas, fresh temp dir and ports), lets the client
+//! register, issue, renew (forced) and revoke, and checks the certificates
+//! with openssl against the softcas root.
+//!
+//! Needs the clients installed (`tests/interop/install-clients.sh`, root). A
+//! missing client skips its scenario with a message, or fails it when `CI`
+//! is set. uacme also needs root (a private mount namespace for its CA bundle).
+
+mod common;
+#[path = "interop/dns_stub.rs"]
+mod dns_stub;
+
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use common::clients::{Challenge, Client, Ports, run_client, verify_cert};
+use common::{ChildGuard, free_ports, tail};
+
+/// How long the server may take to answer its directory (it creates its CA at first start).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[test]
+fn certbot_http01() {
+    scenario(Client::Certbot, Challenge::Http01, "certbot-http.test");
+}
+
+#[test]
+fn dehydrated_http01() {
+    scenario(
+        Client::Dehydrated,
+        Challenge::Http01,
+        "dehydrated-http.test",
+    );
+}
+
+#[test]
+fn lego_dns01() {
+    scenario(Client::Lego, Challenge::Dns01, "lego-dns.test");
+}
+
+#[test]
+fn lego_http01() {
+    scenario(Client::Lego, Challenge::Http01, "lego-http.test");
+}
+
+#[test]
+fn lego_tls_alpn01() {
+    scenario(Client::Lego, Challenge::TlsAlpn01, "lego-tls-alpn.test");
+}
+
+#[test]
+fn uacme_http01() {
+    scenario(Client::Uacme, Challenge::Http01, "uacme-http.test");
+}
+
+/// Runs one client scenario against a fresh server; skips (or, under CI,
+/// fails) when the client is not installed. On failure the temp dir is kept
+/// and the server's log is printed.
+fn scenario(client: Client, challenge: Challenge, name: &str) {
+    if let Some(why) = client.missing_prerequisite() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{client} {challenge}: {why} (CI is set, so this is a failure)"
+        );
+        eprintln!("SKIPPED interop {client} {challenge}: {why}");
+        return;
+    }
+    let tmp = match tempfile::Builder::new()
+        .prefix("acmeproxy-interop-")
+        .tempdir()
+    {
+        Ok(tmp) => tmp,
+        Err(e) => panic!("cannot create a temp dir: {e}"),
+    };
+    let server_log = tmp.path().join("server.log");
+    let result = attempt(client, challenge, name, tmp.path());
+    if let Err(failure) = result {
+        let kept = tmp.keep();
+        eprintln!("{}", tail(&server_log, 300));
+        panic!(
+            "interop {client} {challenge} failed: {failure}\n(state kept in {})",
+            kept.display()
+        );
+    }
+}
+
+fn attempt(client: Client, challenge: Challenge, name: &str, tmp: &Path) -> Result<(), String> {
+    let records = tmp.join("dns-records");
+    fs::create_dir_all(&records).map_err(|e| format!("{}: {e}", records.display()))?;
+    let dns = start_dns(&records).map_err(|e| format!("mock DNS: {e}"))?;
+    let [acme, http01, tls_alpn01] = free_ports().map_err(|e| format!("free ports: {e}"))?;
+    let ports = Ports {
+        http01,
+        tls_alpn01,
+        dns: dns.addr(),
+        dns_records: records,
+    };
+    let server = Server::start(tmp, acme, &ports)?;
+
+    let outcome = run_client(
+        client,
+        &server.directory_url,
+        &server.root,
+        name,
+        challenge,
+        &ports,
+        &tmp.join("clients"),
+    )?;
+    let first = verify_cert(&outcome.issued, name, &server.root)
+        .map_err(|e| format!("issued certificate: {e}"))?;
+    let second = verify_cert(&outcome.renewed, name, &server.root)
+        .map_err(|e| format!("renewed certificate: {e}"))?;
+    if first.serial == second.serial {
+        return Err(format!(
+            "renewal returned the same certificate (serial {})",
+            first.serial
+        ));
+    }
+    println!(
+        "interop {client} {challenge} {name}: issued serial {} (chain of {}), renewed serial {}, \
+         revoked; wall time issue {:.2}s, renew {:.2}s, revoke {:.2}s; logs in {}",
+        first.serial,
+        first.chain_len,
+        second.serial,
+        outcome.issue_time.as_secs_f64(),
+        outcome.renew_time.as_secs_f64(),
+        outcome.revoke_time.as_secs_f64(),
+        outcome.logs.display(),
+    );
+    if client == Client::Certbot {
+        println!(
+            "certbot issuance wall time: {:.2}s (certonly), {:.2}s (renew --force-renewal)",
+            outcome.issue_time.as_secs_f64(),
+            outcome.renew_time.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// The DNS server the validator resolves names through, with dns-01 TXT
+/// records read from `records`.
+///
+/// Wiring point for the project's mock DNS: once
+/// `acmeproxy::validate::mockdns::MockDns` is merged, start it here instead
+/// (`MockDns::start("127.0.0.1:0".parse()?)` with `records` as its records
+/// directory) and return it; the tests use only `.addr()` and drop.
+fn start_dns(records: &Path) -> io::Result<dns_stub::StubDns> {
+    dns_stub::StubDns::start(SocketAddr::from(([127, 0, 0, 1], 0)), records)
+}
+
+/// The acmeproxy binary serving ACME with the soft CA; killed on drop.
+struct Server {
+    _child: ChildGuard,
+    directory_url: String,
+    /// The softcas root: trust anchor for the HTTPS endpoint and issued chains.
+    root: PathBuf,
+}
+
+impl Server {
+    /// Writes `ca.json`, starts `acmeproxy serve`, and waits for the directory.
+    fn start(tmp: &Path, port: u16, ports: &Ports) -> Result<Self, String> {
+        let data = tmp.join("data");
+        let config = json!({
+            "address": format!("127.0.0.1:{port}"),
+            "dnsNames": ["localhost", "127.0.0.1"],
+            "dataDir": data,
+            "logger": {"format": "text"},
+            "metrics": {"enabled": false},
+            "authority": {
+                "type": "softcas",
+                "provisioners": [{"type": "ACME", "name": "acme"}],
+            },
+            "validation": {
+                "httpPort": ports.http01,
+                "tlsAlpnPort": ports.tls_alpn01,
+                "resolvers": [ports.dns.to_string()],
+                "timeoutSeconds": 10,
+            },
+        });
+        let config_path = tmp.join("ca.json");
+        let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+        fs::write(&config_path, text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_acmeproxy"));
+        cmd.arg("serve").arg(&config_path);
+        let mut child = ChildGuard::spawn("acmeproxy", &mut cmd, &tmp.join("server.log"))?;
+        let directory_url = format!("https://127.0.0.1:{port}/acme/acme/directory");
+        let root = data.join("softcas/root.crt");
+        wait_ready(&mut child, &directory_url, &root)?;
+        Ok(Self {
+            _child: child,
+            directory_url,
+            root,
+        })
+    }
+}
+
+/// Polls until the directory answers 200 over HTTPS that chains to `root`.
+fn wait_ready(child: &mut ChildGuard, url: &str, root: &Path) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("no root certificate yet");
+    while Instant::now() < deadline {
+        child.check_running()?;
+        if let Ok(pem) = fs::read(root) {
+            match runtime.block_on(get_status(url, &pem)) {
+                Ok(200) => return Ok(()),
+                Ok(status) => last = format!("HTTP {status}"),
+                Err(e) => last = e,
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "server not ready after {}s at {url}: {last}",
+        READY_TIMEOUT.as_secs()
+    ))
+}
+
+async fn get_status(url: &str, root_pem: &[u8]) -> Result<u16, String> {
+    let root = reqwest::Certificate::from_pem(root_pem).map_err(|e| format!("root.crt: {e}"))?;
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let response = client.get(url).send().await.map_err(|e| format!("{e:?}"))?;
+    Ok(response.status().as_u16())
+}
