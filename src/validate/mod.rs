@@ -5,7 +5,11 @@
 
 pub mod dns01;
 pub mod http01;
+pub mod mockdns;
+mod net;
 pub mod resolver;
+#[cfg(test)]
+mod testutil;
 pub mod tls_alpn01;
 
 use std::net::SocketAddr;
@@ -15,7 +19,8 @@ use std::time::Duration;
 use crate::acme::ProblemType;
 use crate::acme::types::{ChallengeType, Identifier};
 
-pub use resolver::{DnsResolver, HickoryResolver};
+pub use mockdns::MockDns;
+pub use resolver::{DnsResolver, HickoryResolver, ResolverError};
 
 /// Where and how validation connects. Real deployments keep the defaults
 /// (ports 80 and 443, the system's resolvers); loopback tests change them.
@@ -111,8 +116,9 @@ impl Validator {
         match tokio::time::timeout(self.settings.timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(ValidationError::Connection(format!(
-                "{kind} validation of {identifier} timed out after {} s",
-                self.settings.timeout.as_secs()
+                "{kind} validation of {} timed out after {:?}",
+                identifier.value(),
+                self.settings.timeout
             ))),
         }
     }
