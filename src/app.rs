@@ -32,7 +32,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
             let (cfg, warnings) = load(&config)?;
-            crate::telemetry::init(cfg.logger.as_ref().and_then(|l| l.format.as_deref()) == Some("json"));
+            crate::telemetry::init(
+                cfg.logger.as_ref().and_then(|l| l.format.as_deref()) == Some("json"),
+            );
             for w in &warnings.0 {
                 tracing::warn!("{w}");
             }

@@ -38,7 +38,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
     let m = Metrics {
         http_requests: IntCounterVec::new(
-            Opts::new("acmeproxy_http_requests_total", "HTTP requests by route and status"),
+            Opts::new(
+                "acmeproxy_http_requests_total",
+                "HTTP requests by route and status",
+            ),
             &["route", "status"],
         )?,
         http_duration: HistogramVec::new(
@@ -83,7 +86,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream", "operation"],
         )?,
-        upstream_up: IntGauge::new("acmeproxy_upstream_up", "1 if the upstream CA answered its last health check")?,
+        upstream_up: IntGauge::new(
+            "acmeproxy_upstream_up",
+            "1 if the upstream CA answered its last health check",
+        )?,
         finalize_queue_depth: IntGauge::new(
             "acmeproxy_finalize_queue_depth",
             "Finalize jobs due and waiting for the upstream",
@@ -110,14 +116,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
     m.registry.register(Box::new(m.http_duration.clone()))?;
     m.registry.register(Box::new(m.orders.clone()))?;
     m.registry.register(Box::new(m.validations.clone()))?;
-    m.registry.register(Box::new(m.validation_duration.clone()))?;
+    m.registry
+        .register(Box::new(m.validation_duration.clone()))?;
     m.registry.register(Box::new(m.upstream_calls.clone()))?;
     m.registry.register(Box::new(m.upstream_duration.clone()))?;
     m.registry.register(Box::new(m.upstream_up.clone()))?;
-    m.registry.register(Box::new(m.finalize_queue_depth.clone()))?;
-    m.registry.register(Box::new(m.finalize_oldest_age.clone()))?;
-    m.registry.register(Box::new(m.certificates_issued.clone()))?;
-    m.registry.register(Box::new(m.certificates_revoked.clone()))?;
+    m.registry
+        .register(Box::new(m.finalize_queue_depth.clone()))?;
+    m.registry
+        .register(Box::new(m.finalize_oldest_age.clone()))?;
+    m.registry
+        .register(Box::new(m.certificates_issued.clone()))?;
+    m.registry
+        .register(Box::new(m.certificates_revoked.clone()))?;
     m.registry.register(Box::new(m.own_cert_expiry.clone()))?;
     Ok(m)
 }

@@ -52,7 +52,11 @@ mod tests {
     #[tokio::test]
     async fn nonces_are_single_use_and_expire() {
         let clock = Arc::new(FakeClock::new(time::OffsetDateTime::UNIX_EPOCH));
-        let svc = NonceService::new(Arc::new(MemoryStore::new()), clock.clone(), Duration::minutes(5));
+        let svc = NonceService::new(
+            Arc::new(MemoryStore::new()),
+            clock.clone(),
+            Duration::minutes(5),
+        );
         let a = svc.issue().await.unwrap();
         assert!(svc.redeem(&a).await.unwrap());
         assert!(!svc.redeem(&a).await.unwrap());

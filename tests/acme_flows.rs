@@ -1,12 +1,13 @@
 //! End-to-end ACME flows driven by instant-acme against an in-process server:
 //! http-01, dns-01, tls-alpn-01, wildcards, IP identifiers, download, revoke.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::TestServer;
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus,
-    RetryPolicy, RevocationReason, RevocationRequest,
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
+    RevocationReason, RevocationRequest,
 };
 use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::*;
@@ -58,7 +59,9 @@ async fn issue(
             _ => return Err("unsupported kind".into()),
         }
         let _ = ident;
-        ch.set_ready().await.map_err(|e| format!("challenge: {e}"))?;
+        ch.set_ready()
+            .await
+            .map_err(|e| format!("challenge: {e}"))?;
     }
     let status = order
         .poll_ready(&RetryPolicy::default())
@@ -67,7 +70,10 @@ async fn issue(
     if status != OrderStatus::Ready {
         return Err(format!("order is {status:?}: {:?}", order.state().error));
     }
-    let key = order.finalize().await.map_err(|e| format!("finalize: {e}"))?;
+    let key = order
+        .finalize()
+        .await
+        .map_err(|e| format!("finalize: {e}"))?;
     let chain = order
         .poll_certificate(&RetryPolicy::default())
         .await
@@ -119,7 +125,9 @@ async fn http01_issue_download_revoke() {
     let ts = TestServer::start().await;
     let (account, _) = ts.account().await;
     let ids = [Identifier::Dns("www.example.test".into())];
-    let (chain, _key) = issue(&ts, &account, &ids, ChallengeType::Http01).await.unwrap();
+    let (chain, _key) = issue(&ts, &account, &ids, ChallengeType::Http01)
+        .await
+        .unwrap();
     assert_eq!(leaf_sans(&chain), vec!["www.example.test"]);
     verify_chain(&chain, &ts.server.as_ref().unwrap().roots_pem);
 
@@ -150,7 +158,9 @@ async fn dns01_with_wildcard_and_base_name() {
         Identifier::Dns("*.wild.test".into()),
         Identifier::Dns("wild.test".into()),
     ];
-    let (chain, _) = issue(&ts, &account, &ids, ChallengeType::Dns01).await.unwrap();
+    let (chain, _) = issue(&ts, &account, &ids, ChallengeType::Dns01)
+        .await
+        .unwrap();
     let mut sans = leaf_sans(&chain);
     sans.sort();
     assert_eq!(sans, vec!["*.wild.test", "wild.test"]);
@@ -189,21 +199,31 @@ async fn failed_validation_makes_the_order_invalid_with_the_reason() {
     let mut authzs = order.authorizations();
     let mut a = authzs.next().await.unwrap().unwrap();
     // Nothing is served for this token: the validator gets a 404.
+    // The challenge POST waits for the quick validation and returns the
+    // failed challenge; instant-acme turns its error into an Err.
     let mut ch = a.challenge(ChallengeType::Http01).unwrap();
-    ch.set_ready().await.unwrap();
-    drop(authzs);
-    let status = order
-        .poll_ready(&RetryPolicy::default())
-        .await
-        .unwrap();
-    assert_eq!(status, OrderStatus::Invalid);
-    let err = order.state().error.clone().expect("order carries the problem");
-    assert!(
-        format!("{:?}", err.r#type).contains("unauthorized")
-            || format!("{:?}", err.r#type).contains("Unauthorized"),
-        "{err:?}"
+    let err = ch.set_ready().await.expect_err("validation must fail");
+    let instant_acme::Error::Api(problem) = err else {
+        panic!("expected the challenge's problem, got {err}");
+    };
+    assert_eq!(
+        problem.r#type.as_deref(),
+        Some("urn:ietf:params:acme:error:unauthorized")
     );
-    assert!(err.detail.unwrap_or_default().contains("nobody-home.test"));
+    let detail = problem.detail.unwrap_or_default();
+    assert!(
+        detail.contains("nobody-home.test") && detail.contains("404"),
+        "{detail}"
+    );
+    let state = order.refresh().await.unwrap();
+    assert_eq!(state.status, OrderStatus::Invalid);
+    let order_err = state.error.clone().expect("the order carries the problem");
+    assert!(
+        order_err
+            .detail
+            .unwrap_or_default()
+            .contains("nobody-home.test")
+    );
 }
 
 #[tokio::test]
@@ -218,8 +238,17 @@ async fn directory_nonce_and_roots() {
         .json()
         .await
         .unwrap();
-    for k in ["newNonce", "newAccount", "newOrder", "revokeCert", "keyChange"] {
-        assert!(dir[k].as_str().unwrap().starts_with("https://127.0.0.1:"), "{k}");
+    for k in [
+        "newNonce",
+        "newAccount",
+        "newOrder",
+        "revokeCert",
+        "keyChange",
+    ] {
+        assert!(
+            dir[k].as_str().unwrap().starts_with("https://127.0.0.1:"),
+            "{k}"
+        );
     }
     assert_eq!(dir["meta"]["externalAccountRequired"], false);
 
@@ -243,8 +272,15 @@ async fn directory_nonce_and_roots() {
     assert_eq!(roots.status(), 200);
     assert!(roots.text().await.unwrap().contains("BEGIN CERTIFICATE"));
 
-    let missing = http.get(ts.url("/acme/nope/directory")).send().await.unwrap();
+    let missing = http
+        .get(ts.url("/acme/nope/directory"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
-    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
     assert!(missing.headers().contains_key("replay-nonce"));
 }

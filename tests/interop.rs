@@ -9,8 +9,6 @@
 //! is set. uacme also needs root (a private mount namespace for its CA bundle).
 
 mod common;
-#[path = "interop/dns_stub.rs"]
-mod dns_stub;
 
 use std::fs;
 use std::io;
@@ -20,6 +18,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use acmeproxy::validate::MockDns;
 use serde_json::json;
 
 use common::clients::{Challenge, Client, Ports, run_client, verify_cert};
@@ -153,8 +152,10 @@ fn attempt(client: Client, challenge: Challenge, name: &str, tmp: &Path) -> Resu
 /// `acmeproxy::validate::mockdns::MockDns` is merged, start it here instead
 /// (`MockDns::start("127.0.0.1:0".parse()?)` with `records` as its records
 /// directory) and return it; the tests use only `.addr()` and drop.
-fn start_dns(records: &Path) -> io::Result<dns_stub::StubDns> {
-    dns_stub::StubDns::start(SocketAddr::from(([127, 0, 0, 1], 0)), records)
+fn start_dns(records: &Path) -> io::Result<MockDns> {
+    let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    dns.set_records_dir(Some(records.to_owned()));
+    Ok(dns)
 }
 
 /// The acmeproxy binary serving ACME with the soft CA; killed on drop.

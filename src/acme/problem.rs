@@ -151,9 +151,12 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subproblems: Vec<Problem>,
+    pub subproblems: Vec<Self>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identifier: Option<Identifier>,
+    /// For badSignatureAlgorithm: the algorithms the server accepts (RFC 8555 §6.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
 }
 
 impl Problem {
@@ -165,6 +168,7 @@ impl Problem {
             status: Some(kind.default_status()),
             subproblems: Vec::new(),
             identifier: None,
+            algorithms: None,
         }
     }
 
@@ -209,7 +213,10 @@ mod tests {
             assert_eq!(ProblemType::from_urn(&t.urn()), Some(t));
             assert!(t.urn().starts_with("urn:ietf:params:acme:error:"));
         }
-        assert_eq!(ProblemType::BadCsr.urn(), "urn:ietf:params:acme:error:badCSR");
+        assert_eq!(
+            ProblemType::BadCsr.urn(),
+            "urn:ietf:params:acme:error:badCSR"
+        );
     }
 
     #[test]

@@ -302,7 +302,7 @@ pub struct FinalizeRequest {
 pub struct RevocationRequest {
     pub certificate: String,
     #[serde(default)]
-    pub reason: Option<u8>,
+    pub reason: Option<i64>,
 }
 
 /// An ARI renewalInfo response, RFC 9773 §4.2.

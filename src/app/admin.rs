@@ -69,7 +69,8 @@ pub(super) async fn eab(cmd: EabCommand) -> anyhow::Result<()> {
         | EabCommand::List { config }
         | EabCommand::Remove { config, .. } => config.clone(),
     };
-    let (cfg, _) = Config::load(&config).with_context(|| format!("configuration {}", config.display()))?;
+    let (cfg, _) =
+        Config::load(&config).with_context(|| format!("configuration {}", config.display()))?;
     let records = Records::new(open_store(&cfg).await.context(
         "opening the store (stop the server first: the embedded store admits one process)",
     )?);
@@ -77,8 +78,16 @@ pub(super) async fn eab(cmd: EabCommand) -> anyhow::Result<()> {
         EabCommand::Add {
             provisioner, kid, ..
         } => {
-            if !cfg.authority.provisioners.iter().any(|p| p.name == provisioner) {
-                bail!("there is no provisioner {provisioner:?} in {}", config.display());
+            if !cfg
+                .authority
+                .provisioners
+                .iter()
+                .any(|p| p.name == provisioner)
+            {
+                bail!(
+                    "there is no provisioner {provisioner:?} in {}",
+                    config.display()
+                );
             }
             let kid = kid.unwrap_or_else(|| random_token(12));
             if kid.is_empty() || kid.len() > 128 || kid.contains(char::is_whitespace) {
@@ -102,11 +111,16 @@ pub(super) async fn eab(cmd: EabCommand) -> anyhow::Result<()> {
             println!("kid:      {kid}");
             println!("hmac key: {}", URL_SAFE_NO_PAD.encode(&key));
             println!("provisioner: {provisioner}");
-            println!("(the MAC key is shown once; give both to the client, e.g. certbot --eab-kid … --eab-hmac-key …)");
+            println!(
+                "(the MAC key is shown once; give both to the client, e.g. certbot --eab-kid … --eab-hmac-key …)"
+            );
         }
         EabCommand::List { .. } => {
             let keys = records.list::<EabKeyRecord>(None, 10_000).await?;
-            println!("{:<24} {:<12} {:<26} BOUND ACCOUNT", "KID", "PROVISIONER", "CREATED");
+            println!(
+                "{:<24} {:<12} {:<26} BOUND ACCOUNT",
+                "KID", "PROVISIONER", "CREATED"
+            );
             for k in keys {
                 println!(
                     "{:<24} {:<12} {:<26} {}",

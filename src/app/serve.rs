@@ -52,7 +52,7 @@ impl Server {
 }
 
 /// Runs until SIGTERM/SIGINT.
-pub async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
+pub(super) async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
     let addr = cfg.listen_addr()?;
     let listener = TcpListener::bind(addr)
         .await
@@ -78,7 +78,8 @@ pub async fn start(
     let upstream: Arc<dyn CertificateAuthorityService> = match cfg.authority.kind.as_str() {
         "softcas" => {
             let sc = cfg.softcas()?;
-            let lifetime = StdDuration::from_secs(u64::from(sc.certlifetime.unwrap_or(90)) * 86_400);
+            let lifetime =
+                StdDuration::from_secs(u64::from(sc.certlifetime.unwrap_or(90)) * 86_400);
             Arc::new(
                 SoftCas::open(SoftCasOptions {
                     dir: data_dir.join("softcas"),
@@ -93,7 +94,8 @@ pub async fn start(
 
     let resolvers = cfg.resolvers()?;
     let timeout = StdDuration::from_secs(cfg.validation.timeout_seconds);
-    let resolver = HickoryResolver::new(&resolvers, timeout).context("setting up the DNS resolver")?;
+    let resolver =
+        HickoryResolver::new(&resolvers, timeout).context("setting up the DNS resolver")?;
     let validator = Validator::new(ValidationSettings {
         http_port: cfg.validation.http_port,
         tls_alpn_port: cfg.validation.tls_alpn_port,
@@ -118,7 +120,7 @@ pub async fn start(
 
     let tls = cfg.tls.clone().unwrap_or_default();
     let identity = ServerIdentity::load_or_obtain(
-        TlsOptions {
+        &TlsOptions {
             dns_names: cfg.dns_names.clone(),
             data_dir: data_dir.clone(),
             cert_file: tls.cert_file.clone(),
@@ -143,7 +145,9 @@ pub async fn start(
     };
 
     let worker = tokio::spawn(FinalizeWorker::new(Arc::clone(&ra)).run());
-    let addr = listener.local_addr().context("reading the listen address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
     let roots_pem = ra.roots_pem();
     let token = shutdown.clone();
     let join = tokio::spawn(async move {
@@ -191,7 +195,9 @@ async fn serve_tls(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(StdDuration::from_secs(10), acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(StdDuration::from_secs(10), acceptor.accept(tcp))
+                .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -217,7 +223,10 @@ async fn serve_tls(
     }
 }
 
-async fn spawn_metrics(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+async fn spawn_metrics(
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("metrics listener on {addr}"))?;

@@ -48,8 +48,14 @@ mod tests {
 
     #[test]
     fn go_durations() {
-        assert_eq!(parse_go_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(parse_go_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_go_duration("24h").unwrap(),
+            Duration::from_secs(86400)
+        );
+        assert_eq!(
+            parse_go_duration("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
         assert_eq!(parse_go_duration("1m0s").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_go_duration("").is_err());

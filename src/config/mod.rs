@@ -304,6 +304,12 @@ pub struct SoftCasConfig {
     pub metrics: Option<MetricsConfig>,
 }
 
+/// The two places a metrics listener can be configured.
+struct MetricsListenSource {
+    top: Option<MetricsConfig>,
+    plugin: Option<MetricsConfig>,
+}
+
 /// What a loaded configuration warns about (ignored keys, renamed backends).
 #[derive(Clone, Debug, Default)]
 pub struct Warnings(pub Vec<String>);
@@ -401,15 +407,8 @@ impl Config {
     /// The metrics listener: top-level `metrics`, else `authority.config.metrics`,
     /// else port 9123 on all interfaces.
     pub fn metrics_listen(&self) -> Result<MetricsListen, ConfigError> {
-        let from_authority = self
-            .authority
-            .config
-            .as_ref()
-            .and_then(|c| c.get("metrics"))
-            .map(|m| serde_json::from_value::<MetricsConfig>(m.clone()))
-            .transpose()
-            .map_err(|e| ConfigError::invalid("authority.config.metrics", e.to_string()))?;
-        let m = self.metrics.clone().or(from_authority);
+        let MetricsListenSource { top, plugin } = self.metrics_sources()?;
+        let m = top.or(plugin);
         let Some(m) = m else {
             return Ok(MetricsListen(Some(SocketAddr::from(([0, 0, 0, 0], 9123)))));
         };
@@ -417,11 +416,28 @@ impl Config {
             return Ok(MetricsListen(None));
         }
         let addr = match (&m.address, m.port) {
-            (Some(a), _) => parse_listen(a).map_err(|e| ConfigError::invalid("metrics.address", e))?,
+            (Some(a), _) => {
+                parse_listen(a).map_err(|e| ConfigError::invalid("metrics.address", e))?
+            }
             (None, Some(p)) => SocketAddr::from(([0, 0, 0, 0], p)),
             (None, None) => SocketAddr::from(([0, 0, 0, 0], 9123)),
         };
         Ok(MetricsListen(Some(addr)))
+    }
+
+    fn metrics_sources(&self) -> Result<MetricsListenSource, ConfigError> {
+        let plugin = self
+            .authority
+            .config
+            .as_ref()
+            .and_then(|c| c.get("metrics"))
+            .map(|m| serde_json::from_value::<MetricsConfig>(m.clone()))
+            .transpose()
+            .map_err(|e| ConfigError::invalid("authority.config.metrics", e.to_string()))?;
+        Ok(MetricsListenSource {
+            top: self.metrics.clone(),
+            plugin,
+        })
     }
 
     /// The validation resolvers as socket addresses.
@@ -431,7 +447,10 @@ impl Config {
             .iter()
             .map(|r| {
                 r.parse::<SocketAddr>()
-                    .or_else(|_| r.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .or_else(|_| {
+                        r.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
                     .map_err(|_| {
                         ConfigError::invalid(
                             "validation.resolvers",
@@ -469,7 +488,10 @@ impl Config {
             ("authority.template", self.authority.template.is_some()),
             ("authority.backdate", self.authority.backdate.is_some()),
             ("authority.options", self.authority.options.is_some()),
-            ("authority.enableAdmin", self.authority.enable_admin.is_some()),
+            (
+                "authority.enableAdmin",
+                self.authority.enable_admin.is_some(),
+            ),
             (
                 "authority.disableIssuedAtCheck",
                 self.authority.disable_issued_at_check.is_some(),
@@ -478,6 +500,14 @@ impl Config {
         ] {
             if present {
                 ignored.insert(name.to_owned());
+            }
+        }
+        if let Ok(MetricsListenSource { top, plugin }) = self.metrics_sources() {
+            if top.is_some_and(|m| m.data_source.is_some()) {
+                ignored.insert("metrics.dataSource".to_owned());
+            }
+            if plugin.is_some_and(|m| m.data_source.is_some()) {
+                ignored.insert("authority.config.metrics.dataSource".to_owned());
             }
         }
         if let Some(tls) = &self.tls {
@@ -498,7 +528,10 @@ impl Config {
             if db.badger_file_loading_mode.is_some() {
                 ignored.insert("db.badgerFileLoadingMode".to_owned());
             }
-            if matches!(db.kind.as_str(), "badgerv2" | "badger" | "badgerV2" | "bbolt") {
+            if matches!(
+                db.kind.as_str(),
+                "badgerv2" | "badger" | "badgerV2" | "bbolt"
+            ) {
                 warnings.push(format!(
                     "db.type {:?} is read as the embedded sled store in {} (the step-ca database is not read)",
                     db.kind,
@@ -506,12 +539,12 @@ impl Config {
                 ));
             }
         }
-        for c in self
-            .authority
-            .claims
-            .iter()
-            .chain(self.authority.provisioners.iter().filter_map(|p| p.claims.as_ref()))
-        {
+        for c in self.authority.claims.iter().chain(
+            self.authority
+                .provisioners
+                .iter()
+                .filter_map(|p| p.claims.as_ref()),
+        ) {
             collect_claims_ignored(c, &mut ignored);
             for (k, v) in [
                 ("minTLSCertDuration", &c.min_tls_cert_duration),
@@ -595,7 +628,10 @@ impl Config {
             }
         }
         if let Some(tls) = &self.tls {
-            for (k, v) in [("minVersion", tls.min_version), ("maxVersion", tls.max_version)] {
+            for (k, v) in [
+                ("minVersion", tls.min_version),
+                ("maxVersion", tls.max_version),
+            ] {
                 if let Some(v) = v {
                     if !(1.0..=1.3).contains(&v) {
                         return Err(ConfigError::invalid(
@@ -606,7 +642,12 @@ impl Config {
                 }
             }
         }
-        if self.tls.as_ref().and_then(|t| t.cert_file.as_ref()).is_none() && self.dns_names.is_empty()
+        if self
+            .tls
+            .as_ref()
+            .and_then(|t| t.cert_file.as_ref())
+            .is_none()
+            && self.dns_names.is_empty()
         {
             return Err(ConfigError::invalid(
                 "dnsNames",
@@ -640,7 +681,10 @@ fn collect_claims_ignored(c: &ClaimsConfig, ignored: &mut BTreeSet<String>) {
     for (k, present) in [
         ("enableSSHCA", c.enable_ssh_ca.is_some()),
         ("disableRenewal", c.disable_renewal.is_some()),
-        ("allowRenewalAfterExpiry", c.allow_renewal_after_expiry.is_some()),
+        (
+            "allowRenewalAfterExpiry",
+            c.allow_renewal_after_expiry.is_some(),
+        ),
         (
             "disableSmallstepExtensions",
             c.disable_smallstep_extensions.is_some(),

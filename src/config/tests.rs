@@ -1,6 +1,6 @@
 use super::*;
 
-fn minimal() -> serde_json::Value {
+fn minimal() -> Value {
     serde_json::json!({
         "address": "127.0.0.1:8443",
         "dnsNames": ["localhost"],
@@ -14,7 +14,10 @@ fn minimal_config_has_safe_defaults() {
     assert!(warnings.0.is_empty());
     assert_eq!(cfg.validation.http_port, 80);
     assert_eq!(cfg.validation.tls_alpn_port, 443);
-    assert_eq!(cfg.store().unwrap(), StoreChoice::Sled("/var/lib/acmeproxy/db".into()));
+    assert_eq!(
+        cfg.store().unwrap(),
+        StoreChoice::Sled("/var/lib/acmeproxy/db".into())
+    );
     assert_eq!(
         cfg.metrics_listen().unwrap(),
         MetricsListen(Some("0.0.0.0:9123".parse().unwrap()))
@@ -37,7 +40,11 @@ fn step_ca_keys_are_ignored_with_one_warning() {
     v["authority"]["backdate"] = "1m0s".into();
     v["db"] = serde_json::json!({"type": "bbolt", "dataSource": "/opt/x"});
     let (_, w) = Config::parse(&v.to_string()).unwrap();
-    assert!(w.0[0].contains("authority.backdate, authority.template"), "{:?}", w.0);
+    assert!(
+        w.0[0].contains("authority.backdate, authority.template"),
+        "{:?}",
+        w.0
+    );
     assert!(w.0.iter().any(|m| m.contains("bbolt")));
 }
 
@@ -47,7 +54,10 @@ fn invalid_values_name_the_key() {
         (serde_json::json!({"address": "nonsense"}), "address"),
         (serde_json::json!({"dnsNames": []}), "dnsNames"),
         (serde_json::json!({"db": {"type": "mysql"}}), "db.type"),
-        (serde_json::json!({"validation": {"resolvers": ["x"]}}), "validation.resolvers"),
+        (
+            serde_json::json!({"validation": {"resolvers": ["x"]}}),
+            "validation.resolvers",
+        ),
     ] {
         let mut v = minimal();
         for (k, val) in patch.as_object().unwrap() {
@@ -60,7 +70,7 @@ fn invalid_values_name_the_key() {
 
 #[test]
 fn test_config_is_valid() {
-    let cfg = Config::for_test(std::path::Path::new("/tmp/x"));
+    let cfg = Config::for_test(Path::new("/tmp/x"));
     assert_eq!(cfg.store().unwrap(), StoreChoice::Memory);
     assert!(cfg.validate().is_ok());
 }

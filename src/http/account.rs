@@ -26,7 +26,10 @@ pub(super) async fn new_account(
 ) -> Result<Response, HttpError> {
     let signed = verify(&st, &prov, &headers, &uri, &body, KeyRef::Jwk).await?;
     let Signer::Key(jwk) = &signed.signer else {
-        return Err(HttpError::new(ProblemType::Malformed, "newAccount needs a jwk"));
+        return Err(HttpError::new(
+            ProblemType::Malformed,
+            "newAccount needs a jwk",
+        ));
     };
     let req: NewAccountRequest = signed.payload()?;
     let out = st
@@ -101,7 +104,10 @@ pub(super) async fn orders(
     };
     let mut resp = Json(list).into_response();
     if let Some(next) = next {
-        let link = format!("<{}?cursor={next}>;rel=\"next\"", signed.links.orders(&acct.id));
+        let link = format!(
+            "<{}?cursor={next}>;rel=\"next\"",
+            signed.links.orders(&acct.id)
+        );
         if let Ok(v) = HeaderValue::from_str(&link) {
             resp.headers_mut().append(header::LINK, v);
         }

@@ -21,8 +21,12 @@ pub(super) async fn directory(
     let Some(p) = st.ra.provisioner(&prov) else {
         return Err(unknown_provisioner(&prov));
     };
-    let links = Links::from_request(&headers, &uri, &prov)
-        .ok_or_else(|| HttpError::new(ProblemType::Malformed, "the request has no usable Host header"))?;
+    let links = Links::from_request(&headers, &uri, &prov).ok_or_else(|| {
+        HttpError::new(
+            ProblemType::Malformed,
+            "the request has no usable Host header",
+        )
+    })?;
     let dir = Directory {
         new_nonce: links.new_nonce(),
         new_account: links.new_account(),

@@ -117,10 +117,16 @@ pub async fn verify(
         .status(415));
     }
     let links = Links::from_request(headers, uri, provisioner).ok_or_else(|| {
-        HttpError::new(ProblemType::Malformed, "the request has no usable Host header")
+        HttpError::new(
+            ProblemType::Malformed,
+            "the request has no usable Host header",
+        )
     })?;
     let request_url = Links::request_url(headers, uri).ok_or_else(|| {
-        HttpError::new(ProblemType::Malformed, "the request has no usable Host header")
+        HttpError::new(
+            ProblemType::Malformed,
+            "the request has no usable Host header",
+        )
     })?;
     let jws = FlattenedJws::parse(body).map_err(|e| HttpError::from(jws_problem(e)))?;
     let Some(url) = jws.header.url.clone() else {
@@ -191,7 +197,8 @@ pub async fn verify(
         Signer::Account(a) => PublicJwk::from_json(&a.jwk)
             .map_err(|e| HttpError::from(RaError::internal("reading the account key", e)))?,
     };
-    jws.verify(&key).map_err(|e| HttpError::from(jws_problem(e)))?;
+    jws.verify(&key)
+        .map_err(|e| HttpError::from(jws_problem(e)))?;
     Ok(Signed {
         jws,
         signer,

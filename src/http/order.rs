@@ -36,7 +36,11 @@ pub(super) async fn new_order(
     let req: NewOrderRequest = signed.payload()?;
     let (order, _) = st.ra.new_order(acct, req).await?;
     Ok(with_location(
-        (StatusCode::CREATED, Json(render::order(&signed.links, &order))).into_response(),
+        (
+            StatusCode::CREATED,
+            Json(render::order(&signed.links, &order)),
+        )
+            .into_response(),
         &signed.links.order(&order.id),
     ))
 }

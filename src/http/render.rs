@@ -8,11 +8,11 @@ use crate::acme::types::{Account, Authorization, Challenge, Order};
 use crate::model::{AccountRecord, AuthzRecord, ChallengeRecord, OrderRecord};
 
 /// RFC 3339 text of a time.
-pub fn time(t: OffsetDateTime) -> String {
+pub(super) fn time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-pub fn account(links: &Links, a: &AccountRecord) -> Account {
+pub(super) fn account(links: &Links, a: &AccountRecord) -> Account {
     Account {
         status: a.status,
         contact: a.contact.clone(),
@@ -22,7 +22,7 @@ pub fn account(links: &Links, a: &AccountRecord) -> Account {
     }
 }
 
-pub fn order(links: &Links, o: &OrderRecord) -> Order {
+pub(super) fn order(links: &Links, o: &OrderRecord) -> Order {
     Order {
         status: o.status,
         expires: time(o.expires),
@@ -37,17 +37,21 @@ pub fn order(links: &Links, o: &OrderRecord) -> Order {
     }
 }
 
-pub fn authz(links: &Links, a: &AuthzRecord) -> Authorization {
+pub(super) fn authz(links: &Links, a: &AuthzRecord) -> Authorization {
     Authorization {
         identifier: a.identifier.clone(),
         status: a.status,
         expires: time(a.expires),
-        challenges: a.challenges.iter().map(|c| challenge(links, a, c)).collect(),
+        challenges: a
+            .challenges
+            .iter()
+            .map(|c| challenge(links, a, c))
+            .collect(),
         wildcard: a.wildcard,
     }
 }
 
-pub fn challenge(links: &Links, a: &AuthzRecord, c: &ChallengeRecord) -> Challenge {
+pub(super) fn challenge(links: &Links, a: &AuthzRecord, c: &ChallengeRecord) -> Challenge {
     Challenge {
         kind: c.kind,
         url: links.challenge(&a.id, c.kind),

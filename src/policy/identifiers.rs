@@ -12,21 +12,21 @@ pub const MAX_IDENTIFIERS: usize = 100;
 
 /// Turns the identifiers of a newOrder into checked, normalised identifiers
 /// (lower-case, deduplicated, sorted), or the problem that refuses the order.
-pub fn check_identifiers(raw: &[RawIdentifier]) -> Result<Vec<Identifier>, Problem> {
+pub fn check_identifiers(raw: &[RawIdentifier]) -> Result<Vec<Identifier>, Box<Problem>> {
     if raw.is_empty() {
-        return Err(Problem::new(
+        return Err(Box::new(Problem::new(
             ProblemType::Malformed,
             "the order has no identifiers; list at least one {\"type\": \"dns\", \"value\": …}",
-        ));
+        )));
     }
     if raw.len() > MAX_IDENTIFIERS {
-        return Err(Problem::new(
+        return Err(Box::new(Problem::new(
             ProblemType::RejectedIdentifier,
             format!(
                 "the order has {} identifiers; at most {MAX_IDENTIFIERS} are allowed",
                 raw.len()
             ),
-        ));
+        )));
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut subproblems = Vec::new();
@@ -37,7 +37,7 @@ pub fn check_identifiers(raw: &[RawIdentifier]) -> Result<Vec<Identifier>, Probl
         }
     }
     if let [only] = subproblems.as_slice() {
-        return Err(only.clone());
+        return Err(Box::new(only.clone()));
     }
     if !subproblems.is_empty() {
         let mut p = Problem::new(
@@ -54,13 +54,14 @@ pub fn check_identifiers(raw: &[RawIdentifier]) -> Result<Vec<Identifier>, Probl
             p = Problem::new(ProblemType::UnsupportedIdentifier, p.detail);
         }
         p.subproblems = subproblems;
-        return Err(p);
+        return Err(Box::new(p));
     }
     out.sort();
     out.dedup();
     Ok(out)
 }
 
+#[allow(clippy::result_large_err)] // collected into subproblems, never propagated
 fn check_one(r: &RawIdentifier) -> Result<Identifier, Problem> {
     match r.kind.as_str() {
         "dns" => check_dns(&r.value).map(Identifier::Dns).map_err(|m| {
@@ -97,7 +98,9 @@ pub fn check_dns(value: &str) -> Result<String, String> {
         return Err("the DNS name is empty".to_owned());
     }
     if name.ends_with('.') {
-        return Err(format!("{value:?} ends with a dot; give the name without it"));
+        return Err(format!(
+            "{value:?} ends with a dot; give the name without it"
+        ));
     }
     if name.len() > 253 {
         return Err(format!("{value:?} is longer than 253 characters"));
@@ -172,9 +175,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_names_with_reasons() {
-        for bad in ["", "a..b", "-a.com", "a_b.com", "*.com", "a.*.com", "x.com.", "1.2.3.4"] {
+        for bad in [
+            "", "a..b", "-a.com", "a_b.com", "*.com", "a.*.com", "x.com.", "1.2.3.4",
+        ] {
             let p = check_identifiers(&[raw("dns", bad)]).unwrap_err();
-            assert_eq!(p.problem_type(), Some(ProblemType::RejectedIdentifier), "{bad}");
+            assert_eq!(
+                p.problem_type(),
+                Some(ProblemType::RejectedIdentifier),
+                "{bad}"
+            );
         }
         let p = check_identifiers(&[raw("email", "a@b.c")]).unwrap_err();
         assert_eq!(p.problem_type(), Some(ProblemType::UnsupportedIdentifier));

@@ -192,7 +192,11 @@ impl Authority {
         self.check_account(acct.value, provisioner)
     }
 
-    fn check_account(&self, acct: AccountRecord, provisioner: &str) -> Result<AccountRecord, RaError> {
+    fn check_account(
+        &self,
+        acct: AccountRecord,
+        provisioner: &str,
+    ) -> Result<AccountRecord, RaError> {
         if acct.provisioner != provisioner {
             return problem(
                 ProblemType::Unauthorized,
@@ -228,7 +232,11 @@ impl Authority {
             return Ok(account.clone());
         };
         for _ in 0..8 {
-            let Some(current) = self.records.get::<AccountRecord>(account.id.as_str()).await? else {
+            let Some(current) = self
+                .records
+                .get::<AccountRecord>(account.id.as_str())
+                .await?
+            else {
                 return problem(ProblemType::AccountDoesNotExist, "the account is gone");
             };
             let mut next = current.value.clone();
@@ -242,14 +250,20 @@ impl Authority {
                 Some(other) => {
                     return problem(
                         ProblemType::Malformed,
-                        format!("an account's status can only be set to \"deactivated\", not {other:?}"),
+                        format!(
+                            "an account's status can only be set to \"deactivated\", not {other:?}"
+                        ),
                     );
                 }
             }
             if next == current.value {
                 return Ok(next);
             }
-            match self.records.commit(Batch::new().replace(&current, &next)).await {
+            match self
+                .records
+                .commit(Batch::new().replace(&current, &next))
+                .await
+            {
                 Ok(()) => return Ok(next),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -322,7 +336,11 @@ impl Authority {
             e.conflicting_account = Some(other.id.clone());
             return Err(e);
         }
-        let Some(current) = self.records.get::<AccountRecord>(account.id.as_str()).await? else {
+        let Some(current) = self
+            .records
+            .get::<AccountRecord>(account.id.as_str())
+            .await?
+        else {
             return problem(ProblemType::AccountDoesNotExist, "the account is gone");
         };
         let mut next = current.value.clone();
@@ -376,7 +394,16 @@ pub fn jws_problem(e: crate::acme::jws::JwsError) -> RaError {
     use crate::acme::jws::JwsError;
     match e {
         JwsError::Malformed(m) => RaError::new(ProblemType::Malformed, m),
-        JwsError::BadSignatureAlgorithm(m) => RaError::new(ProblemType::BadSignatureAlgorithm, m),
+        JwsError::BadSignatureAlgorithm(m) => {
+            let mut e = RaError::new(ProblemType::BadSignatureAlgorithm, m);
+            e.problem.algorithms = Some(
+                crate::acme::jws::SUPPORTED_ALGS
+                    .iter()
+                    .map(|a| (*a).to_owned())
+                    .collect(),
+            );
+            e
+        }
         JwsError::BadPublicKey(m) => RaError::new(ProblemType::BadPublicKey, m),
         e @ JwsError::BadSignature => RaError::new(ProblemType::Malformed, e.to_string()),
     }
@@ -395,7 +422,10 @@ fn eab_problem(e: &EabError) -> RaError {
 /// Checks account contacts: `mailto:` URLs with one address (RFC 8555 §7.3).
 fn check_contacts(contacts: Vec<String>) -> Result<Vec<String>, RaError> {
     if contacts.len() > 10 {
-        return problem(ProblemType::InvalidContact, "at most 10 contacts are accepted");
+        return problem(
+            ProblemType::InvalidContact,
+            "at most 10 contacts are accepted",
+        );
     }
     for c in &contacts {
         let Some(addr) = c.strip_prefix("mailto:") else {

@@ -43,7 +43,11 @@ impl Authority {
             return Ok(current.value);
         }
         let rx = self.events.subscribe();
-        match self.records.commit(Batch::new().replace(&current, &next)).await {
+        match self
+            .records
+            .commit(Batch::new().replace(&current, &next))
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Conflict { .. }) => {
                 // Someone else started it at the same moment.
@@ -59,8 +63,12 @@ impl Authority {
         self.tasks.spawn(async move {
             this.run_validation(authz, index, key_auth).await;
         });
-        self.wait_for(rx, Event::Authz(next.id.to_string()), self.opts.challenge_wait)
-            .await;
+        self.wait_for(
+            rx,
+            Event::Authz(next.id.to_string()),
+            self.opts.challenge_wait,
+        )
+        .await;
         self.authz(&account.id, authz_id).await
     }
 
@@ -105,15 +113,23 @@ impl Authority {
                 return Ok(());
             };
             let mut next = current.value.clone();
-            if current.challenges.get(index).map(|c| c.status) != Some(ChallengeStatus::Processing) {
+            if current.challenges.get(index).map(|c| c.status) != Some(ChallengeStatus::Processing)
+            {
                 return Ok(());
             }
             if !state::apply_validation(&mut next, index, result.clone(), self.clock.now()) {
                 return Ok(());
             }
-            match self.records.commit(Batch::new().replace(&current, &next)).await {
+            match self
+                .records
+                .commit(Batch::new().replace(&current, &next))
+                .await
+            {
                 Ok(()) => {
-                    if let Some(order) = self.records.get::<OrderRecord>(next.order_id.as_str()).await?
+                    if let Some(order) = self
+                        .records
+                        .get::<OrderRecord>(next.order_id.as_str())
+                        .await?
                     {
                         self.refresh_order(order).await?;
                     }

@@ -12,7 +12,7 @@ use crate::upstream::UpstreamError;
 #[error("{problem}")]
 pub struct RaError {
     /// What the client is told.
-    pub problem: Problem,
+    pub problem: Box<Problem>,
     /// The internal cause, logged only.
     #[source]
     pub source: Option<Box<dyn StdError + Send + Sync>>,
@@ -25,16 +25,16 @@ impl RaError {
     /// A client-facing problem.
     pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
         Self {
-            problem: Problem::new(kind, detail),
+            problem: Box::new(Problem::new(kind, detail)),
             source: None,
             conflicting_account: None,
         }
     }
 
     /// A problem document as is.
-    pub fn from_problem(problem: Problem) -> Self {
+    pub fn from_problem(problem: impl Into<Box<Problem>>) -> Self {
         Self {
-            problem,
+            problem: problem.into(),
             source: None,
             conflicting_account: None,
         }
@@ -44,10 +44,10 @@ impl RaError {
     /// sees `context` and the source.
     pub fn internal(context: &str, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
         Self {
-            problem: Problem::new(
+            problem: Box::new(Problem::new(
                 ProblemType::ServerInternal,
                 format!("internal error while {context}; the server log has the details"),
-            ),
+            )),
             source: Some(source.into()),
             conflicting_account: None,
         }

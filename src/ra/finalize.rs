@@ -92,8 +92,12 @@ impl Authority {
             Err(e) => return Err(e.into()),
         }
         self.jobs_ready.notify_one();
-        self.wait_for(rx, Event::Order(order.id.to_string()), self.opts.finalize_wait)
-            .await;
+        self.wait_for(
+            rx,
+            Event::Order(order.id.to_string()),
+            self.opts.finalize_wait,
+        )
+        .await;
         self.order(&account.id, order.id.as_str()).await
     }
 
@@ -119,17 +123,20 @@ impl Authority {
         provisioner: &str,
         signer: &RevocationSigner,
         cert_der: &[u8],
-        reason: Option<u8>,
+        reason: Option<i64>,
     ) -> Result<(), RaError> {
-        let reason = reason.unwrap_or(0);
-        if !ALLOWED_REASONS.contains(&reason) {
+        let code = reason.unwrap_or(0);
+        let Some(reason) = u8::try_from(code)
+            .ok()
+            .filter(|r| ALLOWED_REASONS.contains(r))
+        else {
             return problem(
                 ProblemType::BadRevocationReason,
                 format!(
-                    "reason code {reason} is not accepted; use one of 0 (unspecified), 1 (keyCompromise), 3 (affiliationChanged), 4 (superseded), 5 (cessationOfOperation), 9 (privilegeWithdrawn)"
+                    "reason code {code} is not accepted; use one of 0 (unspecified), 1 (keyCompromise), 3 (affiliationChanged), 4 (superseded), 5 (cessationOfOperation), 9 (privilegeWithdrawn)"
                 ),
             );
-        }
+        };
         let info = cert::cert_info(cert_der).map_err(|e| {
             RaError::new(
                 ProblemType::Malformed,
@@ -173,8 +180,15 @@ impl Authority {
                 }
             }
         }
-        let Some(order) = self.records.get::<OrderRecord>(stored.order_id.as_str()).await? else {
-            return problem(ProblemType::ServerInternal, "the certificate's order is gone");
+        let Some(order) = self
+            .records
+            .get::<OrderRecord>(stored.order_id.as_str())
+            .await?
+        else {
+            return problem(
+                ProblemType::ServerInternal,
+                "the certificate's order is gone",
+            );
         };
         if order.provisioner != provisioner {
             return problem(
@@ -205,13 +219,21 @@ impl Authority {
                 reason,
                 revoked_at: self.clock.now(),
             });
-            match self.records.commit(Batch::new().replace(&current, &next)).await {
+            match self
+                .records
+                .commit(Batch::new().replace(&current, &next))
+                .await
+            {
                 Ok(()) => {
                     crate::metrics::certificate_revoked();
                     return Ok(());
                 }
                 Err(StoreError::Conflict { .. }) => {
-                    match self.records.get::<CertificateRecord>(current.id.as_str()).await? {
+                    match self
+                        .records
+                        .get::<CertificateRecord>(current.id.as_str())
+                        .await?
+                    {
                         Some(c) if c.revocation.is_none() => current = c,
                         _ => return Ok(()),
                     }
@@ -219,7 +241,10 @@ impl Authority {
                 Err(e) => return Err(e.into()),
             }
         }
-        problem(ProblemType::ServerInternal, "could not record the revocation")
+        problem(
+            ProblemType::ServerInternal,
+            "could not record the revocation",
+        )
     }
 
     /// The lifetime to ask the upstream for when an order names no notAfter.

@@ -21,7 +21,7 @@ use crate::store::records::{Batch, Versioned};
 use crate::store::{Records, StoreError};
 
 /// Orders per page of the account's orders list.
-pub const ORDERS_PAGE: usize = 100;
+pub(super) const ORDERS_PAGE: usize = 100;
 
 impl Authority {
     /// newOrder (RFC 8555 §7.4).
@@ -31,7 +31,10 @@ impl Authority {
         req: NewOrderRequest,
     ) -> Result<(OrderRecord, Vec<AuthzRecord>), RaError> {
         let Some(prov) = self.provisioner(&account.provisioner) else {
-            return problem(ProblemType::Unauthorized, "the account's provisioner is gone");
+            return problem(
+                ProblemType::Unauthorized,
+                "the account's provisioner is gone",
+            );
         };
         let identifiers = check_identifiers(&req.identifiers).map_err(RaError::from_problem)?;
         let now = self.clock.now();
@@ -180,7 +183,11 @@ impl Authority {
             if next == order.value {
                 return Ok(next);
             }
-            match self.records.commit(Batch::new().replace(&order, &next)).await {
+            match self
+                .records
+                .commit(Batch::new().replace(&order, &next))
+                .await
+            {
                 Ok(()) => {
                     if next.status == OrderStatus::Invalid {
                         crate::metrics::order_finished(next.status);
@@ -265,7 +272,9 @@ impl Authority {
         if status != "deactivated" {
             return problem(
                 ProblemType::Malformed,
-                format!("an authorization's status can only be set to \"deactivated\", not {status:?}"),
+                format!(
+                    "an authorization's status can only be set to \"deactivated\", not {status:?}"
+                ),
             );
         }
         for _ in 0..8 {
@@ -289,9 +298,17 @@ impl Authority {
             }
             let mut next = current.value.clone();
             next.status = AuthorizationStatus::Deactivated;
-            match self.records.commit(Batch::new().replace(&current, &next)).await {
+            match self
+                .records
+                .commit(Batch::new().replace(&current, &next))
+                .await
+            {
                 Ok(()) => {
-                    if let Some(order) = self.records.get::<OrderRecord>(next.order_id.as_str()).await? {
+                    if let Some(order) = self
+                        .records
+                        .get::<OrderRecord>(next.order_id.as_str())
+                        .await?
+                    {
                         self.refresh_order(order).await?;
                     }
                     return Ok(next);

@@ -80,7 +80,11 @@ pub fn start_validation(authz: &mut AuthzRecord, challenge_index: usize) -> bool
 /// The status an order in `pending` or `ready` should have, given its
 /// authorizations (already passed through [`authz_at`]) and the time.
 /// Orders in `processing`, `valid` or `invalid` are left as they are.
-pub fn order_at(mut order: OrderRecord, authzs: &[AuthzRecord], now: OffsetDateTime) -> OrderRecord {
+pub fn order_at(
+    mut order: OrderRecord,
+    authzs: &[AuthzRecord],
+    now: OffsetDateTime,
+) -> OrderRecord {
     if !matches!(order.status, OrderStatus::Pending | OrderStatus::Ready) {
         return order;
     }
@@ -92,10 +96,9 @@ pub fn order_at(mut order: OrderRecord, authzs: &[AuthzRecord], now: OffsetDateT
         ));
         return order;
     }
-    if let Some(bad) = authzs
-        .iter()
-        .find(|a| a.status != AuthorizationStatus::Valid && a.status != AuthorizationStatus::Pending)
-    {
+    if let Some(bad) = authzs.iter().find(|a| {
+        a.status != AuthorizationStatus::Valid && a.status != AuthorizationStatus::Pending
+    }) {
         order.status = OrderStatus::Invalid;
         let detail = match bad.status {
             AuthorizationStatus::Invalid => {
@@ -119,7 +122,9 @@ pub fn order_at(mut order: OrderRecord, authzs: &[AuthzRecord], now: OffsetDateT
         return order;
     }
     order.status = if authzs.len() == order.authz_ids.len()
-        && authzs.iter().all(|a| a.status == AuthorizationStatus::Valid)
+        && authzs
+            .iter()
+            .all(|a| a.status == AuthorizationStatus::Valid)
     {
         OrderStatus::Ready
     } else {
@@ -138,7 +143,10 @@ pub fn begin_finalize(order: &mut OrderRecord) -> bool {
 }
 
 /// `processing` → `valid` with a certificate, or → `invalid` with a problem.
-pub fn end_finalize(order: &mut OrderRecord, result: Result<crate::model::CertId, Problem>) -> bool {
+pub fn end_finalize(
+    order: &mut OrderRecord,
+    result: Result<crate::model::CertId, Problem>,
+) -> bool {
     if order.status != OrderStatus::Processing {
         return false;
     }
@@ -264,7 +272,10 @@ mod tests {
     fn expiry() {
         let a = authz();
         let late = now() + Duration::hours(3);
-        assert_eq!(authz_at(a.clone(), late).status, AuthorizationStatus::Expired);
+        assert_eq!(
+            authz_at(a.clone(), late).status,
+            AuthorizationStatus::Expired
+        );
         let o = order_at(order(std::slice::from_ref(&a)), &[a], late);
         assert_eq!(o.status, OrderStatus::Invalid);
     }

@@ -12,8 +12,8 @@ use time::Duration;
 use tokio::sync::Semaphore;
 
 use super::{Authority, Event, state};
-use crate::acme::{Problem, ProblemType};
 use crate::acme::types::OrderStatus;
+use crate::acme::{Problem, ProblemType};
 use crate::model::{CertId, CertificateRecord, FinalizeJob, OrderId, OrderRecord};
 use crate::policy::cert;
 use crate::store::records::{Batch, Versioned};
@@ -44,7 +44,11 @@ impl FinalizeWorker {
             let notified = ra.jobs_ready.notified();
             match ra.records.due_jobs(ra.clock.now(), 256).await {
                 Ok(jobs) => {
-                    crate::metrics::finalize_queue(jobs.len(), jobs.first().map(|j| j.created_at), ra.clock.now());
+                    crate::metrics::finalize_queue(
+                        jobs.len(),
+                        jobs.first().map(|j| j.created_at),
+                        ra.clock.now(),
+                    );
                     for job in jobs {
                         if !self.claim(&job.order_id) {
                             continue;
@@ -132,7 +136,11 @@ impl Authority {
     }
 
     async fn try_job(&self, job: FinalizeJob) -> Result<(), super::RaError> {
-        let Some(order) = self.records.get::<OrderRecord>(job.order_id.as_str()).await? else {
+        let Some(order) = self
+            .records
+            .get::<OrderRecord>(job.order_id.as_str())
+            .await?
+        else {
             self.drop_job(&job.order_id).await?;
             return Ok(());
         };
@@ -148,13 +156,15 @@ impl Authority {
                 .unwrap_or_else(|| "no answer".to_owned());
             let p = Problem::new(
                 ProblemType::ServerInternal,
-                format!("the upstream CA did not issue the certificate before the order expired (last error: {why}); create a new order"),
+                format!(
+                    "the upstream CA did not issue the certificate before the order expired (last error: {why}); create a new order"
+                ),
             );
             return self.finish(&order, Err(p), None).await;
         }
-        let not_after = order
-            .not_after
-            .unwrap_or_else(|| order.not_before.unwrap_or(now) + self.default_lifetime(&order.provisioner));
+        let not_after = order.not_after.unwrap_or_else(|| {
+            order.not_before.unwrap_or(now) + self.default_lifetime(&order.provisioner)
+        });
         let req = SignRequest {
             csr_der: job.csr_der.clone(),
             identifiers: order.identifiers.clone(),
@@ -169,17 +179,30 @@ impl Authority {
         };
         let started = Instant::now();
         let result = self.upstream.create_certificate(&req, &checkpoint).await;
-        crate::metrics::upstream_call(self.upstream.name(), "create", result.is_ok(), started.elapsed());
+        crate::metrics::upstream_call(
+            self.upstream.name(),
+            "create",
+            result.is_ok(),
+            started.elapsed(),
+        );
         match result {
             Ok(chain) => {
                 let Some(leaf) = chain.certificates.first() else {
-                    return self.retry_later(&job, "the upstream returned an empty chain").await;
+                    return self
+                        .retry_later(&job, "the upstream returned an empty chain")
+                        .await;
                 };
                 let info = match cert::cert_info(leaf) {
                     Ok(i) => i,
                     Err(e) => {
                         return self
-                            .retry_later(&job, &format!("the upstream returned an unreadable certificate: {}", e.0))
+                            .retry_later(
+                                &job,
+                                &format!(
+                                    "the upstream returned an unreadable certificate: {}",
+                                    e.0
+                                ),
+                            )
                             .await;
                     }
                 };
@@ -194,14 +217,18 @@ impl Authority {
                     upstream: self.upstream.name().to_owned(),
                     revocation: None,
                 };
-                self.finish(&order, Ok(record.id.clone()), Some(record)).await
+                self.finish(&order, Ok(record.id.clone()), Some(record))
+                    .await
             }
             Err(e @ UpstreamError::Rejected { .. }) => {
                 let UpstreamError::Rejected { kind, detail } = &e else {
                     return Ok(());
                 };
                 tracing::warn!(order = %order.id, error = %e, "upstream refused the certificate");
-                let p = Problem::new(*kind, format!("the upstream CA refused the certificate: {detail}"));
+                let p = Problem::new(
+                    *kind,
+                    format!("the upstream CA refused the certificate: {detail}"),
+                );
                 self.finish(&order, Err(p), None).await
             }
             Err(e) => {
@@ -258,14 +285,22 @@ impl Authority {
 
     async fn retry_later(&self, job: &FinalizeJob, why: &str) -> Result<(), super::RaError> {
         for _ in 0..8 {
-            let Some(current) = self.records.get::<FinalizeJob>(job.order_id.as_str()).await? else {
+            let Some(current) = self
+                .records
+                .get::<FinalizeJob>(job.order_id.as_str())
+                .await?
+            else {
                 return Ok(());
             };
             let mut next = current.value.clone();
             next.attempts = next.attempts.saturating_add(1);
             next.last_error = Some(why.to_owned());
             next.next_attempt_at = self.clock.now() + backoff(next.attempts, self.opts.max_backoff);
-            match self.records.commit(Batch::new().replace(&current, &next)).await {
+            match self
+                .records
+                .commit(Batch::new().replace(&current, &next))
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),

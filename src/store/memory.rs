@@ -66,10 +66,12 @@ where
     Ok(())
 }
 
+type Tables = BTreeMap<(Table, String), Vec<u8>>;
+
 /// A store that lives in memory only.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    tables: Mutex<BTreeMap<(Table, String), Vec<u8>>>,
+    tables: Mutex<Tables>,
     nonces: NonceSet,
 }
 
@@ -79,9 +81,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, BTreeMap<(Table, String), Vec<u8>>>, StoreError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Tables>, StoreError> {
         self.tables
             .lock()
             .map_err(|_| StoreError::backend("memory store", "lock poisoned"))

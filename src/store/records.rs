@@ -201,7 +201,11 @@ impl Records {
     }
 
     /// Creates an order with its authorizations and the account's list entry.
-    pub fn order_insert_ops(mut batch: Batch, order: &OrderRecord, authzs: &[AuthzRecord]) -> Batch {
+    pub fn order_insert_ops(
+        mut batch: Batch,
+        order: &OrderRecord,
+        authzs: &[AuthzRecord],
+    ) -> Batch {
         batch = batch.insert(order).op(Op::put(
             Table::AccountOrders,
             format!("{}/{}", order.account_id, order.id),
@@ -262,7 +266,9 @@ impl Records {
         limit: usize,
     ) -> Result<Vec<Versioned<T>>, StoreError> {
         let rows = self.store.scan(T::TABLE, "", after, limit).await?;
-        rows.into_iter().map(|(k, raw)| decode::<T>(&k, raw)).collect()
+        rows.into_iter()
+            .map(|(k, raw)| decode::<T>(&k, raw))
+            .collect()
     }
 
     /// Finalize jobs due at `now`, at most `limit`, oldest first.

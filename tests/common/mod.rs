@@ -1,7 +1,7 @@
 //! Test support: a server started in-process on 127.0.0.1 with a free port,
 //! a temporary data directory and softcas; challenge responders for http-01,
 //! tls-alpn-01 and dns-01 (a mock DNS server); an instant-acme client.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod clients;
 pub mod procs;
@@ -74,8 +74,12 @@ impl TestServer {
     /// Starts a server that validates against existing responders.
     pub async fn start_with_responders(opts: Options, responders: Responders) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
-        let mut prov = serde_json::json!({"type": "ACME", "name": "acme", "requireEAB": opts.require_eab});
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
+        let mut prov =
+            serde_json::json!({"type": "ACME", "name": "acme", "requireEAB": opts.require_eab});
         if let Some(c) = &opts.challenges {
             prov["challenges"] = serde_json::json!(c);
         }

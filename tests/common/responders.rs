@@ -44,8 +44,8 @@ impl Responders {
                 axum::routing::get(
                     |State(t): State<Tokens>, Path(token): Path<String>| async move {
                         match t.lock().unwrap().get(&token) {
-                            Some(v) => (axum::http::StatusCode::OK, v.clone()),
-                            None => (axum::http::StatusCode::NOT_FOUND, String::new()),
+                            Some(v) => (http::StatusCode::OK, v.clone()),
+                            None => (http::StatusCode::NOT_FOUND, String::new()),
                         }
                     },
                 ),

@@ -1,0 +1,33 @@
+# acmeproxy: build, run on the embedded default, test, lint, install.
+CARGO ?= cargo
+RUN_DIR ?= run
+
+.PHONY: build run test test-deps lint fmt install clean
+
+build:
+	$(CARGO) build --release --locked
+
+# Runs the server on the embedded default (softcas + sled) on https://127.0.0.1:8443.
+run: build
+	@test -f $(RUN_DIR)/ca.json || ./target/release/acmeproxy init --dir $(RUN_DIR)
+	./target/release/acmeproxy $(RUN_DIR)/ca.json
+
+# Installs what the tests drive (certbot, lego, uacme, dehydrated, openssl), then runs every test.
+test: test-deps
+	$(CARGO) test --locked
+
+test-deps:
+	bash tests/interop/install-clients.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+install: build
+	./install.sh
+
+clean:
+	$(CARGO) clean
