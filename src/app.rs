@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub use serve::{Server, start};
+pub use serve::{Overrides, Server, start, start_with};
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, ProvisionerConfig, StoreChoice, parse_go_duration};

@@ -8,14 +8,12 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{create_private_dir, open_store};
 use crate::cli::EabCommand;
 use crate::config::Config;
-use crate::model::{EabKeyRecord, random_token};
+use crate::ra::eab;
 use crate::store::Records;
-use crate::store::records::Batch;
 
 /// `acmeproxy init`: writes DIR/ca.json for softcas + sled on `address`.
 pub(super) fn init(dir: &Path, address: &str, metrics_port: u16) -> anyhow::Result<()> {
@@ -89,34 +87,21 @@ pub(super) async fn eab(cmd: EabCommand) -> anyhow::Result<()> {
                     config.display()
                 );
             }
-            let kid = kid.unwrap_or_else(|| random_token(12));
-            if kid.is_empty() || kid.len() > 128 || kid.contains(char::is_whitespace) {
-                bail!("a kid must be 1 to 128 characters without spaces");
-            }
-            let mut key = vec![0u8; 32];
-            SystemRandom::new()
-                .fill(&mut key)
-                .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-            let record = EabKeyRecord {
-                kid: kid.clone(),
-                provisioner: provisioner.clone(),
-                hmac_key: key.clone(),
-                created_at: time::OffsetDateTime::now_utc(),
-                bound_account: None,
-            };
-            records
-                .commit(Batch::new().insert(&record))
-                .await
-                .with_context(|| format!("storing key {kid:?} (does it exist already?)"))?;
-            println!("kid:      {kid}");
-            println!("hmac key: {}", URL_SAFE_NO_PAD.encode(&key));
+            let record =
+                eab::create_key(&records, &provisioner, kid, time::OffsetDateTime::now_utc())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.problem.detail))?;
+            println!("kid:         {}", record.kid);
+            println!("hmac key:    {}", URL_SAFE_NO_PAD.encode(&record.hmac_key));
             println!("provisioner: {provisioner}");
             println!(
                 "(the MAC key is shown once; give both to the client, e.g. certbot --eab-kid … --eab-hmac-key …)"
             );
         }
         EabCommand::List { .. } => {
-            let keys = records.list::<EabKeyRecord>(None, 10_000).await?;
+            let keys = eab::list_keys(&records)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.problem.detail))?;
             println!(
                 "{:<24} {:<12} {:<26} BOUND ACCOUNT",
                 "KID", "PROVISIONER", "CREATED"
@@ -132,10 +117,9 @@ pub(super) async fn eab(cmd: EabCommand) -> anyhow::Result<()> {
             }
         }
         EabCommand::Remove { kid, .. } => {
-            let Some(k) = records.get::<EabKeyRecord>(&kid).await? else {
-                bail!("there is no EAB key {kid:?}");
-            };
-            records.commit(Batch::new().remove(&k)).await?;
+            eab::remove_key(&records, &kid)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.problem.detail))?;
             println!("removed {kid}");
         }
     }

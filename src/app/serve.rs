@@ -35,11 +35,17 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     /// The roots (PEM) that the server's own certificate and issued chains lead to.
     pub roots_pem: String,
+    authority: Arc<Authority>,
     shutdown: CancellationToken,
     join: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Server {
+    /// The Authority behind the server (administration, tests).
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.authority
+    }
+
     /// Asks the server to stop (as SIGTERM does).
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -70,26 +76,32 @@ pub async fn start(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Server> {
+    start_with(cfg, listener, shutdown, Overrides::default()).await
+}
+
+/// Parts a caller (a test, an embedding program) supplies instead of the
+/// ones the configuration names.
+#[derive(Default)]
+pub struct Overrides {
+    /// The upstream CA to sign with, instead of `authority.type`'s.
+    pub upstream: Option<Arc<dyn CertificateAuthorityService>>,
+}
+
+/// [`start`], with some parts supplied by the caller.
+pub async fn start_with(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    overrides: Overrides,
+) -> anyhow::Result<Server> {
     let data_dir = cfg.data_dir();
     create_private_dir(&data_dir)?;
     let store = open_store(&cfg).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
-    let upstream: Arc<dyn CertificateAuthorityService> = match cfg.authority.kind.as_str() {
-        "softcas" => {
-            let sc = cfg.softcas()?;
-            let lifetime =
-                StdDuration::from_secs(u64::from(sc.certlifetime.unwrap_or(90)) * 86_400);
-            Arc::new(
-                SoftCas::open(SoftCasOptions {
-                    dir: data_dir.join("softcas"),
-                    name: sc.name.unwrap_or_else(|| "acmeproxy".to_owned()),
-                    default_lifetime: lifetime,
-                })
-                .context("opening the softcas CA")?,
-            )
-        }
-        other => anyhow::bail!("upstream {other:?} is not available in this build"),
+    let upstream: Arc<dyn CertificateAuthorityService> = match overrides.upstream {
+        Some(u) => u,
+        None => build_upstream(&cfg, &data_dir)?,
     };
 
     let resolvers = cfg.resolvers()?;
@@ -150,6 +162,7 @@ pub async fn start(
         .context("reading the listen address")?;
     let roots_pem = ra.roots_pem();
     let token = shutdown.clone();
+    let authority = Arc::clone(&ra);
     let join = tokio::spawn(async move {
         serve_tls(listener, TlsAcceptor::from(tls_config), app, token).await;
         let _ = worker.await;
@@ -164,9 +177,33 @@ pub async fn start(
         addr,
         metrics_addr,
         roots_pem,
+        authority,
         shutdown,
         join,
     })
+}
+
+/// The upstream CA that `authority.type` names.
+fn build_upstream(
+    cfg: &Config,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn CertificateAuthorityService>> {
+    match cfg.authority.kind.as_str() {
+        "softcas" => {
+            let sc = cfg.softcas()?;
+            let lifetime =
+                StdDuration::from_secs(u64::from(sc.certlifetime.unwrap_or(90)) * 86_400);
+            Ok(Arc::new(
+                SoftCas::open(SoftCasOptions {
+                    dir: data_dir.join("softcas"),
+                    name: sc.name.unwrap_or_else(|| "acmeproxy".to_owned()),
+                    default_lifetime: lifetime,
+                })
+                .context("opening the softcas CA")?,
+            ))
+        }
+        other => anyhow::bail!("upstream {other:?} is not available in this build"),
+    }
 }
 
 async fn serve_tls(

@@ -75,6 +75,7 @@ async fn acme_headers(State(state): State<AppState>, req: Request, next: Next) -
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().clone();
     let mut resp = next.run(req).await;
+    resp = problem::ensure_problem(resp).await;
     if route.starts_with("/acme/") && !resp.headers().contains_key("replay-nonce") {
         match state.nonces.issue().await {
             Ok(n) => {

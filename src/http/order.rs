@@ -106,7 +106,7 @@ pub(super) async fn authz(
     let signed = verify(&st, &prov, &headers, &uri, &body, KeyRef::Kid).await?;
     let acct = signed.account()?;
     let authz = if signed.jws.is_post_as_get() {
-        st.ra.authz(&acct.id, &id).await?
+        st.ra.authz(acct, &id).await?
     } else {
         let req: AuthorizationUpdateRequest = signed.payload()?;
         st.ra.deactivate_authz(&acct.id, &id, &req.status).await?
@@ -142,7 +142,7 @@ pub(super) async fn challenge(
             .status(404)
         })?;
     let authz = if signed.jws.is_post_as_get() {
-        st.ra.authz(&acct.id, &authz_id).await?
+        st.ra.authz(acct, &authz_id).await?
     } else {
         // RFC 8555 §7.5.1: the payload is an empty JSON object.
         let _: serde_json::Map<String, serde_json::Value> = signed.payload()?;

@@ -76,3 +76,48 @@ impl IntoResponse for HttpError {
         resp
     }
 }
+
+/// Turns an error response that is not yet a problem document (axum's own
+/// rejections: body too large, wrong method, bad path) into one, so every
+/// ACME error is `application/problem+json` (RFC 8555 §6.7).
+pub async fn ensure_problem(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let body = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("the request body is larger than {} bytes", super::MAX_BODY)
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            "this method is not allowed here; ACME resources take POST (RFC 8555 §6.3)".to_owned()
+        }
+        _ if text.is_empty() => status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_owned(),
+        _ => text,
+    };
+    let kind = if status.is_server_error() {
+        ProblemType::ServerInternal
+    } else {
+        ProblemType::Malformed
+    };
+    let mut out = problem_response(&Problem::new(kind, detail).with_status(status.as_u16()));
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
+}

@@ -51,25 +51,77 @@ impl Authority {
             Ok(()) => {}
             Err(StoreError::Conflict { .. }) => {
                 // Someone else started it at the same moment.
-                return self.authz(&account.id, authz_id).await;
+                return self.authz(account, authz_id).await;
             }
             Err(e) => return Err(e.into()),
         }
-        let jwk = PublicJwk::from_json(&account.jwk)
-            .map_err(|e| RaError::internal("reading the account key", e))?;
-        let key_auth = key_authorization(&next.challenges[index].token, &jwk);
-        let this = Arc::clone(self);
-        let authz = next.clone();
-        self.tasks.spawn(async move {
-            this.run_validation(authz, index, key_auth).await;
-        });
+        self.spawn_validation(account, next.clone(), index)?;
         self.wait_for(
             rx,
             Event::Authz(next.id.to_string()),
             self.opts.challenge_wait,
         )
         .await;
-        self.authz(&account.id, authz_id).await
+        self.authz(account, authz_id).await
+    }
+
+    /// Runs the validation of challenge `index` in the background, unless one
+    /// already runs in this process for that authorization.
+    fn spawn_validation(
+        self: &Arc<Self>,
+        account: &AccountRecord,
+        authz: AuthzRecord,
+        index: usize,
+    ) -> Result<(), RaError> {
+        let Some(ch) = authz.challenges.get(index) else {
+            return Ok(());
+        };
+        let jwk = PublicJwk::from_json(&account.jwk)
+            .map_err(|e| RaError::internal("reading the account key", e))?;
+        let key_auth = key_authorization(&ch.token, &jwk);
+        match self.validating.lock() {
+            Ok(mut set) => {
+                if !set.insert(authz.id.clone()) {
+                    return Ok(());
+                }
+            }
+            Err(_) => return Ok(()),
+        }
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let id = authz.id.clone();
+            this.run_validation(authz, index, key_auth).await;
+            if let Ok(mut set) = this.validating.lock() {
+                set.remove(&id);
+            }
+        });
+        Ok(())
+    }
+
+    /// A challenge left `processing` by a process that stopped (crash or
+    /// restart) is validated again when the authorization is next read.
+    pub(super) fn resume_stalled(self: &Arc<Self>, account: &AccountRecord, authz: &AuthzRecord) {
+        if authz.status != AuthorizationStatus::Pending {
+            return;
+        }
+        let Some(index) = authz
+            .challenges
+            .iter()
+            .position(|c| c.status == ChallengeStatus::Processing)
+        else {
+            return;
+        };
+        let running = self
+            .validating
+            .lock()
+            .map(|set| set.contains(&authz.id))
+            .unwrap_or(true);
+        if !running {
+            tracing::info!(authz = %authz.id, "resuming a validation interrupted by a restart");
+            if let Err(e) = self.spawn_validation(account, authz.clone(), index) {
+                tracing::warn!(authz = %authz.id, error = %e, "cannot resume validation");
+            }
+        }
     }
 
     async fn run_validation(&self, authz: AuthzRecord, index: usize, key_auth: String) {

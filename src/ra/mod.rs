@@ -4,6 +4,7 @@
 
 mod account;
 mod challenge;
+pub mod eab;
 pub mod error;
 mod finalize;
 mod order;
@@ -94,6 +95,8 @@ pub struct Authority {
     opts: AuthorityOptions,
     events: broadcast::Sender<Event>,
     jobs_ready: Arc<Notify>,
+    /// Authorizations whose validation runs in this process.
+    validating: std::sync::Mutex<std::collections::HashSet<crate::model::AuthzId>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -122,6 +125,7 @@ impl Authority {
             opts,
             events,
             jobs_ready: Arc::new(Notify::new()),
+            validating: std::sync::Mutex::new(std::collections::HashSet::new()),
             tasks: TaskTracker::new(),
             shutdown,
         })

@@ -3,6 +3,8 @@
 //!
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
 
+use std::sync::Arc;
+
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -241,10 +243,17 @@ impl Authority {
         Ok((ids, next))
     }
 
-    /// An authorization of `account`, with expiry applied.
-    pub async fn authz(&self, account: &AccountId, id: &str) -> Result<AuthzRecord, RaError> {
-        let a = self.owned_authz(account, id).await?;
-        Ok(state::authz_at(a.value, self.clock.now()))
+    /// An authorization of `account`, with expiry applied. A validation that
+    /// a stopped process left unfinished is started again.
+    pub async fn authz(
+        self: &Arc<Self>,
+        account: &AccountRecord,
+        id: &str,
+    ) -> Result<AuthzRecord, RaError> {
+        let a = self.owned_authz(&account.id, id).await?;
+        let a = state::authz_at(a.value, self.clock.now());
+        self.resume_stalled(account, &a);
+        Ok(a)
     }
 
     pub(super) async fn owned_authz(

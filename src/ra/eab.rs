@@ -1,0 +1,86 @@
+//! External Account Binding keys (RFC 8555 §7.3.4): created by an operator for
+//! one provisioner, bound to the first account registered with them.
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::Authority;
+use super::error::{RaError, problem};
+use crate::acme::ProblemType;
+use crate::model::{EabKeyRecord, random_token};
+use crate::store::records::Batch;
+use crate::store::{Records, StoreError};
+
+/// Creates a key for `provisioner`: a random 256-bit MAC key, and `kid` or a
+/// random one.
+pub async fn create_key(
+    records: &Records,
+    provisioner: &str,
+    kid: Option<String>,
+    now: time::OffsetDateTime,
+) -> Result<EabKeyRecord, RaError> {
+    let kid = kid.unwrap_or_else(|| random_token(12));
+    if kid.is_empty() || kid.len() > 128 || !kid.bytes().all(|b| b.is_ascii_graphic()) {
+        return problem(
+            ProblemType::Malformed,
+            "a kid must be 1 to 128 printable characters without spaces",
+        );
+    }
+    let mut key = vec![0u8; 32];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| RaError::new(ProblemType::ServerInternal, "the random generator failed"))?;
+    let record = EabKeyRecord {
+        kid: kid.clone(),
+        provisioner: provisioner.to_owned(),
+        hmac_key: key,
+        created_at: now,
+        bound_account: None,
+    };
+    match records.commit(Batch::new().insert(&record)).await {
+        Ok(()) => Ok(record),
+        Err(StoreError::Conflict { .. }) => problem(
+            ProblemType::Malformed,
+            format!("EAB key {kid:?} exists already"),
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every key (MAC keys included: callers must not print them).
+pub async fn list_keys(records: &Records) -> Result<Vec<EabKeyRecord>, RaError> {
+    Ok(records
+        .list::<EabKeyRecord>(None, usize::MAX)
+        .await?
+        .into_iter()
+        .map(|v| v.value)
+        .collect())
+}
+
+/// Removes a key. Accounts bound with it keep working.
+pub async fn remove_key(records: &Records, kid: &str) -> Result<(), RaError> {
+    let Some(k) = records.get::<EabKeyRecord>(kid).await? else {
+        return problem(
+            ProblemType::Malformed,
+            format!("there is no EAB key {kid:?}"),
+        );
+    };
+    records.commit(Batch::new().remove(&k)).await?;
+    Ok(())
+}
+
+impl Authority {
+    /// Creates an EAB key for a configured provisioner.
+    pub async fn create_eab_key(
+        &self,
+        provisioner: &str,
+        kid: Option<String>,
+    ) -> Result<EabKeyRecord, RaError> {
+        if self.provisioner(provisioner).is_none() {
+            return problem(
+                ProblemType::Malformed,
+                format!("there is no provisioner {provisioner:?}"),
+            );
+        }
+        create_key(&self.records, provisioner, kid, self.clock.now()).await
+    }
+}
