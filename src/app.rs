@@ -4,6 +4,7 @@
 
 mod admin;
 mod serve;
+mod upstream_state;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -109,10 +110,12 @@ pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 /// else 90 days.
 pub fn provisioners(cfg: &Config) -> anyhow::Result<Vec<Provisioner>> {
     let certlifetime = cfg
-        .softcas()
-        .ok()
-        .and_then(|s| s.certlifetime)
-        .map(|d| Duration::days(i64::from(d)));
+        .authority
+        .config
+        .as_ref()
+        .and_then(|c| c.get("certlifetime"))
+        .and_then(serde_json::Value::as_u64)
+        .map(|d| Duration::days(i64::try_from(d).unwrap_or(i64::MAX).min(3650)));
     cfg.authority
         .provisioners
         .iter()

@@ -24,6 +24,7 @@ use crate::ra::{Authority, AuthorityOptions, FinalizeWorker};
 use crate::store::Records;
 use crate::tls::{ServerIdentity, TlsOptions};
 use crate::upstream::CertificateAuthorityService;
+use crate::upstream::acme::{AcmeUpstream, AcmeUpstreamOptions};
 use crate::upstream::softcas::{SoftCas, SoftCasOptions};
 use crate::validate::{HickoryResolver, ValidationSettings, Validator};
 
@@ -101,7 +102,7 @@ pub async fn start_with(
 
     let upstream: Arc<dyn CertificateAuthorityService> = match overrides.upstream {
         Some(u) => u,
-        None => build_upstream(&cfg, &data_dir)?,
+        None => build_upstream(&cfg, &data_dir, &store)?,
     };
 
     let resolvers = cfg.resolvers()?;
@@ -187,8 +188,26 @@ pub async fn start_with(
 fn build_upstream(
     cfg: &Config,
     data_dir: &std::path::Path,
+    store: &Arc<dyn crate::store::Store>,
 ) -> anyhow::Result<Arc<dyn CertificateAuthorityService>> {
     match cfg.authority.kind.as_str() {
+        "externalcas" => {
+            let ext = cfg.externalcas()?;
+            let eab = ext.eab_hmac_key()?.map(|key| (ext.eab_kid.clone(), key));
+            let opts = AcmeUpstreamOptions {
+                directory_url: ext.ca_url.trim().to_owned(),
+                account_email: ext.account_email.clone(),
+                eab,
+                ca_bundle: ext.ca_bundle.clone(),
+                timeout: StdDuration::from_secs(ext.cert_obtain_timeout.unwrap_or(120).max(1)),
+            };
+            let state = Arc::new(super::upstream_state::StoreUpstreamState::new(Arc::clone(
+                store,
+            )));
+            Ok(Arc::new(
+                AcmeUpstream::new(opts, state).context("setting up the external ACME upstream")?,
+            ))
+        }
         "softcas" => {
             let sc = cfg.softcas()?;
             let lifetime =

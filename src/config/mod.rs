@@ -97,8 +97,8 @@ fn default_address() -> String {
     ":443".to_owned()
 }
 
-/// `db`: which store.
-#[derive(Clone, Debug, Deserialize)]
+/// `db`: which store. Its `Debug` hides a connection URL's password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DbConfig {
     /// `sled` (default); step-ca's `badgerv2`, `badger`, `bbolt` mean the
@@ -140,8 +140,9 @@ pub struct TlsConfig {
     cipher_suites: Option<Value>,
 }
 
-/// `authority`.
-#[derive(Clone, Debug, Deserialize)]
+/// `authority`. Its `Debug` hides secrets inside `config` and
+/// `certificateIssuer`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorityConfig {
     /// `softcas`, `externalcas`, `stepcas` or `vaultcas`.
@@ -176,6 +177,69 @@ pub struct AuthorityConfig {
     disable_issued_at_check: Option<Value>,
     #[serde(default)]
     admins: Option<Value>,
+}
+
+impl std::fmt::Debug for AuthorityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityConfig")
+            .field("kind", &self.kind)
+            .field("config", &self.config.as_ref().map(redacted))
+            .field("provisioners", &self.provisioners)
+            .field("claims", &self.claims)
+            .field("policy", &self.policy)
+            .field("certificate_authority", &self.certificate_authority)
+            .field(
+                "certificate_authority_fingerprint",
+                &self.certificate_authority_fingerprint,
+            )
+            .field(
+                "certificate_issuer",
+                &self.certificate_issuer.as_ref().map(redacted),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = self.data_source.as_ref().map(|s| {
+            if s.contains('@') || s.contains("password") {
+                "***".to_owned()
+            } else {
+                s.clone()
+            }
+        });
+        f.debug_struct("DbConfig")
+            .field("kind", &self.kind)
+            .field("data_source", &source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A copy of `v` with the values of secret-looking keys replaced by `***`.
+pub fn redacted(v: &Value) -> Value {
+    const SECRET_WORDS: [&str; 6] = ["hmac", "password", "secret", "token", "key", "env_vars"];
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    let secret = SECRET_WORDS.iter().any(|w| lower.contains(w))
+                        && !lower.ends_with("_file")
+                        && !lower.ends_with("file")
+                        && !lower.ends_with("_env")
+                        && !lower.ends_with("kid");
+                    if secret && !v.is_null() {
+                        (k.clone(), Value::String("***".into()))
+                    } else {
+                        (k.clone(), redacted(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(redacted).collect()),
+        other => other.clone(),
+    }
 }
 
 fn default_authority_type() -> String {
@@ -308,6 +372,94 @@ pub struct SoftCasConfig {
 struct MetricsListenSource {
     top: Option<MetricsConfig>,
     plugin: Option<MetricsConfig>,
+}
+
+/// The external ACME upstream's `authority.config` (`authority.type:
+/// "externalcas"`): the Go acme-proxy plugin's keys, plus the CA bundle,
+/// timeouts and secrets from files or the environment.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalCasConfig {
+    /// The upstream's directory URL, e.g. `https://acme.sectigo.com/v2/InCommonRSAOV`.
+    #[serde(default)]
+    pub ca_url: String,
+    /// Contact of the upstream account.
+    #[serde(default)]
+    pub account_email: String,
+    /// External Account Binding key id.
+    #[serde(default)]
+    pub eab_kid: String,
+    /// EAB MAC key, base64url (inline; prefer `eab_hmac_key_file` or `_env`).
+    #[serde(default)]
+    pub eab_hmac_key: Option<Secret>,
+    /// A file holding the EAB MAC key.
+    #[serde(default)]
+    pub eab_hmac_key_file: Option<PathBuf>,
+    /// An environment variable holding the EAB MAC key.
+    #[serde(default)]
+    pub eab_hmac_key_env: Option<String>,
+    /// Certificate lifetime in days, sent upstream as notAfter.
+    #[serde(default)]
+    pub certlifetime: Option<u32>,
+    /// PEM file of CAs trusted for the upstream's HTTPS, besides the system's.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Seconds to wait on the upstream per attempt (default 120).
+    #[serde(default)]
+    pub cert_obtain_timeout: Option<u64>,
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// The plugin's dns01_txt block (for upstreams that validate the RA with
+    /// dns-01); accepted, not used.
+    #[serde(default)]
+    pub dns01_txt: Option<Value>,
+}
+
+impl ExternalCasConfig {
+    /// The EAB MAC key from whichever source is configured, decoded from
+    /// base64url (padding and standard base64 are accepted too).
+    pub fn eab_hmac_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let key = "authority.config.eab_hmac_key";
+        let text = match (
+            &self.eab_hmac_key,
+            &self.eab_hmac_key_file,
+            &self.eab_hmac_key_env,
+        ) {
+            (Some(s), None, None) if s.expose().is_empty() => return Ok(None),
+            (Some(s), None, None) => s.expose().to_owned(),
+            (None, Some(path), None) => std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid(
+                    format!("{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?,
+            (None, None, Some(var)) => std::env::var(var).map_err(|_| {
+                ConfigError::invalid(
+                    format!("{key}_env"),
+                    format!("the environment variable {var} is not set"),
+                )
+            })?,
+            (None, None, None) => return Ok(None),
+            _ => {
+                return Err(ConfigError::invalid(
+                    key,
+                    "give the EAB MAC key one way only: eab_hmac_key, eab_hmac_key_file or eab_hmac_key_env",
+                ));
+            }
+        };
+        decode_b64_any(text.trim()).map(Some).ok_or_else(|| {
+            ConfigError::invalid(key, "the EAB MAC key is not base64url (as the CA gave it)")
+        })
+    }
+}
+
+fn decode_b64_any(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
+        .or_else(|| STANDARD.decode(s).ok())
 }
 
 /// What a loaded configuration warns about (ignored keys, renamed backends).
@@ -461,6 +613,16 @@ impl Config {
             .collect()
     }
 
+    /// The external ACME upstream's settings (`authority.type: "externalcas"`).
+    pub fn externalcas(&self) -> Result<ExternalCasConfig, ConfigError> {
+        let cfg: ExternalCasConfig = match &self.authority.config {
+            None => ExternalCasConfig::default(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| ConfigError::invalid("authority.config", e.to_string()))?,
+        };
+        Ok(cfg)
+    }
+
     /// The softcas settings (`authority.config` when `type` is `softcas`).
     pub fn softcas(&self) -> Result<SoftCasConfig, ConfigError> {
         match &self.authority.config {
@@ -609,7 +771,41 @@ impl Config {
             "softcas" => {
                 self.softcas()?;
             }
-            "externalcas" | "stepcas" | "vaultcas" => {
+            "externalcas" => {
+                let ext = self.externalcas()?;
+                let url = ext.ca_url.trim();
+                if url.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "authority.config.ca_url",
+                        "give the upstream ACME directory URL, e.g. https://acme.sectigo.com/v2/InCommonRSAOV",
+                    ));
+                }
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(ConfigError::invalid(
+                        "authority.config.ca_url",
+                        format!("{url:?} is not an http(s) URL"),
+                    ));
+                }
+                let key = ext.eab_hmac_key()?;
+                if key.is_some() == ext.eab_kid.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "authority.config.eab_kid",
+                        "eab_kid and the EAB MAC key go together: give both or neither",
+                    ));
+                }
+                if let Some(b) = &ext.ca_bundle {
+                    if !b.is_file() {
+                        return Err(ConfigError::invalid(
+                            "authority.config.ca_bundle",
+                            format!("{} is not a readable file", b.display()),
+                        ));
+                    }
+                }
+                if ext.dns01_txt.is_some() {
+                    ignored.insert("authority.config.dns01_txt".to_owned());
+                }
+            }
+            "stepcas" | "vaultcas" => {
                 return Err(ConfigError::invalid(
                     "authority.type",
                     format!(

@@ -74,3 +74,57 @@ fn test_config_is_valid() {
     assert_eq!(cfg.store().unwrap(), StoreChoice::Memory);
     assert!(cfg.validate().is_ok());
 }
+
+#[test]
+fn the_go_plugins_sample_config_is_accepted_with_one_warning() {
+    let text = include_str!("../../tests/fixtures/esnet-plugin-ca.json");
+    let (cfg, warnings) = Config::parse(text).unwrap();
+    assert_eq!(cfg.authority.kind, "externalcas");
+    let ext = cfg.externalcas().unwrap();
+    assert_eq!(ext.ca_url, "https://acme.sectigo.com/v2/InCommonRSAOV");
+    assert_eq!(ext.eab_kid, "hG3a9f2kQx0TzL1mNp7rVw");
+    assert!(ext.eab_hmac_key().unwrap().is_some());
+    // The plugin's metrics port is honoured.
+    assert_eq!(
+        cfg.metrics_listen().unwrap(),
+        MetricsListen(Some("0.0.0.0:9234".parse().unwrap()))
+    );
+    // bbolt is read as the embedded store, with a notice.
+    assert!(matches!(cfg.store().unwrap(), StoreChoice::Sled(_)));
+    let ignored = &warnings.0[0];
+    for key in [
+        "authority.backdate",
+        "authority.template",
+        "authority.config.dns01_txt",
+        "authority.config.metrics.dataSource",
+        "authority.provisioners[0].options",
+        "claims.enableSSHCA",
+        "commonName",
+        "tls.renegotiation",
+    ] {
+        assert!(ignored.contains(key), "{key} missing from {ignored}");
+    }
+    assert_eq!(warnings.0.len(), 2, "{:?}", warnings.0);
+    // The MAC key never shows in Debug output.
+    assert!(!format!("{cfg:?}").contains("cGxhY2Vob2xkZXI"));
+}
+
+#[test]
+fn eab_secret_from_env_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hmac");
+    std::fs::write(&file, "c2VjcmV0\n").unwrap();
+    let ext = ExternalCasConfig {
+        eab_kid: "k".into(),
+        eab_hmac_key_file: Some(file),
+        ..ExternalCasConfig::default()
+    };
+    assert_eq!(ext.eab_hmac_key().unwrap(), Some(b"secret".to_vec()));
+    let ext = ExternalCasConfig {
+        eab_kid: "k".into(),
+        eab_hmac_key_env: Some("ACMEPROXY_TEST_SURELY_UNSET_VAR".into()),
+        ..ExternalCasConfig::default()
+    };
+    let e = ext.eab_hmac_key().unwrap_err().to_string();
+    assert!(e.contains("ACMEPROXY_TEST_SURELY_UNSET_VAR"), "{e}");
+}

@@ -2,6 +2,7 @@
 //! behind [`CertificateAuthorityService`]. The RA holds no CA key; only the
 //! `softcas` backend, meant for a first run and for tests, keeps one.
 
+pub mod acme;
 pub mod softcas;
 
 use async_trait::async_trait;
@@ -72,6 +73,20 @@ impl Checkpoint for NoCheckpoint {
     async fn save(&self, _state: &str) -> Result<(), UpstreamError> {
         Ok(())
     }
+}
+
+/// Small durable key-value state an upstream keeps in the RA's store (the
+/// ACME upstream's account credentials), so that replicas sharing a store
+/// share it and it survives restarts.
+#[async_trait]
+pub trait UpstreamState: Send + Sync {
+    /// The value under `key`, if any.
+    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, UpstreamError>;
+    /// Stores `value` under `key` if nothing is there yet; returns what is
+    /// stored afterwards (another replica may have won the race).
+    async fn store_once(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, UpstreamError>;
+    /// Removes `key` if it still holds `value`.
+    async fn remove(&self, key: &str, value: &[u8]) -> Result<(), UpstreamError>;
 }
 
 /// Errors from an upstream CA.

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod clients;
+pub mod pebble;
 pub mod procs;
 pub mod responders;
 
@@ -33,6 +34,9 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Extra top-level JSON merged into the provisioner.
     pub provisioner_extra: serde_json::Value,
+    /// A whole `authority` block (an upstream other than softcas); the
+    /// provisioner settings above are merged into its first provisioner.
+    pub authority: Option<serde_json::Value>,
 }
 
 impl Default for Options {
@@ -43,6 +47,7 @@ impl Default for Options {
             challenges: None,
             data_dir: None,
             provisioner_extra: serde_json::json!({}),
+            authority: None,
         }
     }
 }
@@ -95,7 +100,14 @@ impl TestServer {
             "db": {"type": opts.db},
             "logger": {"format": "text"},
             "metrics": {"enabled": false},
-            "authority": {"type": "softcas", "provisioners": [prov]},
+            "authority": match &opts.authority {
+                Some(a) => {
+                    let mut a = a.clone();
+                    a["provisioners"][0] = prov.clone();
+                    a
+                }
+                None => serde_json::json!({"type": "softcas", "provisioners": [prov]}),
+            },
             "validation": {
                 "httpPort": responders.http_port(),
                 "tlsAlpnPort": responders.tls_alpn_port(),
