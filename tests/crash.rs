@@ -29,17 +29,18 @@ use acmeproxy::upstream::{
 };
 use async_trait::async_trait;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, Key, NewOrder,
-    Order, OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
+    Account, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy, RevocationReason,
+    RevocationRequest,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_util::sync::CancellationToken;
 
+use common::Responders;
 use common::crash_support::{
-    ServerProcess, SlowHttp01, bind_loopback, bounded, leaf_sans, served_leaf, server_config,
-    verify_chain, wait_for_file, wait_ready, write_atomic,
+    Binary, CALL_LIMIT, START_LIMIT, ServerProcess, SlowHttp01, assert_problem,
+    assert_unauthorized, authorize_http01, bind_loopback, bounded, existing_account, issue,
+    leaf_der, leaf_sans, new_account, served_leaf, server_config, temp_dir, verify_chain,
+    wait_for_file, write_atomic,
 };
-use common::{Responders, free_ports};
 
 /// The test that runs the child server.
 const CHILD_TEST: &str = "crash_child_server";
@@ -50,10 +51,6 @@ const ENV_PORT_FILE: &str = "ACMEPROXY_CRASH_PORT_FILE";
 const ENV_MARKER: &str = "ACMEPROXY_CRASH_MARKER";
 /// A child that nobody killed gives up after this long.
 const CHILD_LIFETIME: Duration = Duration::from_secs(300);
-/// A first start creates the soft CA and the TLS certificate.
-const START_LIMIT: Duration = Duration::from_secs(60);
-/// Any one ACME client call.
-const CALL_LIMIT: Duration = Duration::from_secs(30);
 /// How long a resumed finalize may take after the restart.
 const RESUME_LIMIT: Duration = Duration::from_secs(20);
 /// How long a graceful stop may take.
@@ -550,188 +547,4 @@ impl CertificateAuthorityService for BlockAfterFirst {
     async fn health(&self) -> Result<(), UpstreamError> {
         self.inner.health().await
     }
-}
-
-/// The `acmeproxy` binary with a sled store in a data directory, on a fixed
-/// loopback port, so that a restart keeps both.
-struct Binary {
-    dir: PathBuf,
-    data: PathBuf,
-    config_path: PathBuf,
-    port: u16,
-    directory_url: String,
-    root_file: PathBuf,
-}
-
-impl Binary {
-    fn new(dir: &Path, http_port: u16, tls_alpn_port: u16, dns: std::net::SocketAddr) -> Self {
-        let [port] = free_ports().unwrap();
-        let data = dir.join("data");
-        let config = server_config(
-            &format!("127.0.0.1:{port}"),
-            &data,
-            http_port,
-            tls_alpn_port,
-            dns,
-        );
-        let config_path = dir.join("ca.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
-        Self {
-            dir: dir.to_owned(),
-            root_file: data.join("softcas/root.crt"),
-            data,
-            config_path,
-            port,
-            directory_url: format!("https://127.0.0.1:{port}/acme/acme/directory"),
-        }
-    }
-
-    /// Starts `acmeproxy serve ca.json` and waits until it answers; starts it
-    /// again if it exited because the port was still held.
-    async fn start(&self) -> ServerProcess {
-        let log = self.dir.join("server.log");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_acmeproxy"));
-            cmd.arg("serve").arg(&self.config_path);
-            let mut proc = ServerProcess::spawn("acmeproxy", &mut cmd, &log, false);
-            match wait_ready(&mut proc, &self.directory_url, &self.root_file, START_LIMIT).await {
-                Ok(()) => return proc,
-                Err(status) => {
-                    let tail = proc.log_tail(20);
-                    assert!(
-                        tail.contains("in use") && Instant::now() < deadline,
-                        "acmeproxy exited at start-up: {status}\n{tail}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-}
-
-/// What `issue` got.
-struct Issued {
-    order_url: String,
-    cert_url: String,
-    chain: String,
-}
-
-/// Orders `name`, answers http-01 through `serve`, finalizes and downloads.
-async fn issue(account: &Account, name: &str, serve: impl Fn(&str, &str)) -> Issued {
-    let ids = [Identifier::Dns(name.into())];
-    let mut order = bounded(
-        "newOrder",
-        CALL_LIMIT,
-        account.new_order(&NewOrder::new(&ids)),
-    )
-    .await
-    .unwrap();
-    authorize_http01(&mut order, serve).await;
-    bounded("finalize", CALL_LIMIT, order.finalize())
-        .await
-        .unwrap();
-    let chain = bounded(
-        "certificate",
-        CALL_LIMIT,
-        order.poll_certificate(&RetryPolicy::new().timeout(CALL_LIMIT)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(leaf_sans(&chain), vec![name]);
-    assert_eq!(order.state().status, OrderStatus::Valid);
-    Issued {
-        order_url: order.url().to_owned(),
-        cert_url: order.state().certificate.clone().unwrap(),
-        chain,
-    }
-}
-
-/// Answers the http-01 challenge of every pending authorization of `order`
-/// and waits until the order is ready.
-async fn authorize_http01(order: &mut Order, serve: impl Fn(&str, &str)) {
-    let mut authzs = order.authorizations();
-    while let Some(authz) = bounded("authorization", CALL_LIMIT, authzs.next()).await {
-        let mut authz = authz.unwrap();
-        if authz.status == AuthorizationStatus::Valid {
-            continue;
-        }
-        let mut challenge = authz
-            .challenge(ChallengeType::Http01)
-            .expect("http-01 is offered");
-        serve(&challenge.token, challenge.key_authorization().as_str());
-        bounded("challenge POST", CALL_LIMIT, challenge.set_ready())
-            .await
-            .unwrap();
-    }
-    let status = bounded(
-        "order ready",
-        CALL_LIMIT,
-        order.poll_ready(&RetryPolicy::new().timeout(CALL_LIMIT)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, OrderStatus::Ready, "{:?}", order.state().error);
-}
-
-/// A new account with a fresh key; returns the key (PKCS#8 DER) too.
-async fn new_account(
-    root_file: &Path,
-    directory_url: &str,
-) -> (Vec<u8>, Account, AccountCredentials) {
-    let (key, pkcs8) = Key::generate_pkcs8().unwrap();
-    let der = pkcs8.secret_pkcs8_der().to_vec();
-    let (account, credentials) = bounded(
-        "newAccount",
-        CALL_LIMIT,
-        Account::builder_with_root(root_file)
-            .unwrap()
-            .create_from_key((key, PrivateKeyDer::Pkcs8(pkcs8)), directory_url.to_owned()),
-    )
-    .await
-    .unwrap();
-    (der, account, credentials)
-}
-
-/// newAccount with `onlyReturnExisting` for the key `pkcs8`.
-async fn existing_account(binary: &Binary, pkcs8: &[u8]) -> Result<Account, instant_acme::Error> {
-    let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(pkcs8)).unwrap();
-    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
-    bounded(
-        "newAccount onlyReturnExisting",
-        CALL_LIMIT,
-        Account::builder_with_root(&binary.root_file)
-            .unwrap()
-            .from_key((key, der), binary.directory_url.clone()),
-    )
-    .await
-    .map(|(account, _)| account)
-}
-
-/// The leaf of a PEM chain, DER.
-fn leaf_der(chain: &str) -> CertificateDer<'static> {
-    CertificateDer::from(::pem::parse(chain).unwrap().contents().to_vec())
-}
-
-fn assert_unauthorized(err: &instant_acme::Error, what: &str) {
-    assert_problem(err, "unauthorized", what);
-}
-
-/// `err` is an ACME problem of type `urn:ietf:params:acme:error:<kind>`.
-fn assert_problem(err: &instant_acme::Error, kind: &str, what: &str) {
-    let instant_acme::Error::Api(problem) = err else {
-        panic!("{what}: expected an ACME problem {kind}, got {err}");
-    };
-    assert_eq!(
-        problem.r#type.as_deref(),
-        Some(format!("urn:ietf:params:acme:error:{kind}").as_str()),
-        "{what}: {problem:?}"
-    );
-}
-
-fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("acmeproxy-crash-")
-        .tempdir()
-        .unwrap()
 }

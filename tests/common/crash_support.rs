@@ -2,8 +2,8 @@
 //! test can SIGKILL or SIGTERM and that is killed when the test fails, bounded
 //! waits for files, readiness and exits, re-binding a port after a kill, a
 //! slow http-01 responder (RFC 8555 section 8.3) that keeps a challenge POST
-//! in flight, and independent checks of issued chains and of the certificate
-//! the server presents.
+//! in flight, independent checks of issued chains and of the certificate
+//! the server presents, and the instant-acme steps the tests share.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -15,11 +15,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, Key, NewOrder,
+    Order, OrderStatus, RetryPolicy,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::sync::Notify;
 use x509_parser::prelude::*;
 
-use super::procs::tail;
+use super::procs::{free_ports, tail};
+
+/// A first start creates the soft CA and the TLS certificate.
+pub const START_LIMIT: Duration = Duration::from_secs(60);
+/// Any one ACME client call.
+pub const CALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs `fut`, failing the test when it takes longer than `limit`.
 pub async fn bounded<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> T {
@@ -394,4 +403,191 @@ pub async fn served_leaf(port: u16, root_pem: &[u8]) -> Vec<u8> {
     .unwrap();
     let (_, conn) = tls.get_ref();
     conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The `acmeproxy` binary with a sled store in a data directory, on a fixed
+/// loopback port, so that a restart keeps both.
+pub struct Binary {
+    pub dir: PathBuf,
+    pub data: PathBuf,
+    pub config_path: PathBuf,
+    pub port: u16,
+    pub directory_url: String,
+    pub root_file: PathBuf,
+}
+
+impl Binary {
+    pub fn new(dir: &Path, http_port: u16, tls_alpn_port: u16, dns: SocketAddr) -> Self {
+        let [port] = free_ports().unwrap();
+        let data = dir.join("data");
+        let config = server_config(
+            &format!("127.0.0.1:{port}"),
+            &data,
+            http_port,
+            tls_alpn_port,
+            dns,
+        );
+        let config_path = dir.join("ca.json");
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        Self {
+            dir: dir.to_owned(),
+            root_file: data.join("softcas/root.crt"),
+            data,
+            config_path,
+            port,
+            directory_url: format!("https://127.0.0.1:{port}/acme/acme/directory"),
+        }
+    }
+
+    /// Starts `acmeproxy serve ca.json` and waits until it answers; starts it
+    /// again if it exited because the port was still held.
+    pub async fn start(&self) -> ServerProcess {
+        let log = self.dir.join("server.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_acmeproxy"));
+            cmd.arg("serve").arg(&self.config_path);
+            let mut proc = ServerProcess::spawn("acmeproxy", &mut cmd, &log, false);
+            match wait_ready(&mut proc, &self.directory_url, &self.root_file, START_LIMIT).await {
+                Ok(()) => return proc,
+                Err(status) => {
+                    let tail = proc.log_tail(20);
+                    assert!(
+                        tail.contains("in use") && Instant::now() < deadline,
+                        "acmeproxy exited at start-up: {status}\n{tail}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// What `issue` got.
+pub struct Issued {
+    pub order_url: String,
+    pub cert_url: String,
+    pub chain: String,
+}
+
+/// Orders `name`, answers http-01 through `serve`, finalizes and downloads.
+pub async fn issue(account: &Account, name: &str, serve: impl Fn(&str, &str)) -> Issued {
+    let ids = [Identifier::Dns(name.into())];
+    let mut order = bounded(
+        "newOrder",
+        CALL_LIMIT,
+        account.new_order(&NewOrder::new(&ids)),
+    )
+    .await
+    .unwrap();
+    authorize_http01(&mut order, serve).await;
+    bounded("finalize", CALL_LIMIT, order.finalize())
+        .await
+        .unwrap();
+    let chain = bounded(
+        "certificate",
+        CALL_LIMIT,
+        order.poll_certificate(&RetryPolicy::new().timeout(CALL_LIMIT)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(leaf_sans(&chain), vec![name]);
+    assert_eq!(order.state().status, OrderStatus::Valid);
+    Issued {
+        order_url: order.url().to_owned(),
+        cert_url: order.state().certificate.clone().unwrap(),
+        chain,
+    }
+}
+
+/// Answers the http-01 challenge of every pending authorization of `order`
+/// and waits until the order is ready.
+pub async fn authorize_http01(order: &mut Order, serve: impl Fn(&str, &str)) {
+    let mut authzs = order.authorizations();
+    while let Some(authz) = bounded("authorization", CALL_LIMIT, authzs.next()).await {
+        let mut authz = authz.unwrap();
+        if authz.status == AuthorizationStatus::Valid {
+            continue;
+        }
+        let mut challenge = authz
+            .challenge(ChallengeType::Http01)
+            .expect("http-01 is offered");
+        serve(&challenge.token, challenge.key_authorization().as_str());
+        bounded("challenge POST", CALL_LIMIT, challenge.set_ready())
+            .await
+            .unwrap();
+    }
+    let status = bounded(
+        "order ready",
+        CALL_LIMIT,
+        order.poll_ready(&RetryPolicy::new().timeout(CALL_LIMIT)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, OrderStatus::Ready, "{:?}", order.state().error);
+}
+
+/// A new account with a fresh key; returns the key (PKCS#8 DER) too.
+pub async fn new_account(
+    root_file: &Path,
+    directory_url: &str,
+) -> (Vec<u8>, Account, AccountCredentials) {
+    let (key, pkcs8) = Key::generate_pkcs8().unwrap();
+    let der = pkcs8.secret_pkcs8_der().to_vec();
+    let (account, credentials) = bounded(
+        "newAccount",
+        CALL_LIMIT,
+        Account::builder_with_root(root_file)
+            .unwrap()
+            .create_from_key((key, PrivateKeyDer::Pkcs8(pkcs8)), directory_url.to_owned()),
+    )
+    .await
+    .unwrap();
+    (der, account, credentials)
+}
+
+/// newAccount with `onlyReturnExisting` for the key `pkcs8`.
+pub async fn existing_account(
+    binary: &Binary,
+    pkcs8: &[u8],
+) -> Result<Account, instant_acme::Error> {
+    let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(pkcs8)).unwrap();
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec()));
+    bounded(
+        "newAccount onlyReturnExisting",
+        CALL_LIMIT,
+        Account::builder_with_root(&binary.root_file)
+            .unwrap()
+            .from_key((key, der), binary.directory_url.clone()),
+    )
+    .await
+    .map(|(account, _)| account)
+}
+
+/// The leaf of a PEM chain, DER.
+pub fn leaf_der(chain: &str) -> CertificateDer<'static> {
+    CertificateDer::from(::pem::parse(chain).unwrap().contents().to_vec())
+}
+
+pub fn assert_unauthorized(err: &instant_acme::Error, what: &str) {
+    assert_problem(err, "unauthorized", what);
+}
+
+/// `err` is an ACME problem of type `urn:ietf:params:acme:error:<kind>`.
+pub fn assert_problem(err: &instant_acme::Error, kind: &str, what: &str) {
+    let instant_acme::Error::Api(problem) = err else {
+        panic!("{what}: expected an ACME problem {kind}, got {err}");
+    };
+    assert_eq!(
+        problem.r#type.as_deref(),
+        Some(format!("urn:ietf:params:acme:error:{kind}").as_str()),
+        "{what}: {problem:?}"
+    );
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("acmeproxy-crash-")
+        .tempdir()
+        .unwrap()
 }
