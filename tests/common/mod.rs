@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod clients;
+pub mod crash_support;
 pub mod pebble;
 pub mod procs;
 pub mod responders;
