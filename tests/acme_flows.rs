@@ -284,3 +284,68 @@ async fn directory_nonce_and_roots() {
     );
     assert!(missing.headers().contains_key("replay-nonce"));
 }
+
+#[tokio::test]
+async fn renewal_info_and_replaces() {
+    let ts = TestServer::start().await;
+    let (account, _) = ts.account().await;
+    let ids = [Identifier::Dns("ari.test".into())];
+    let (chain, _) = issue(&ts, &account, &ids, ChallengeType::Http01)
+        .await
+        .unwrap();
+    let der = ::pem::parse(&chain).unwrap().contents().to_vec();
+    let cert = CertificateDer::from(der.clone());
+    let id = instant_acme::CertificateIdentifier::try_from(&cert).unwrap();
+    let (info, retry) = account.renewal_info(&id).await.unwrap();
+    let (_, parsed) = X509Certificate::from_der(&der).unwrap();
+    let nb = parsed.validity().not_before.to_datetime();
+    let na = parsed.validity().not_after.to_datetime();
+    let w = info.suggested_window;
+    assert!(nb < w.start && w.start < w.end && w.end < na, "{w:?}");
+    assert!(
+        retry.as_secs() > 3600,
+        "Retry-After is hours, got {retry:?}"
+    );
+
+    // A renewal that names the certificate it replaces.
+    let mut order = account
+        .new_order(&NewOrder::new(&ids).replaces(id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(order.state().status, OrderStatus::Pending);
+
+    // An unknown certificate id is refused.
+    let unknown = instant_acme::CertificateIdentifier::new(
+        x509_parser::der_parser::asn1_rs::Any::from_der(&[4, 1, 7])
+            .unwrap()
+            .1
+            .data
+            .into(),
+        x509_parser::der_parser::asn1_rs::Any::from_der(&[2, 1, 7])
+            .unwrap()
+            .1
+            .data
+            .into(),
+    );
+    let Err(err) = account
+        .new_order(&NewOrder::new(&ids).replaces(unknown))
+        .await
+    else {
+        panic!("an unknown replaced certificate must be refused");
+    };
+    assert!(
+        err.to_string().contains("does not name a certificate"),
+        "{err}"
+    );
+
+    // After revocation the window asks for renewal now.
+    account
+        .revoke(&RevocationRequest {
+            certificate: &cert,
+            reason: None,
+        })
+        .await
+        .unwrap();
+    let (info, _) = account.renewal_info(&id).await.unwrap();
+    assert!(info.suggested_window.end <= ::time::OffsetDateTime::now_utc());
+}

@@ -168,7 +168,16 @@ pub async fn start_with(
         serve_tls(listener, TlsAcceptor::from(tls_config), app, token).await;
         let _ = worker.await;
         let _ = renewal.await;
-        ra.drain().await;
+        // Validations and upstream calls get the grace period; a stuck upstream
+        // must not keep the process alive (its job is stored and resumes).
+        if tokio::time::timeout(SHUTDOWN_GRACE, ra.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "background work did not finish within the grace period; it resumes at the next start"
+            );
+        }
         // Dropping the last store handle flushes sled; be explicit anyway.
         ra.records().store().check_writable().await.ok();
         tracing::info!("acmeproxy stopped");

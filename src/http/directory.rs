@@ -33,7 +33,7 @@ pub(super) async fn directory(
         new_order: links.new_order(),
         revoke_cert: links.revoke_cert(),
         key_change: links.key_change(),
-        renewal_info: None,
+        renewal_info: Some(links.renewal_info()),
         meta: DirectoryMeta {
             terms_of_service: p.terms_of_service.clone(),
             website: p.website.clone(),
@@ -119,4 +119,27 @@ pub(super) fn unknown_provisioner(prov: &str) -> HttpError {
         format!("there is no provisioner {prov:?} on this server"),
     )
     .status(404)
+}
+
+/// GET renewalInfo (RFC 9773 §4.2): the suggested renewal window.
+pub(super) async fn renewal_info(
+    State(st): State<AppState>,
+    Path((prov, id)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    if st.ra.provisioner(&prov).is_none() {
+        return Err(unknown_provisioner(&prov));
+    }
+    let w = st.ra.renewal_info(&id).await?;
+    let info = crate::acme::types::RenewalInfo {
+        suggested_window: crate::acme::types::SuggestedWindow {
+            start: super::render::time(w.start),
+            end: super::render::time(w.end),
+        },
+        explanation_url: None,
+    };
+    let mut resp = Json(info).into_response();
+    // RFC 9773 §4.3: ask again in six hours.
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("21600"));
+    Ok(resp)
 }

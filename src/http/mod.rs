@@ -54,6 +54,10 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/{prov}/chall/{authz}/{kind}", post(order::challenge))
         .route("/acme/{prov}/cert/{id}", post(certificate::certificate))
         .route("/acme/{prov}/revoke-cert", post(certificate::revoke))
+        .route(
+            "/acme/{prov}/renewal-info/{id}",
+            get(directory::renewal_info),
+        )
         .fallback(directory::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), acme_headers));
     Router::new()

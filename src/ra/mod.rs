@@ -8,6 +8,7 @@ pub mod eab;
 pub mod error;
 mod finalize;
 mod order;
+pub mod renewal;
 pub mod state;
 mod worker;
 

@@ -73,6 +73,17 @@ impl Authority {
                 );
             }
         }
+        if let Some(replaced) = &req.replaces {
+            // RFC 9773 §5: the replaced certificate must be one this account
+            // got through this server.
+            let cert = self.cert_by_ari_id(replaced).await?;
+            if cert.account_id != account.id {
+                return problem(
+                    ProblemType::Unauthorized,
+                    "the certificate named in \"replaces\" belongs to another account",
+                );
+            }
+        }
         let order_id = OrderId::random();
         let expires = now + self.opts.order_lifetime;
         let authz_expires = (now + self.opts.authz_lifetime).min(expires);

@@ -20,9 +20,9 @@ use bytes::Bytes;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
-    ExternalAccountKey, HttpClient, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
-    RevocationReason, RevocationRequest,
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse,
+    CertificateIdentifier, ChallengeType, ExternalAccountKey, HttpClient, NewAccount, NewOrder,
+    Order, OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
 };
 use rustls::pki_types::CertificateDer;
 use tokio::sync::Mutex;
@@ -215,10 +215,25 @@ impl AcmeUpstream {
             None => {
                 let ids: Vec<instant_acme::Identifier> =
                     req.identifiers.iter().map(to_acme_identifier).collect();
-                let order = account
-                    .new_order(&NewOrder::new(&ids))
-                    .await
-                    .map_err(|e| classify(e, "creating the upstream order"))?;
+                // RFC 9773 §5: the certificate the client replaces is one the
+                // upstream issued, so its ARI id means the same upstream.
+                let replaces_json = req
+                    .replaces
+                    .as_ref()
+                    .map(|r| serde_json::Value::String(r.clone()).to_string());
+                let replaces = replaces_json
+                    .as_deref()
+                    .and_then(|j| serde_json::from_str::<CertificateIdentifier<'_>>(j).ok());
+                let plain = NewOrder::new(&ids);
+                let result = match replaces {
+                    Some(r) => match account.new_order(&NewOrder::new(&ids).replaces(r)).await {
+                        // An upstream without ARI: order without `replaces`.
+                        Err(instant_acme::Error::Unsupported(_)) => account.new_order(&plain).await,
+                        other => other,
+                    },
+                    None => account.new_order(&plain).await,
+                };
+                let order = result.map_err(|e| classify(e, "creating the upstream order"))?;
                 // Before anything irreversible: remember which order this is.
                 checkpoint.save(order.url()).await?;
                 order
@@ -320,6 +335,28 @@ impl CertificateAuthorityService for AcmeUpstream {
             })
             .await
             .map_err(|e| classify(e, "revoking at the upstream"))
+    }
+
+    async fn renewal_window(
+        &self,
+        certificate_der: &[u8],
+    ) -> Result<Option<(time::OffsetDateTime, time::OffsetDateTime)>, UpstreamError> {
+        let account = self.account().await?;
+        let cert = CertificateDer::from(certificate_der.to_vec());
+        let Ok(id) = CertificateIdentifier::try_from(&cert) else {
+            return Ok(None);
+        };
+        match account.renewal_info(&id).await {
+            Ok((info, _retry)) => Ok(Some((
+                info.suggested_window.start,
+                info.suggested_window.end,
+            ))),
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, "the upstream's renewal information is unavailable; computing a window");
+                Ok(None)
+            }
+        }
     }
 
     fn roots(&self) -> Vec<Vec<u8>> {

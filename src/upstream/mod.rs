@@ -152,6 +152,15 @@ pub trait CertificateAuthorityService: Send + Sync + 'static {
     /// The root certificates (DER) the upstream chains to, for `/roots.pem`.
     fn roots(&self) -> Vec<Vec<u8>>;
 
+    /// The upstream's suggested renewal window (RFC 9773) for a certificate
+    /// it issued, if it offers ARI. `None` lets the RA compute one.
+    async fn renewal_window(
+        &self,
+        _certificate_der: &[u8],
+    ) -> Result<Option<(OffsetDateTime, OffsetDateTime)>, UpstreamError> {
+        Ok(None)
+    }
+
     /// Whether the upstream answers now (for `/ready` and the up metric).
     async fn health(&self) -> Result<(), UpstreamError> {
         Ok(())
