@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod procs;
+pub mod raw;
 pub mod responders;
 
 #[allow(unused_imports)]
