@@ -78,9 +78,11 @@ async fn acme_headers(State(state): State<AppState>, req: Request, next: Next) -
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().clone();
+    // By path, not route: the 404 for an unknown ACME resource has no route.
+    let is_acme = req.uri().path().starts_with("/acme/");
     let mut resp = next.run(req).await;
     resp = problem::ensure_problem(resp).await;
-    if route.starts_with("/acme/") && !resp.headers().contains_key("replay-nonce") {
+    if is_acme && !resp.headers().contains_key("replay-nonce") {
         match state.nonces.issue().await {
             Ok(n) => {
                 if let Ok(v) = HeaderValue::from_str(&n) {

@@ -75,7 +75,7 @@ pub(super) async fn finalize(
         .decode(req.csr.trim_end_matches('=').as_bytes())
         .map_err(|_| {
             HttpError::new(
-                ProblemType::BadCsr,
+                ProblemType::Malformed,
                 "\"csr\" is not base64url-encoded DER (RFC 8555 §7.4)",
             )
         })?;

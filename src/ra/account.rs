@@ -207,7 +207,8 @@ impl Authority {
             );
         }
         if acct.status != AccountStatus::Valid {
-            return problem(
+            // RFC 8555 §7.3.6: 401, not the default 403 of unauthorized.
+            return Err(RaError::new(
                 ProblemType::Unauthorized,
                 format!(
                     "account {} is {}; create a new account",
@@ -217,7 +218,8 @@ impl Authority {
                         _ => "revoked",
                     }
                 ),
-            );
+            )
+            .with_status(401));
         }
         Ok(acct)
     }

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod crash_support;
 pub mod pebble;
 pub mod procs;
+pub mod raw;
 pub mod responders;
 
 #[allow(unused_imports)]
