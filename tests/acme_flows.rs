@@ -10,6 +10,7 @@ use instant_acme::{
     RevocationReason, RevocationRequest,
 };
 use rustls::pki_types::CertificateDer;
+use x509_parser::der_parser::asn1_rs::Any;
 use x509_parser::prelude::*;
 
 /// Runs one order to completion answering `kind`; returns the chain PEM and
@@ -316,16 +317,8 @@ async fn renewal_info_and_replaces() {
 
     // An unknown certificate id is refused.
     let unknown = instant_acme::CertificateIdentifier::new(
-        x509_parser::der_parser::asn1_rs::Any::from_der(&[4, 1, 7])
-            .unwrap()
-            .1
-            .data
-            .into(),
-        x509_parser::der_parser::asn1_rs::Any::from_der(&[2, 1, 7])
-            .unwrap()
-            .1
-            .data
-            .into(),
+        Any::from_der(&[4, 1, 7]).unwrap().1.data.into(),
+        Any::from_der(&[2, 1, 7]).unwrap().1.data.into(),
     );
     let Err(err) = account
         .new_order(&NewOrder::new(&ids).replaces(unknown))
