@@ -66,10 +66,13 @@ where
     Ok(())
 }
 
+/// Every record, by table and key.
+type Tables = BTreeMap<(Table, String), Vec<u8>>;
+
 /// A store that lives in memory only.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    tables: Mutex<BTreeMap<(Table, String), Vec<u8>>>,
+    tables: Mutex<Tables>,
     nonces: NonceSet,
 }
 
@@ -79,9 +82,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, BTreeMap<(Table, String), Vec<u8>>>, StoreError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Tables>, StoreError> {
         self.tables
             .lock()
             .map_err(|_| StoreError::backend("memory store", "lock poisoned"))
@@ -129,7 +130,10 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let tables = self.lock()?;
-        let start = (table, after.unwrap_or(prefix).to_owned());
+        // Start at the prefix, or at `after` when that is further on (an
+        // `after` before the prefix must not stop the scan at foreign keys).
+        let from = after.filter(|a| *a > prefix).unwrap_or(prefix);
+        let start = (table, from.to_owned());
         Ok(tables
             .range(start..)
             .take_while(|((t, k), _)| *t == table && k.starts_with(prefix))
