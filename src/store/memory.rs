@@ -66,6 +66,7 @@ where
     Ok(())
 }
 
+/// Every record, by table and key.
 type Tables = BTreeMap<(Table, String), Vec<u8>>;
 
 /// A store that lives in memory only.
@@ -129,7 +130,10 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let tables = self.lock()?;
-        let start = (table, after.unwrap_or(prefix).to_owned());
+        // Start at the prefix, or at `after` when that is further on (an
+        // `after` before the prefix must not stop the scan at foreign keys).
+        let from = after.filter(|a| *a > prefix).unwrap_or(prefix);
+        let start = (table, from.to_owned());
         Ok(tables
             .range(start..)
             .take_while(|((t, k), _)| *t == table && k.starts_with(prefix))

@@ -27,7 +27,9 @@
 //! batch. `commit` returns only after a sled flush (which fsyncs) that started
 //! after the transaction completed. Concurrent committers share flushes (a
 //! group commit): each takes a ticket once its transaction is applied, and one
-//! flush covers every ticket handed out before it started.
+//! flush covers every ticket handed out before it started. A failed flush is
+//! returned as [`StoreError::Backend`]; the batch may then be applied or not,
+//! as with any database whose commit acknowledgement is lost.
 //!
 //! # Nonces
 //!
@@ -239,7 +241,8 @@ impl Store for SledStore {
 /// The Meta key [`Store::check_writable`] writes.
 const READY_KEY: &str = "__ready";
 
-/// Shares fsyncs between concurrent committers (group commit).
+/// Shares fsyncs between concurrent committers (group commit), and keeps to
+/// one flush at a time per store.
 ///
 /// A committer takes a ticket after its transaction is applied, then waits its
 /// turn for the flush lock. If a flush that began after its ticket was issued
@@ -266,8 +269,15 @@ impl GroupFlush {
         // Every ticket up to `covers` belongs to a write already applied, so
         // the flush below makes it durable too.
         let covers = self.issued.load(Ordering::SeqCst);
-        db.flush_async()
+        // Not `flush_async`: it runs the flush on sled's own I/O pool, where a
+        // flush waits for a buffer write queued on that same pool; enough
+        // concurrent flushes starve the pool and hang forever (sled #1308,
+        // unfixed in 0.34.7; reproduced here with 64 concurrent committers).
+        // A blocking flush on tokio's blocking pool leaves sled's pool free.
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
             .await
+            .map_err(|e| StoreError::backend("sled flush task", e))?
             .map_err(|e| StoreError::backend("sled flush (fsync) failed", e))?;
         self.durable.fetch_max(covers, Ordering::SeqCst);
         Ok(())
