@@ -392,7 +392,14 @@ async fn unauthorized_url_foreign_resources_and_deactivated_account() {
         .revoke_kid(&bob, &issued.leaf_der, None)
         .await
         .problem(403, "unauthorized");
-    assert!(detail(&doc).contains("did not order"), "{doc}");
+    assert!(detail(&doc).contains("neither ordered"), "{doc}");
+    // ... until Bob holds valid authorizations for all its names (RFC 8555 §7.6).
+    raw.issue(&ts.responders, &bob, &["alice.test"]).await;
+    let revoked = raw.revoke_kid(&bob, &issued.leaf_der, Some(4)).await;
+    assert_eq!(
+        revoked.status, 200,
+        "a holder of valid authorizations may revoke"
+    );
 
     // A deactivated account can no longer sign anything: 401 (RFC 8555 §7.3.6).
     raw.post_kid(&bob, &bob.kid, Some(&json!({"status": "deactivated"})))

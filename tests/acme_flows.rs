@@ -261,6 +261,8 @@ async fn directory_nonce_and_roots() {
     assert_eq!(head.status(), 200);
     assert!(head.headers().contains_key("replay-nonce"));
     assert_eq!(head.headers()["cache-control"], "no-store");
+    let index = format!("<{}>;rel=\"index\"", ts.directory_url());
+    assert_eq!(head.headers()["link"], index.as_str());
     let get = http
         .get(dir["newNonce"].as_str().unwrap())
         .send()

@@ -80,7 +80,12 @@ async fn acme_headers(State(state): State<AppState>, req: Request, next: Next) -
     let method = req.method().clone();
     // By path, not route: the 404 for an unknown ACME resource has no route.
     let is_acme = req.uri().path().starts_with("/acme/");
+    // RFC 8555 §7.1: every resource but the directory links to it.
+    let index = index_link(&req, &state);
     let mut resp = next.run(req).await;
+    if let Some(link) = index {
+        resp.headers_mut().append(header::LINK, link);
+    }
     resp = problem::ensure_problem(resp).await;
     if is_acme && !resp.headers().contains_key("replay-nonce") {
         match state.nonces.issue().await {
@@ -107,6 +112,19 @@ async fn acme_headers(State(state): State<AppState>, req: Request, next: Next) -
     tracing::debug!(%method, %route, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
     crate::metrics::http_request(&route, status, started.elapsed());
     resp.into_response()
+}
+
+/// `Link: <directory>;rel="index"` for an ACME resource of a known
+/// provisioner other than the directory itself.
+fn index_link(req: &Request, state: &AppState) -> Option<HeaderValue> {
+    let path = req.uri().path();
+    let rest = path.strip_prefix("/acme/")?;
+    let (prov, resource) = rest.split_once('/')?;
+    if resource == "directory" || state.ra.provisioner(prov).is_none() {
+        return None;
+    }
+    let links = links::Links::from_request(req.headers(), req.uri(), prov)?;
+    HeaderValue::from_str(&format!("<{}>;rel=\"index\"", links.directory())).ok()
 }
 
 /// RFC 3339 text of a time, as the wire objects show it.

@@ -23,6 +23,10 @@ use crate::upstream::RevokeRequest;
 /// privilegeWithdrawn).
 const ALLOWED_REASONS: [u8; 6] = [0, 1, 3, 4, 5, 9];
 
+/// Orders of an account looked through for authorizations when it revokes a
+/// certificate another account ordered.
+const REVOKE_AUTHZ_SCAN: usize = 1000;
+
 impl Authority {
     /// finalize (RFC 8555 §7.4): checks the CSR, moves the order to
     /// `processing` and writes the finalize job in one transaction, then
@@ -164,10 +168,11 @@ impl Authority {
         }
         match signer {
             RevocationSigner::Account(acct) => {
-                if acct.id != stored.account_id {
+                if acct.id != stored.account_id && !self.holds_authorizations(acct, &stored).await?
+                {
                     return problem(
                         ProblemType::Unauthorized,
-                        "this account did not order the certificate; sign the request with the account that did, or with the certificate's key",
+                        "this account neither ordered the certificate nor holds valid authorizations for all its identifiers; sign with the account that ordered it, or with the certificate's key",
                     );
                 }
             }
@@ -245,6 +250,58 @@ impl Authority {
             ProblemType::ServerInternal,
             "could not record the revocation",
         )
+    }
+
+    /// Whether `acct` holds valid, unexpired authorizations for every
+    /// identifier of the certificate (RFC 8555 §7.6, third way to revoke).
+    /// Looks through the account's most recent orders, at most
+    /// [`REVOKE_AUTHZ_SCAN`] of them.
+    async fn holds_authorizations(
+        &self,
+        acct: &crate::model::AccountRecord,
+        cert: &CertificateRecord,
+    ) -> Result<bool, RaError> {
+        let Some(order) = self
+            .records
+            .get::<OrderRecord>(cert.order_id.as_str())
+            .await?
+        else {
+            return Ok(false);
+        };
+        let now = self.clock.now();
+        let mut needed: Vec<crate::acme::Identifier> = order
+            .identifiers
+            .iter()
+            .map(crate::acme::Identifier::base)
+            .collect();
+        needed.sort();
+        needed.dedup();
+        let ids = self
+            .records
+            .account_orders(&acct.id, None, REVOKE_AUTHZ_SCAN)
+            .await?;
+        for id in ids {
+            let Some(o) = self.records.get::<OrderRecord>(id.as_str()).await? else {
+                continue;
+            };
+            for authz_id in &o.authz_ids {
+                let Some(a) = self
+                    .records
+                    .get::<crate::model::AuthzRecord>(authz_id.as_str())
+                    .await?
+                else {
+                    continue;
+                };
+                let a = state::authz_at(a.value, now);
+                if a.status == crate::acme::types::AuthorizationStatus::Valid {
+                    needed.retain(|n| n != &a.identifier);
+                }
+            }
+            if needed.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(needed.is_empty())
     }
 
     /// The lifetime to ask the upstream for when an order names no notAfter.

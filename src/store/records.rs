@@ -218,7 +218,7 @@ impl Records {
         batch
     }
 
-    /// The ids of an account's orders, oldest first, after `after`, at most `limit`.
+    /// The ids of an account's orders in id order (ids are random, so not by age), after `after`, at most `limit`.
     pub async fn account_orders(
         &self,
         account: &AccountId,
