@@ -7,6 +7,7 @@ pub mod clients;
 pub mod pebble;
 pub mod procs;
 pub mod responders;
+pub mod slowproxy;
 
 #[allow(unused_imports)]
 pub(crate) use procs::*;
