@@ -14,7 +14,8 @@ use anyhow::{Context, bail};
 use time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub use serve::{Overrides, Server, start, start_with};
+pub use serve::{Overrides, Server, UpstreamFactory, start, start_with};
+pub use upstream_state::StoreUpstreamState;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, ProvisionerConfig, StoreChoice, parse_go_duration};

@@ -21,7 +21,7 @@ use crate::http::{AppState, router};
 use crate::model::{Clock, SystemClock};
 use crate::nonce::NonceService;
 use crate::ra::{Authority, AuthorityOptions, FinalizeWorker};
-use crate::store::Records;
+use crate::store::{Records, Store};
 use crate::tls::{ServerIdentity, TlsOptions};
 use crate::upstream::CertificateAuthorityService;
 use crate::upstream::acme::{AcmeUpstream, AcmeUpstreamOptions};
@@ -80,12 +80,21 @@ pub async fn start(
     start_with(cfg, listener, shutdown, Overrides::default()).await
 }
 
+/// Builds an upstream over the store that [`start_with`] opened (for
+/// upstreams that keep state in the RA's store, like
+/// [`StoreUpstreamState`](super::StoreUpstreamState) does).
+pub type UpstreamFactory =
+    Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn CertificateAuthorityService> + Send>;
+
 /// Parts a caller (a test, an embedding program) supplies instead of the
 /// ones the configuration names.
 #[derive(Default)]
 pub struct Overrides {
     /// The upstream CA to sign with, instead of `authority.type`'s.
     pub upstream: Option<Arc<dyn CertificateAuthorityService>>,
+    /// Builds the upstream from the opened store, instead of
+    /// `authority.type`'s; ignored when `upstream` is given.
+    pub upstream_factory: Option<UpstreamFactory>,
 }
 
 /// [`start`], with some parts supplied by the caller.
@@ -100,10 +109,12 @@ pub async fn start_with(
     let store = open_store(&cfg).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
-    let upstream: Arc<dyn CertificateAuthorityService> = match overrides.upstream {
-        Some(u) => u,
-        None => build_upstream(&cfg, &data_dir, &store)?,
-    };
+    let upstream: Arc<dyn CertificateAuthorityService> =
+        match (overrides.upstream, overrides.upstream_factory) {
+            (Some(u), _) => u,
+            (None, Some(factory)) => factory(Arc::clone(&store)),
+            (None, None) => build_upstream(&cfg, &data_dir, &store)?,
+        };
 
     let resolvers = cfg.resolvers()?;
     let timeout = StdDuration::from_secs(cfg.validation.timeout_seconds);
@@ -197,7 +208,7 @@ pub async fn start_with(
 fn build_upstream(
     cfg: &Config,
     data_dir: &std::path::Path,
-    store: &Arc<dyn crate::store::Store>,
+    store: &Arc<dyn Store>,
 ) -> anyhow::Result<Arc<dyn CertificateAuthorityService>> {
     match cfg.authority.kind.as_str() {
         "externalcas" => {

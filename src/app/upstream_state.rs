@@ -9,12 +9,13 @@ use crate::store::{Expect, Op, Store, StoreError, Table};
 use crate::upstream::{UpstreamError, UpstreamState};
 
 /// Upstream state in the RA's store.
-pub(super) struct StoreUpstreamState {
+pub struct StoreUpstreamState {
     store: Arc<dyn Store>,
 }
 
 impl StoreUpstreamState {
-    pub(super) fn new(store: Arc<dyn Store>) -> Self {
+    /// Upstream state kept in `store`'s `Meta` table.
+    pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
     }
 }

@@ -9,6 +9,7 @@ pub mod pebble;
 pub mod procs;
 pub mod raw;
 pub mod responders;
+pub mod slowproxy;
 
 #[allow(unused_imports)]
 pub(crate) use procs::*;

@@ -208,6 +208,32 @@ impl Pebble {
         self.log().matches("Issued certificate serial").count()
     }
 
+    /// `(serial, order id)` of every certificate Pebble issued, in order,
+    /// from its log lines `Issued certificate serial S for order O`.
+    pub fn issued(&self) -> Vec<(String, String)> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let rest = l.split_once("Issued certificate serial ")?.1;
+                let (serial, order) = rest.split_once(" for order ")?;
+                Some((
+                    serial.trim().to_owned(),
+                    order.trim().trim_matches('"').to_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// How many orders Pebble created (log lines `Added order "ID" to the db`).
+    pub fn orders_created(&self) -> usize {
+        self.log().matches("Added order ").count()
+    }
+
+    /// The ACME listener's address.
+    pub fn acme_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.acme_port))
+    }
+
     /// The `authority` block of an acmeproxy ca.json using this Pebble.
     pub fn authority_json(&self) -> serde_json::Value {
         serde_json::json!({

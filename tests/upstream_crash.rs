@@ -1,0 +1,552 @@
+//! Crash safety of the external ACME upstream (DESIGN.md §3 step 6; RFC 8555
+//! section 7.4): acmeproxy is SIGKILLed after the upstream order was created
+//! and before the certificate was stored; after a restart on the same data
+//! directory the client's order completes, and Pebble has issued ONE
+//! certificate for it, not two.
+//!
+//! The crash window is made deterministic without a production switch: the
+//! first server runs in a child process (this test binary re-executed with
+//! `--exact crash_child --ignored`) whose upstream is the real
+//! [`AcmeUpstream`] wrapped so that, for the client's order only, it freezes
+//! at a chosen step and drops a marker file. The parent then kills it and
+//! starts the real `acmeproxy` binary on the same data directory and port.
+//!
+//! Two windows: right after the upstream order URL was checkpointed (before
+//! the upstream finalize), and right after the upstream issued (before the RA
+//! stored the chain). In the second, a server that did not resume the saved
+//! order would make Pebble issue a second certificate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use acmeproxy::acme::Identifier;
+use acmeproxy::app::{Overrides, StoreUpstreamState, UpstreamFactory};
+use acmeproxy::config::Config;
+use acmeproxy::store::Store;
+use acmeproxy::upstream::acme::{AcmeUpstream, AcmeUpstreamOptions};
+use acmeproxy::upstream::{
+    CertificateAuthorityService, Checkpoint, IssuedChain, RevokeRequest, SignRequest, UpstreamError,
+};
+use async_trait::async_trait;
+use instant_acme::{Account, ChallengeType, NewAccount, NewOrder, OrderStatus, RetryPolicy};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use x509_parser::prelude::*;
+
+use common::clients::{Issued, verify_cert};
+use common::pebble::{Pebble, PebbleOptions};
+use common::{ChildGuard, Responders, free_ports, tail};
+
+/// The name the client orders; only its order is frozen in the child.
+const NAME: &str = "crash.test";
+/// Bounds every wait of the parent.
+const WAIT: Duration = Duration::from_secs(60);
+/// The child exits by itself after this, should the parent vanish.
+const CHILD_LIFETIME: Duration = Duration::from_secs(300);
+
+const ENV_CONFIG: &str = "ACMEPROXY_CRASH_CONFIG";
+const ENV_MODE: &str = "ACMEPROXY_CRASH_MODE";
+const ENV_MARKER: &str = "ACMEPROXY_CRASH_MARKER";
+
+/// Where the child freezes for the client's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Window {
+    /// Upstream order created and its URL saved; upstream finalize not sent.
+    AfterCheckpoint,
+    /// The upstream issued the certificate; the RA has not stored it.
+    AfterIssue,
+}
+
+impl Window {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::AfterCheckpoint => "after-checkpoint",
+            Self::AfterIssue => "after-issue",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::AfterCheckpoint, Self::AfterIssue]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_upstream_order_saved_resumes_that_order() {
+    crash_and_restart(Window::AfterCheckpoint).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_upstream_issued_does_not_issue_again() {
+    crash_and_restart(Window::AfterIssue).await;
+}
+
+/// The first server, run by the parent as a child process.
+#[test]
+#[ignore = "child process of the crash tests"]
+fn crash_child() {
+    let (Some(config), Some(mode), Some(marker)) = (
+        std::env::var_os(ENV_CONFIG),
+        std::env::var(ENV_MODE).ok(),
+        std::env::var_os(ENV_MARKER),
+    ) else {
+        eprintln!("crash_child runs only as a child of the crash tests");
+        return;
+    };
+    let window = Window::parse(&mode).expect("unknown crash window");
+    let (cfg, _) = Config::load(Path::new(&config)).unwrap();
+    acmeproxy::telemetry::init(false);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen_addr().unwrap())
+            .await
+            .unwrap();
+        let ext = cfg.externalcas().unwrap();
+        let opts = AcmeUpstreamOptions {
+            directory_url: ext.ca_url.clone(),
+            account_email: ext.account_email.clone(),
+            eab: ext
+                .eab_hmac_key()
+                .unwrap()
+                .map(|k| (ext.eab_kid.clone(), k)),
+            ca_bundle: ext.ca_bundle.clone(),
+            timeout: Duration::from_secs(ext.cert_obtain_timeout.unwrap_or(120)),
+        };
+        let marker = PathBuf::from(marker);
+        let factory: UpstreamFactory = Box::new(move |store: Arc<dyn Store>| {
+            let state = Arc::new(StoreUpstreamState::new(store));
+            let inner = AcmeUpstream::new(opts, state).unwrap();
+            Arc::new(Freezing {
+                inner,
+                window,
+                marker,
+            }) as Arc<dyn CertificateAuthorityService>
+        });
+        let shutdown = CancellationToken::new();
+        let server = acmeproxy::app::start_with(
+            cfg,
+            listener,
+            shutdown.clone(),
+            Overrides {
+                upstream_factory: Some(factory),
+                ..Overrides::default()
+            },
+        )
+        .await
+        .unwrap();
+        println!("crash child serving on {}", server.addr);
+        tokio::time::sleep(CHILD_LIFETIME).await;
+        shutdown.cancel();
+    });
+}
+
+/// The real upstream, frozen at `window` for the client's order.
+struct Freezing {
+    inner: AcmeUpstream,
+    window: Window,
+    marker: PathBuf,
+}
+
+#[async_trait]
+impl CertificateAuthorityService for Freezing {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn create_certificate(
+        &self,
+        req: &SignRequest,
+        checkpoint: &dyn Checkpoint,
+    ) -> Result<IssuedChain, UpstreamError> {
+        // The RA's own TLS certificate (and anything else) passes through.
+        if !req.identifiers.contains(&Identifier::Dns(NAME.to_owned())) {
+            return self.inner.create_certificate(req, checkpoint).await;
+        }
+        match self.window {
+            Window::AfterCheckpoint => {
+                let freezing = FreezingCheckpoint {
+                    real: checkpoint,
+                    marker: &self.marker,
+                };
+                self.inner.create_certificate(req, &freezing).await
+            }
+            Window::AfterIssue => {
+                let chain = self.inner.create_certificate(req, checkpoint).await?;
+                write_marker(&self.marker, &chain.to_pem());
+                std::future::pending().await
+            }
+        }
+    }
+
+    async fn revoke_certificate(&self, req: &RevokeRequest) -> Result<(), UpstreamError> {
+        self.inner.revoke_certificate(req).await
+    }
+
+    fn roots(&self) -> Vec<Vec<u8>> {
+        self.inner.roots()
+    }
+
+    async fn health(&self) -> Result<(), UpstreamError> {
+        self.inner.health().await
+    }
+}
+
+/// Saves through the real checkpoint, then drops the marker (holding the
+/// saved state: the upstream order URL) and never returns.
+struct FreezingCheckpoint<'a> {
+    real: &'a dyn Checkpoint,
+    marker: &'a Path,
+}
+
+#[async_trait]
+impl Checkpoint for FreezingCheckpoint<'_> {
+    async fn save(&self, state: &str) -> Result<(), UpstreamError> {
+        self.real.save(state).await?;
+        write_marker(self.marker, state);
+        std::future::pending().await
+    }
+}
+
+/// Writes the marker atomically (the parent polls for it).
+fn write_marker(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+struct Killed(Child);
+
+impl Killed {
+    fn check_running(&mut self) -> Result<(), String> {
+        match self.0.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("the crash child exited early: {status}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// SIGKILL, then reap.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn crash_and_restart(window: Window) {
+    if !Pebble::available() || common::find_in_path("openssl").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "pebble or openssl is not installed (tests/interop/install-clients.sh installs them)"
+        );
+        eprintln!("SKIP: pebble or openssl is not installed");
+        return;
+    }
+    let pebble = Pebble::start(PebbleOptions::default()).await;
+    let tmp = tempfile::Builder::new()
+        .prefix("acmeproxy-upcrash-")
+        .tempdir()
+        .unwrap();
+    let started = Instant::now();
+    if let Err(failure) = scenario(&pebble, window, tmp.path()).await {
+        let kept = tmp.keep();
+        for log in ["child.log", "server.log"] {
+            eprintln!("{}", tail(&kept.join(log), 80));
+        }
+        eprintln!("    --- pebble ---\n{}", pebble.log());
+        panic!(
+            "crash {} failed: {failure}\n(state kept in {})",
+            window.as_str(),
+            kept.display()
+        );
+    }
+    println!(
+        "crash {}: whole scenario {:.2}s",
+        window.as_str(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn scenario(pebble: &Pebble, window: Window, tmp: &Path) -> Result<(), String> {
+    let root = tmp.join("pebble-root.pem");
+    fs::write(&root, pebble.root_pem().await).map_err(|e| e.to_string())?;
+    let responders = Responders::start().await;
+    let [port] = free_ports().map_err(|e| e.to_string())?;
+    let config = json!({
+        "address": format!("127.0.0.1:{port}"),
+        "dnsNames": ["localhost", "127.0.0.1"],
+        "dataDir": tmp.join("data"),
+        "db": {"type": "sled"},
+        "logger": {"format": "text"},
+        "metrics": {"enabled": false},
+        "authority": pebble.authority_json(),
+        "validation": {
+            "httpPort": responders.http_port(),
+            "tlsAlpnPort": responders.tls_alpn_port(),
+            "resolvers": [responders.dns_addr().to_string()],
+            "timeoutSeconds": 5
+        }
+    });
+    let config_path = tmp.join("ca.json");
+    fs::write(&config_path, config.to_string()).map_err(|e| e.to_string())?;
+    let directory_url = format!("https://127.0.0.1:{port}/acme/acme/directory");
+    let marker = tmp.join("frozen");
+
+    // 1. The first server, in a child process that freezes in the window.
+    let t = Instant::now();
+    let log = fs::File::create(tmp.join("child.log")).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Killed(
+        Command::new(exe)
+            .args(["--exact", "crash_child", "--ignored", "--nocapture"])
+            .env(ENV_CONFIG, &config_path)
+            .env(ENV_MODE, window.as_str())
+            .env(ENV_MARKER, &marker)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start the crash child: {e}"))?,
+    );
+    wait_ready(&directory_url, &root, || child.check_running()).await?;
+    let first_start = t.elapsed();
+    expect_issued(
+        pebble,
+        1,
+        "after the first start (the RA's TLS certificate)",
+    )?;
+
+    // 2. A client order, finalized: the child freezes on it.
+    let (account, _) = Account::builder_with_root(&root)
+        .map_err(|e| e.to_string())?
+        .create(
+            &NewAccount {
+                contact: &["mailto:crash@example.org"],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            directory_url.clone(),
+            None,
+        )
+        .await
+        .map_err(|e| format!("new account: {e}"))?;
+    let ids = [instant_acme::Identifier::Dns(NAME.to_owned())];
+    let mut order = account
+        .new_order(&NewOrder::new(&ids))
+        .await
+        .map_err(|e| format!("new order: {e}"))?;
+    let order_url = order.url().to_owned();
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut a = a.map_err(|e| e.to_string())?;
+        let mut ch = a
+            .challenge(ChallengeType::Http01)
+            .ok_or("no http-01 challenge")?;
+        responders.set_http01(&ch.token, ch.key_authorization().as_str());
+        ch.set_ready().await.map_err(|e| e.to_string())?;
+    }
+    let ready = order
+        .poll_ready(&RetryPolicy::new().timeout(WAIT))
+        .await
+        .map_err(|e| format!("order not ready: {e}"))?;
+    if ready != OrderStatus::Ready {
+        return Err(format!("order is {ready:?}, not ready"));
+    }
+    let key = order
+        .finalize()
+        .await
+        .map_err(|e| format!("finalize: {e}"))?;
+    let deadline = Instant::now() + WAIT;
+    while !marker.exists() {
+        child.check_running()?;
+        if Instant::now() > deadline {
+            return Err("the child never reached the crash window".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let frozen = fs::read_to_string(&marker).map_err(|e| e.to_string())?;
+    let status = order.refresh().await.map_err(|e| e.to_string())?.status;
+    if status != OrderStatus::Processing {
+        return Err(format!("order is {status:?} in the crash window"));
+    }
+    let issued_before = match window {
+        Window::AfterCheckpoint => 1,
+        Window::AfterIssue => 2,
+    };
+    expect_issued(pebble, issued_before, "in the crash window")?;
+
+    // 3. SIGKILL, then the real binary on the same data directory and port.
+    child.kill();
+    let t = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_acmeproxy"));
+    cmd.arg("serve").arg(&config_path);
+    let mut server = ChildGuard::spawn("acmeproxy", &mut cmd, &tmp.join("server.log"))?;
+    wait_ready(&directory_url, &root, || server.check_running()).await?;
+    let restart = t.elapsed();
+    // The stored TLS certificate is reused: no issuance at start-up.
+    expect_issued(pebble, issued_before, "after the restart")?;
+
+    // 4. The same order (same URL) completes.
+    let mut order = account
+        .order(order_url.clone())
+        .await
+        .map_err(|e| format!("fetching the order after the restart: {e}"))?;
+    let chain = poll_certificate(&mut order).await?;
+    let completed = t.elapsed();
+    let issued = Issued {
+        fullchain: tmp.join("crash-fullchain.pem"),
+        key: tmp.join("crash-key.pem"),
+    };
+    fs::write(&issued.fullchain, &chain).map_err(|e| e.to_string())?;
+    fs::write(&issued.key, key).map_err(|e| e.to_string())?;
+    let facts = verify_cert(&issued, NAME, &root)?;
+
+    // 5. Pebble issued exactly two certificates: the RA's and this one.
+    expect_issued(pebble, 2, "in total")?;
+    let all = pebble.issued();
+    let serial = normalise(&facts.serial);
+    let Some((_, pebble_order)) = all.iter().find(|(s, _)| normalise(s) == serial) else {
+        return Err(format!("pebble never logged serial {serial}: {all:?}"));
+    };
+    let server_log = fs::read_to_string(tmp.join("server.log")).unwrap_or_default();
+    match window {
+        Window::AfterCheckpoint => {
+            // The restarted server resumed the checkpointed upstream order.
+            if !frozen.ends_with(&format!("/{pebble_order}")) {
+                return Err(format!(
+                    "pebble issued for order {pebble_order}, the checkpoint saved {frozen}"
+                ));
+            }
+            if !server_log.contains("resuming the upstream order") {
+                return Err("the restarted server did not resume the upstream order".into());
+            }
+        }
+        Window::AfterIssue => {
+            // It downloaded the certificate Pebble had already issued.
+            let before = leaf_serial(&frozen)?;
+            if before != serial {
+                return Err(format!(
+                    "the RA stored serial {serial}, pebble had issued {before} before the crash"
+                ));
+            }
+        }
+    }
+    if pebble.orders_created() != 2 {
+        return Err(format!(
+            "pebble created {} orders, expected 2 (the RA's TLS certificate and the client's)",
+            pebble.orders_created()
+        ));
+    }
+    println!(
+        "crash {}: first start {:.2}s, restart until ready {:.2}s, restart until the order was \
+         valid {:.2}s; serial {serial} from pebble order {pebble_order}",
+        window.as_str(),
+        first_start.as_secs_f64(),
+        restart.as_secs_f64(),
+        completed.as_secs_f64()
+    );
+    drop(server);
+    Ok(())
+}
+
+/// Polls the order until it is valid and downloads the chain, tolerating
+/// transient errors (a stale connection to the killed server), within [`WAIT`].
+async fn poll_certificate(order: &mut instant_acme::Order) -> Result<String, String> {
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::from("not polled");
+    while Instant::now() < deadline {
+        match order.refresh().await {
+            Ok(state) if state.status == OrderStatus::Valid => {
+                return order
+                    .certificate()
+                    .await
+                    .map_err(|e| format!("download: {e}"))?
+                    .ok_or_else(|| "no certificate for a valid order".to_owned());
+            }
+            Ok(state) if state.status == OrderStatus::Processing => {
+                last = "processing".into();
+            }
+            Ok(state) => {
+                return Err(format!(
+                    "order became {:?}: {:?}",
+                    state.status, state.error
+                ));
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!(
+        "the order did not become valid in {WAIT:?}: {last}"
+    ))
+}
+
+/// Polls the directory over HTTPS trusting only Pebble's root, within [`WAIT`].
+async fn wait_ready(
+    url: &str,
+    root: &Path,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let pem = fs::read(root).map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + WAIT;
+    let mut last = String::from("not tried");
+    while Instant::now() < deadline {
+        alive()?;
+        match http.get(url).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = format!("HTTP {}", r.status()),
+            Err(e) => last = format!("{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("{url} not ready within {WAIT:?}: {last}"))
+}
+
+fn expect_issued(pebble: &Pebble, want: usize, when: &str) -> Result<(), String> {
+    let issued = pebble.issued();
+    if issued.len() == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "pebble issued {} certificates {when}, expected {want}: {issued:?}",
+            issued.len()
+        ))
+    }
+}
+
+/// A hex serial, lower case, without leading zeros.
+fn normalise(hex: &str) -> String {
+    hex.trim()
+        .to_ascii_lowercase()
+        .trim_start_matches('0')
+        .to_owned()
+}
+
+fn leaf_serial(chain_pem: &str) -> Result<String, String> {
+    let first = ::pem::parse_many(chain_pem)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or("no certificate in the marker")?;
+    let (_, cert) = X509Certificate::from_der(first.contents()).map_err(|e| e.to_string())?;
+    Ok(normalise(&cert.raw_serial_as_string().replace(':', "")))
+}
