@@ -1,8 +1,8 @@
-# acmeproxy: build, run on the embedded default, test, lint, install.
+# acmeproxy: build, run on the embedded default, test, lint.
 CARGO ?= cargo
 RUN_DIR ?= run
 
-.PHONY: build run test test-deps lint fmt install clean
+.PHONY: build run test test-deps lint fmt clean
 
 build:
 	$(CARGO) build --release --locked
@@ -26,8 +26,6 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-install: build
-	./install.sh
 
 clean:
 	$(CARGO) clean

@@ -19,6 +19,7 @@ pub use upstream_state::StoreUpstreamState;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, ProvisionerConfig, StoreChoice, parse_go_duration};
+use crate::policy::rules::NamePolicy;
 use crate::ra::Provisioner;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
@@ -44,6 +45,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let (cfg, warnings) = load(&config)?;
+            // The parts start-up builds from the configuration, built the same way.
+            provisioners(&cfg)?;
             for w in &warnings.0 {
                 eprintln!("warning: {w}");
             }
@@ -151,8 +154,18 @@ fn provisioner(
     let min = claim(|c| c.min_tls_cert_duration.as_ref())?
         .unwrap_or(Duration::minutes(5))
         .min(default);
+    let mut policies = Vec::new();
+    for (level, policy) in [
+        ("authority".to_owned(), &cfg.authority.policy),
+        (format!("provisioner {:?}", p.name), &p.policy),
+    ] {
+        if let Some(x) = policy.as_ref().and_then(|p| p.x509.as_ref()) {
+            policies.push(name_policy(&level, x)?);
+        }
+    }
     Ok(Provisioner {
         name: p.name.clone(),
+        policies,
         challenges: p.challenge_types(),
         require_eab: p.require_eab,
         default_lifetime: default,
@@ -162,6 +175,22 @@ fn provisioner(
         website: p.website().map(str::to_owned),
         caa_identities: p.caa_identities().to_vec(),
     })
+}
+
+/// The checked rules of one level's x509 policy.
+fn name_policy(level: &str, x: &crate::config::X509PolicyConfig) -> anyhow::Result<NamePolicy> {
+    let empty = crate::config::NamesConfig::default();
+    let allow = x.allow.as_ref().unwrap_or(&empty);
+    let deny = x.deny.as_ref().unwrap_or(&empty);
+    NamePolicy::new(
+        level,
+        &allow.dns,
+        &deny.dns,
+        &allow.ip,
+        &deny.ip,
+        x.allow_wildcard_names,
+    )
+    .map_err(|m| anyhow::anyhow!("{level} policy: {m}"))
 }
 
 /// How long graceful shutdown waits for in-flight requests.

@@ -69,7 +69,7 @@ pub enum EabCommand {
         /// The ca.json file.
         config: PathBuf,
     },
-    /// Removes a key that no account is bound to.
+    /// Removes a key; accounts already bound with it keep working.
     Remove {
         /// The ca.json file.
         config: PathBuf,

@@ -188,15 +188,16 @@ impl ServerIdentity {
 
     /// Reloads `cert_file`/`key_file` (on SIGHUP). The certificate in use is
     /// kept when the new files do not load. Does nothing for an obtained
-    /// certificate, which renews itself.
-    pub fn reload_files(&self) -> Result<(), TlsError> {
+    /// certificate, which renews itself. True when files were reloaded.
+    pub fn reload_files(&self) -> Result<bool, TlsError> {
         if let Source::Files { cert, key } = &self.source {
             let loaded = Loaded::read(cert, key)?;
             let not_after = loaded.not_after;
             tracing::info!(cert = %cert.display(), %not_after, "reloaded the TLS certificate");
             self.swap(loaded);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// When the certificate in use expires.
@@ -214,6 +215,7 @@ impl ServerIdentity {
     }
 
     fn swap(&self, loaded: Loaded) {
+        crate::metrics::own_certificate_expiry(loaded.not_after);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
     }
 

@@ -344,3 +344,54 @@ async fn renewal_info_and_replaces() {
     let (info, _) = account.renewal_info(&id).await.unwrap();
     assert!(info.suggested_window.end <= ::time::OffsetDateTime::now_utc());
 }
+
+#[tokio::test]
+async fn provisioner_policy_refuses_names_with_the_rule() {
+    let ts = TestServer::start_with(common::Options {
+        provisioner_extra: serde_json::json!({"policy": {"x509": {
+            "allow": {"dns": ["*.team.test"], "ip": ["127.0.0.0/8"]},
+            "deny": {"dns": ["secret.team.test"]}
+        }}}),
+        ..common::Options::default()
+    })
+    .await;
+    let (account, _) = ts.account().await;
+    let refused = |name: &str| Identifier::Dns(name.to_owned());
+    for (id, rule) in [
+        (refused("www.other.test"), "no allow rule"),
+        (
+            refused("secret.team.test"),
+            "deny rule \"secret.team.test\"",
+        ),
+        (refused("*.team.test"), "allowWildcardNames"),
+    ] {
+        let Err(err) = account
+            .new_order(&NewOrder::new(std::slice::from_ref(&id)))
+            .await
+        else {
+            panic!("{id:?} must be refused");
+        };
+        let instant_acme::Error::Api(p) = err else {
+            panic!("expected a problem for {id:?}, got {err}");
+        };
+        assert_eq!(
+            p.r#type.as_deref(),
+            Some("urn:ietf:params:acme:error:rejectedIdentifier")
+        );
+        let detail = p.detail.unwrap_or_default();
+        assert!(
+            detail.contains(rule) && detail.contains("provisioner"),
+            "{detail}"
+        );
+    }
+    // Allowed names and IPs go through to a certificate.
+    let (chain, _) = issue(
+        &ts,
+        &account,
+        &[Identifier::Dns("www.team.test".into())],
+        ChallengeType::Http01,
+    )
+    .await
+    .unwrap();
+    assert_eq!(leaf_sans(&chain), vec!["www.team.test"]);
+}

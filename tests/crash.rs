@@ -495,6 +495,7 @@ fn crash_child_server() {
             CancellationToken::new(),
             Overrides {
                 upstream: Some(upstream),
+                ..Overrides::default()
             },
         )
         .await

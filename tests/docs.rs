@@ -45,13 +45,25 @@ fn full_document() -> Value {
         "allowRenewalAfterExpiry": false,
         "disableSmallstepExtensions": false
     });
+    let names = json!({
+        "dns": ["*.example.com"],
+        "ip": ["10.0.0.0/8"],
+        "email": [],
+        "uri": [],
+        "commonName": []
+    });
+    let policy = json!({"x509": {
+        "allow": names.clone(),
+        "deny": names,
+        "allowWildcardNames": false
+    }, "ssh": {}});
     let provisioner = json!({
         "type": "ACME",
         "name": "acme",
         "challenges": ["http-01", "dns-01", "tls-alpn-01"],
         "requireEAB": true,
         "claims": claims.clone(),
-        "policy": {},
+        "policy": policy.clone(),
         "options": {},
         "forceCN": false,
         "termsOfService": "https://example.com/tos",
@@ -63,7 +75,7 @@ fn full_document() -> Value {
         "type": "softcas",
         "config": {"certlifetime": 90, "name": "Example", "metrics": metrics.clone()},
         "claims": claims,
-        "policy": {},
+        "policy": policy,
         "certificateAuthority": "https://ca.example.com",
         "certificateAuthorityFingerprint": "00",
         "certificateIssuer": {},

@@ -52,7 +52,12 @@ pub(super) fn init(dir: &Path, address: &str, metrics_port: u16) -> anyhow::Resu
         .with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
     println!("start the server:  acmeproxy {}", path.display());
-    println!("directory URL:     https://{address}/acme/acme/directory");
+    let shown = if address.starts_with(':') {
+        format!("localhost{address}")
+    } else {
+        address.to_owned()
+    };
+    println!("directory URL:     https://{shown}/acme/acme/directory");
     println!(
         "clients trust:     {}",
         data.join("softcas").join("root.crt").display()

@@ -339,7 +339,8 @@ fn spawn_sighup_reload(identity: Arc<ServerIdentity>, shutdown: CancellationToke
         loop {
             tokio::select! {
                 _ = hup.recv() => match identity.reload_files() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Ok(true) => tracing::info!("SIGHUP: TLS certificate files reloaded"),
+                    Ok(false) => tracing::info!("SIGHUP: the TLS certificate is obtained from the upstream and renews itself; nothing to reload"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate reload failed"),
                 },
                 () = shutdown.cancelled() => return,

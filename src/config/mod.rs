@@ -5,6 +5,7 @@
 //! `acmeproxy check-config` runs exactly [`Config::load`].
 
 mod duration;
+mod policy;
 mod secret;
 
 use std::collections::BTreeSet;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use crate::acme::types::ChallengeType;
 
 pub use duration::parse_go_duration;
+pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
 pub use secret::Secret;
 
 /// Errors in the configuration; each names the key or file at fault.
@@ -155,8 +157,9 @@ pub struct AuthorityConfig {
     pub provisioners: Vec<ProvisionerConfig>,
     #[serde(default)]
     pub claims: Option<ClaimsConfig>,
+    /// Name policy for every provisioner.
     #[serde(default)]
-    pub policy: Option<Value>,
+    pub policy: Option<PolicyConfig>,
     // stepcas / vaultcas keys (step-ca RA mode).
     #[serde(default)]
     pub certificate_authority: Option<String>,
@@ -262,8 +265,9 @@ pub struct ProvisionerConfig {
     pub require_eab: bool,
     #[serde(default)]
     pub claims: Option<ClaimsConfig>,
+    /// Name policy of this provisioner, on top of the authority's.
     #[serde(default)]
-    pub policy: Option<Value>,
+    pub policy: Option<PolicyConfig>,
     #[serde(default)]
     options: Option<Value>,
     #[serde(default, rename = "forceCN")]
@@ -761,6 +765,34 @@ impl Config {
                 }
             }
         }
+        for (key, policy) in
+            std::iter::once(("authority.policy".to_owned(), &self.authority.policy)).chain(
+                self.authority
+                    .provisioners
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("authority.provisioners[{i}].policy"), &p.policy)),
+            )
+        {
+            let Some(policy) = policy else { continue };
+            if policy.ssh.is_some() {
+                ignored.insert(format!("{key}.ssh"));
+            }
+            if let Some(x) = &policy.x509 {
+                for (side, names) in [("allow", &x.allow), ("deny", &x.deny)] {
+                    let Some(n) = names else { continue };
+                    for (k, v) in [
+                        ("email", &n.email),
+                        ("uri", &n.uri),
+                        ("commonName", &n.common_name),
+                    ] {
+                        if !v.is_empty() {
+                            ignored.insert(format!("{key}.x509.{side}.{k}"));
+                        }
+                    }
+                }
+            }
+        }
         if self.authority.provisioners.is_empty() {
             return Err(ConfigError::invalid(
                 "authority.provisioners",
@@ -824,6 +856,20 @@ impl Config {
             }
         }
         if let Some(tls) = &self.tls {
+            if tls.max_version.is_some_and(|v| v < 1.2) {
+                return Err(ConfigError::invalid(
+                    "tls.maxVersion",
+                    "acmeproxy speaks TLS 1.2 and 1.3 only; set maxVersion to 1.2 or 1.3",
+                ));
+            }
+            if let (Some(lo), Some(hi)) = (tls.min_version, tls.max_version) {
+                if lo > hi {
+                    return Err(ConfigError::invalid(
+                        "tls.minVersion",
+                        "minVersion is above maxVersion",
+                    ));
+                }
+            }
             for (k, v) in [
                 ("minVersion", tls.min_version),
                 ("maxVersion", tls.max_version),
@@ -851,7 +897,12 @@ impl Config {
             ));
         }
         self.listen_addr()?;
-        self.store()?;
+        if let StoreChoice::Postgres(_) = self.store()? {
+            return Err(ConfigError::invalid(
+                "db.type",
+                "the PostgreSQL store is not available in this version of acmeproxy; use \"sled\"",
+            ));
+        }
         self.metrics_listen()?;
         self.resolvers()?;
         if self.validation.timeout_seconds == 0 {

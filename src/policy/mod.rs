@@ -4,3 +4,4 @@
 pub mod cert;
 pub mod csr;
 pub mod identifiers;
+pub mod rules;

@@ -37,6 +37,8 @@ pub struct Provisioner {
     pub name: String,
     pub challenges: Vec<ChallengeType>,
     pub require_eab: bool,
+    /// Name policies every identifier must pass (authority, then provisioner).
+    pub policies: Vec<crate::policy::rules::NamePolicy>,
     /// Certificate lifetime when the order names no notAfter.
     pub default_lifetime: Duration,
     pub min_lifetime: Duration,

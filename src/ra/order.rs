@@ -39,6 +39,11 @@ impl Authority {
             );
         };
         let identifiers = check_identifiers(&req.identifiers).map_err(RaError::from_problem)?;
+        if let Err((id, why)) = crate::policy::rules::check_all(&prov.policies, &identifiers) {
+            return Err(RaError::from_problem(
+                crate::acme::Problem::new(ProblemType::RejectedIdentifier, why).with_identifier(id),
+            ));
+        }
         let now = self.clock.now();
         let not_before = parse_time("notBefore", req.not_before.as_deref())?;
         let not_after = parse_time("notAfter", req.not_after.as_deref())?;
