@@ -365,7 +365,7 @@ pub struct SoftCasConfig {
     /// Leaf lifetime in days (the Go plugin's key); default 90.
     #[serde(default)]
     pub certlifetime: Option<u32>,
-    /// CA name: "<name> Root CA" / "<name> Intermediate CA".
+    /// CA name: `<name> Root CA` / `<name> Intermediate CA`.
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
