@@ -3,6 +3,7 @@
 //! place that names concrete implementations.
 
 mod admin;
+pub mod admin_socket;
 mod serve;
 mod upstream_state;
 
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub use serve::{Overrides, Server, UpstreamFactory, start, start_with};
 pub use upstream_state::StoreUpstreamState;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{AdminCommand, Cli, Command};
 use crate::config::{Config, ProvisionerConfig, StoreChoice, parse_go_duration};
 use crate::policy::rules::NamePolicy;
 use crate::ra::Provisioner;
@@ -64,7 +65,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             address,
             metrics_port,
         } => admin::init(&dir, &address, metrics_port),
-        Command::Eab { command } => runtime()?.block_on(admin::eab(command)),
+        Command::Eab { command } => runtime()?.block_on(admin::admin(AdminCommand::Eab(command))),
+        Command::Accounts { command } => {
+            runtime()?.block_on(admin::admin(AdminCommand::Accounts(command)))
+        }
+        Command::Orders { command } => {
+            runtime()?.block_on(admin::admin(AdminCommand::Orders(command)))
+        }
+        Command::Certs { command } => {
+            runtime()?.block_on(admin::admin(AdminCommand::Certs(command)))
+        }
         Command::Version => {
             println!("acmeproxy {}", env!("CARGO_PKG_VERSION"));
             Ok(())

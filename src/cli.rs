@@ -41,10 +41,26 @@ pub enum Command {
         #[arg(long, default_value_t = 9123)]
         metrics_port: u16,
     },
-    /// Manages External Account Binding keys (the server must be stopped).
+    /// Manages External Account Binding keys (through the running server's
+    /// admin socket, or directly in the store when the server is stopped).
     Eab {
         #[command(subcommand)]
         command: EabCommand,
+    },
+    /// Lists, shows and deactivates accounts (the server must be running).
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Lists orders (the server must be running).
+    Orders {
+        #[command(subcommand)]
+        command: OrdersCommand,
+    },
+    /// Lists, shows and revokes certificates (the server must be running).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Prints the version.
     Version,
@@ -68,6 +84,9 @@ pub enum EabCommand {
     List {
         /// The ca.json file.
         config: PathBuf,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Removes a key; accounts already bound with it keep working.
     Remove {
@@ -76,4 +95,98 @@ pub enum EabCommand {
         /// The key id.
         kid: String,
     },
+}
+
+/// `acmeproxy accounts …`
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Lists every account.
+    List {
+        /// The ca.json file.
+        config: PathBuf,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one account.
+    Show {
+        /// The ca.json file.
+        config: PathBuf,
+        /// The account id (the last segment of its URL).
+        id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deactivates an account: it can no longer sign requests.
+    Deactivate {
+        /// The ca.json file.
+        config: PathBuf,
+        /// The account id.
+        id: String,
+    },
+}
+
+/// `acmeproxy orders …`
+#[derive(Debug, Subcommand)]
+pub enum OrdersCommand {
+    /// Lists orders.
+    List {
+        /// The ca.json file.
+        config: PathBuf,
+        /// Only this account's orders.
+        #[arg(long)]
+        account: Option<String>,
+        /// Only orders in this status (pending, ready, processing, valid, invalid).
+        #[arg(long)]
+        status: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `acmeproxy certs …`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Lists certificates.
+    List {
+        /// The ca.json file.
+        config: PathBuf,
+        /// Only this account's certificates.
+        #[arg(long)]
+        account: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows a certificate, with its chain, by id or serial (hex).
+    Show {
+        /// The ca.json file.
+        config: PathBuf,
+        /// Certificate id or serial number in hex.
+        id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes a certificate at the upstream and records it.
+    Revoke {
+        /// The ca.json file.
+        config: PathBuf,
+        /// Certificate id or serial number in hex.
+        id: String,
+        /// RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, 5 cessationOfOperation …).
+        #[arg(long, default_value_t = 0)]
+        reason: u8,
+    },
+}
+
+/// Any of the admin commands, for the code that runs them.
+#[derive(Debug)]
+pub enum AdminCommand {
+    Eab(EabCommand),
+    Accounts(AccountsCommand),
+    Orders(OrdersCommand),
+    Certs(CertsCommand),
 }

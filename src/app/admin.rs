@@ -10,7 +10,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::{create_private_dir, open_store};
-use crate::cli::EabCommand;
+use serde_json::Value;
+
+use super::admin_socket::{self, AdminRequest};
+use crate::cli::AdminCommand;
 use crate::config::Config;
 use crate::ra::eab;
 use crate::store::Records;
@@ -65,68 +68,211 @@ pub(super) fn init(dir: &Path, address: &str, metrics_port: u16) -> anyhow::Resu
     Ok(())
 }
 
-/// `acmeproxy eab …`.
-pub(super) async fn eab(cmd: EabCommand) -> anyhow::Result<()> {
-    let config = match &cmd {
-        EabCommand::Add { config, .. }
-        | EabCommand::List { config }
-        | EabCommand::Remove { config, .. } => config.clone(),
-    };
+/// `acmeproxy eab|accounts|orders|certs …`: through the running server's
+/// admin socket; EAB keys directly in the store when no server runs.
+pub(super) async fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
+    let (config, req, json_out) = cmd.request()?;
     let (cfg, _) =
         Config::load(&config).with_context(|| format!("configuration {}", config.display()))?;
-    let records = Records::new(open_store(&cfg).await.context(
-        "opening the store (stop the server first: the embedded store admits one process)",
-    )?);
-    match cmd {
-        EabCommand::Add {
-            provisioner, kid, ..
-        } => {
+    let socket = cfg.data_dir().join(admin_socket::SOCKET_NAME);
+    let data = if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        admin_socket::call(&socket, &req).await?
+    } else if let Some(data) = offline_eab(&cfg, &req).await? {
+        data
+    } else {
+        // Not an EAB command: it needs the running server.
+        admin_socket::call(&socket, &req).await?
+    };
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&data).unwrap_or_default()
+        );
+    } else {
+        print_human(&req, &data);
+    }
+    Ok(())
+}
+
+/// EAB commands run against the store itself when the server is stopped.
+async fn offline_eab(cfg: &Config, req: &AdminRequest) -> anyhow::Result<Option<Value>> {
+    if !matches!(
+        req,
+        AdminRequest::EabAdd { .. } | AdminRequest::EabList | AdminRequest::EabRemove { .. }
+    ) {
+        return Ok(None);
+    }
+    let records =
+        Records::new(open_store(cfg).await.context(
+            "opening the store (is the server starting or stopping? retry in a moment)",
+        )?);
+    let detail = |e: crate::ra::RaError| anyhow::anyhow!("{}", e.problem.detail);
+    Ok(Some(match req {
+        AdminRequest::EabAdd { provisioner, kid } => {
             if !cfg
                 .authority
                 .provisioners
                 .iter()
-                .any(|p| p.name == provisioner)
+                .any(|p| &p.name == provisioner)
             {
-                bail!(
-                    "there is no provisioner {provisioner:?} in {}",
-                    config.display()
-                );
+                bail!("there is no provisioner {provisioner:?} in the configuration");
             }
-            let record =
-                eab::create_key(&records, &provisioner, kid, time::OffsetDateTime::now_utc())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{}", e.problem.detail))?;
-            println!("kid:         {}", record.kid);
-            println!("hmac key:    {}", URL_SAFE_NO_PAD.encode(&record.hmac_key));
-            println!("provisioner: {provisioner}");
+            let k = eab::create_key(
+                &records,
+                provisioner,
+                kid.clone(),
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+            .map_err(detail)?;
+            serde_json::json!({
+                "kid": k.kid,
+                "hmac_key": URL_SAFE_NO_PAD.encode(&k.hmac_key),
+                "provisioner": k.provisioner,
+            })
+        }
+        AdminRequest::EabList => Value::Array(
+            eab::list_keys(&records)
+                .await
+                .map_err(detail)?
+                .iter()
+                .map(admin_socket::eab_view)
+                .collect(),
+        ),
+        AdminRequest::EabRemove { kid } => {
+            eab::remove_key(&records, kid).await.map_err(detail)?;
+            serde_json::json!({"removed": kid})
+        }
+        _ => return Ok(None),
+    }))
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match &v[k] {
+        Value::String(x) => x.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn print_human(req: &AdminRequest, data: &Value) {
+    let rows = data.as_array().cloned().unwrap_or_default();
+    match req {
+        AdminRequest::EabAdd { .. } => {
+            println!("kid:         {}", s(data, "kid"));
+            println!("hmac key:    {}", s(data, "hmac_key"));
+            println!("provisioner: {}", s(data, "provisioner"));
             println!(
                 "(the MAC key is shown once; give both to the client, e.g. certbot --eab-kid … --eab-hmac-key …)"
             );
         }
-        EabCommand::List { .. } => {
-            let keys = eab::list_keys(&records)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.problem.detail))?;
+        AdminRequest::EabRemove { .. } => println!("removed {}", s(data, "removed")),
+        AdminRequest::EabList => {
             println!(
-                "{:<24} {:<12} {:<26} BOUND ACCOUNT",
+                "{:<24} {:<12} {:<22} BOUND ACCOUNT",
                 "KID", "PROVISIONER", "CREATED"
             );
-            for k in keys {
+            for r in rows {
                 println!(
-                    "{:<24} {:<12} {:<26} {}",
-                    k.kid,
-                    k.provisioner,
-                    crate::http::render_time(k.created_at),
-                    k.bound_account.as_ref().map_or("-", |a| a.as_str())
+                    "{:<24} {:<12} {:<22} {}",
+                    s(&r, "kid"),
+                    s(&r, "provisioner"),
+                    s(&r, "created"),
+                    s(&r, "bound_account")
                 );
             }
         }
-        EabCommand::Remove { kid, .. } => {
-            eab::remove_key(&records, &kid)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.problem.detail))?;
-            println!("removed {kid}");
+        AdminRequest::AccountsList => {
+            println!(
+                "{:<24} {:<12} {:<12} {:<22} CONTACT",
+                "ID", "PROVISIONER", "STATUS", "CREATED"
+            );
+            for r in rows {
+                println!(
+                    "{:<24} {:<12} {:<12} {:<22} {}",
+                    s(&r, "id"),
+                    s(&r, "provisioner"),
+                    s(&r, "status"),
+                    s(&r, "created"),
+                    r["contact"]
+                        .as_array()
+                        .map(|c| c
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        AdminRequest::AccountShow { .. } | AdminRequest::AccountDeactivate { .. } => {
+            for k in [
+                "id",
+                "provisioner",
+                "status",
+                "contact",
+                "eab_kid",
+                "created",
+                "key_thumbprint",
+            ] {
+                println!("{k:<15} {}", s(data, k));
+            }
+        }
+        AdminRequest::OrdersList { .. } => {
+            println!(
+                "{:<24} {:<24} {:<11} {:<22} IDENTIFIERS",
+                "ID", "ACCOUNT", "STATUS", "CREATED"
+            );
+            for r in rows {
+                println!(
+                    "{:<24} {:<24} {:<11} {:<22} {}",
+                    s(&r, "id"),
+                    s(&r, "account"),
+                    s(&r, "status"),
+                    s(&r, "created"),
+                    r["identifiers"]
+                        .as_array()
+                        .map(|c| c
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        AdminRequest::CertsList { .. } => {
+            println!(
+                "{:<24} {:<42} {:<22} {:<8} ACCOUNT",
+                "ID", "SERIAL", "NOT AFTER", "REVOKED"
+            );
+            for r in rows {
+                println!(
+                    "{:<24} {:<42} {:<22} {:<8} {}",
+                    s(&r, "id"),
+                    s(&r, "serial"),
+                    s(&r, "not_after"),
+                    if r["revoked"].is_null() { "no" } else { "yes" },
+                    s(&r, "account")
+                );
+            }
+        }
+        AdminRequest::CertShow { .. } | AdminRequest::CertRevoke { .. } => {
+            for k in [
+                "id",
+                "serial",
+                "account",
+                "order",
+                "not_before",
+                "not_after",
+                "upstream",
+                "revoked",
+            ] {
+                println!("{k:<11} {}", s(data, k));
+            }
+            if let Some(chain) = data["chain_pem"].as_str() {
+                print!("{chain}");
+            }
         }
     }
-    Ok(())
 }

@@ -136,6 +136,13 @@ pub async fn start_with(
         AuthorityOptions::default(),
         shutdown.clone(),
     );
+    super::admin_socket::serve(
+        data_dir.join(super::admin_socket::SOCKET_NAME),
+        Arc::clone(&ra),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the admin socket")?;
     let nonces = NonceService::new(Arc::clone(&store), clock, Duration::minutes(30));
     let app = router(AppState {
         ra: Arc::clone(&ra),

@@ -3,6 +3,7 @@
 //! the Authority reaches the store, validators and upstream through their seams.
 
 mod account;
+pub mod admin;
 mod challenge;
 pub mod eab;
 pub mod error;

@@ -1,0 +1,219 @@
+//! What the operator's admin interface asks of the Authority: listings of
+//! accounts, orders and certificates, account deactivation and revocation
+//! by an operator.
+
+use super::Authority;
+use super::error::{RaError, problem};
+use crate::acme::ProblemType;
+use crate::acme::types::{AccountStatus, OrderStatus};
+use crate::model::{AccountRecord, CertificateRecord, OrderRecord, Revocation};
+use crate::store::StoreError;
+use crate::store::records::Batch;
+use crate::upstream::RevokeRequest;
+
+/// At most this many rows per listing.
+pub const ADMIN_LIST_LIMIT: usize = 10_000;
+
+impl Authority {
+    /// Every account, in id order (at most [`ADMIN_LIST_LIMIT`]).
+    pub async fn admin_accounts(&self) -> Result<Vec<AccountRecord>, RaError> {
+        Ok(self
+            .records
+            .list::<AccountRecord>(None, ADMIN_LIST_LIMIT)
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
+    }
+
+    /// One account by id.
+    pub async fn admin_account(&self, id: &str) -> Result<AccountRecord, RaError> {
+        match self.records.get::<AccountRecord>(id).await? {
+            Some(a) => Ok(a.value),
+            None => problem(
+                ProblemType::AccountDoesNotExist,
+                format!("no account {id:?}"),
+            ),
+        }
+    }
+
+    /// Deactivates an account (RFC 8555 §7.3.6) on the operator's behalf.
+    pub async fn admin_deactivate_account(&self, id: &str) -> Result<AccountRecord, RaError> {
+        for _ in 0..8 {
+            let Some(current) = self.records.get::<AccountRecord>(id).await? else {
+                return problem(
+                    ProblemType::AccountDoesNotExist,
+                    format!("no account {id:?}"),
+                );
+            };
+            if current.status != AccountStatus::Valid {
+                return Ok(current.value);
+            }
+            let mut next = current.value.clone();
+            next.status = AccountStatus::Deactivated;
+            match self
+                .records
+                .commit(Batch::new().replace(&current, &next))
+                .await
+            {
+                Ok(()) => return Ok(next),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        problem(
+            ProblemType::ServerInternal,
+            "the account changed concurrently; try again",
+        )
+    }
+
+    /// Orders, optionally of one account and in one status.
+    pub async fn admin_orders(
+        &self,
+        account: Option<&str>,
+        status: Option<OrderStatus>,
+    ) -> Result<Vec<OrderRecord>, RaError> {
+        let orders: Vec<OrderRecord> = match account {
+            Some(acct) => {
+                let Some(a) = self.records.get::<AccountRecord>(acct).await? else {
+                    return problem(
+                        ProblemType::AccountDoesNotExist,
+                        format!("no account {acct:?}"),
+                    );
+                };
+                let ids = self
+                    .records
+                    .account_orders(&a.id, None, ADMIN_LIST_LIMIT)
+                    .await?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(o) = self.records.get::<OrderRecord>(id.as_str()).await? {
+                        out.push(o.value);
+                    }
+                }
+                out
+            }
+            None => self
+                .records
+                .list::<OrderRecord>(None, ADMIN_LIST_LIMIT)
+                .await?
+                .into_iter()
+                .map(|v| v.value)
+                .collect(),
+        };
+        Ok(orders
+            .into_iter()
+            .filter(|o| status.is_none_or(|s| o.status == s))
+            .collect())
+    }
+
+    /// Certificates, optionally of one account.
+    pub async fn admin_certificates(
+        &self,
+        account: Option<&str>,
+    ) -> Result<Vec<CertificateRecord>, RaError> {
+        Ok(self
+            .records
+            .list::<CertificateRecord>(None, ADMIN_LIST_LIMIT)
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|c| account.is_none_or(|a| c.account_id.as_str() == a))
+            .collect())
+    }
+
+    /// A certificate by id or by serial (hex, colons and case ignored).
+    pub async fn admin_certificate(
+        &self,
+        id_or_serial: &str,
+    ) -> Result<CertificateRecord, RaError> {
+        if let Some(c) = self.records.get::<CertificateRecord>(id_or_serial).await? {
+            return Ok(c.value);
+        }
+        let serial: String = id_or_serial
+            .chars()
+            .filter(|c| *c != ':')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let serial = serial.trim_start_matches('0');
+        let serial = if serial.is_empty() { "0" } else { serial };
+        // Stored serials keep whole bytes: try with and without a leading zero.
+        for candidate in [serial.to_owned(), format!("0{serial}")] {
+            if let Some(c) = self.records.cert_by_serial(&candidate).await? {
+                return Ok(c.value);
+            }
+        }
+        problem(
+            ProblemType::Malformed,
+            format!("no certificate with id or serial {id_or_serial:?}"),
+        )
+    }
+
+    /// Revokes a certificate on the operator's behalf: forwarded upstream with
+    /// `reason`, then recorded.
+    pub async fn admin_revoke(
+        &self,
+        id_or_serial: &str,
+        reason: u8,
+    ) -> Result<CertificateRecord, RaError> {
+        let cert = self.admin_certificate(id_or_serial).await?;
+        if cert.revocation.is_some() {
+            return problem(
+                ProblemType::AlreadyRevoked,
+                format!("certificate {} is already revoked", cert.serial_hex),
+            );
+        }
+        if reason == 7 || reason > 10 {
+            return problem(
+                ProblemType::BadRevocationReason,
+                format!("{reason} is not an RFC 5280 reason code"),
+            );
+        }
+        let leaf = crate::policy::cert::pem_chain_to_der(&cert.chain_pem)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .ok_or_else(|| {
+                RaError::new(
+                    ProblemType::ServerInternal,
+                    "the stored chain is unreadable",
+                )
+            })?;
+        self.upstream
+            .revoke_certificate(&RevokeRequest {
+                certificate_der: leaf,
+                serial_hex: cert.serial_hex.clone(),
+                reason,
+            })
+            .await?;
+        for _ in 0..8 {
+            let Some(current) = self
+                .records
+                .get::<CertificateRecord>(cert.id.as_str())
+                .await?
+            else {
+                break;
+            };
+            let mut next = current.value.clone();
+            next.revocation = Some(Revocation {
+                reason,
+                revoked_at: self.clock.now(),
+            });
+            match self
+                .records
+                .commit(Batch::new().replace(&current, &next))
+                .await
+            {
+                Ok(()) => {
+                    crate::metrics::certificate_revoked();
+                    return Ok(next);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        problem(
+            ProblemType::ServerInternal,
+            "could not record the revocation",
+        )
+    }
+}

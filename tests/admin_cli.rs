@@ -1,0 +1,138 @@
+//! The admin CLI end to end: `acmeproxy eab|accounts|orders|certs` talking to
+//! a running server through its admin socket, and the errors when none runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Options, TestServer};
+use instant_acme::{ChallengeType, Identifier, NewOrder, RetryPolicy};
+use serde_json::Value;
+
+/// Runs the CLI; returns (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_acmeproxy"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(args: &[&str]) -> Value {
+    let (ok, out, err) = cli(args);
+    assert!(ok, "{args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+/// A ca.json naming the server's data directory (what the CLI needs).
+fn config_for(dir: &Path, data_dir: &Path) -> String {
+    let path = dir.join("admin-ca.json");
+    let doc = serde_json::json!({
+        "address": "127.0.0.1:1",
+        "dnsNames": ["localhost"],
+        "dataDir": data_dir,
+        "db": {"type": "sled"},
+        "metrics": {"enabled": false},
+        "authority": {"type": "softcas", "provisioners": [{"type": "ACME", "name": "acme"}]}
+    });
+    std::fs::write(&path, doc.to_string()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_commands_through_the_socket() {
+    let mut ts = TestServer::start_with(Options {
+        db: "sled",
+        ..Options::default()
+    })
+    .await;
+    let cfg = config_for(ts.dir.path(), &ts.data_dir);
+    let socket = ts.data_dir.join("admin.sock");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the admin socket is private");
+    }
+
+    // EAB keys while the server runs.
+    let (ok, out, err) = cli(&["eab", "add", &cfg, "--kid", "team-a"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("kid:         team-a") && out.contains("hmac key:"),
+        "{out}"
+    );
+    let keys = json(&["eab", "list", &cfg, "--json"]);
+    assert_eq!(keys[0]["kid"], "team-a");
+    assert!(
+        keys[0].get("hmac_key").is_none(),
+        "list never shows MAC keys"
+    );
+    let (ok, _, err) = cli(&["eab", "add", &cfg, "--kid", "team-a"]);
+    assert!(!ok && err.contains("exists already"), "{err}");
+
+    // An issuance to look at.
+    let (account, _) = ts.account().await;
+    let ids = [Identifier::Dns("admin.test".into())];
+    let mut order = account.new_order(&NewOrder::new(&ids)).await.unwrap();
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut a = a.unwrap();
+        let mut ch = a.challenge(ChallengeType::Http01).unwrap();
+        ts.responders
+            .set_http01(&ch.token, ch.key_authorization().as_str());
+        ch.set_ready().await.unwrap();
+    }
+    order.poll_ready(&RetryPolicy::default()).await.unwrap();
+    order.finalize().await.unwrap();
+    order
+        .poll_certificate(&RetryPolicy::default())
+        .await
+        .unwrap();
+    let account_id = account.id().rsplit('/').next().unwrap().to_owned();
+
+    let accounts = json(&["accounts", "list", &cfg, "--json"]);
+    assert!(
+        accounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == account_id.as_str())
+    );
+    let (ok, table, _) = cli(&["accounts", "list", &cfg]);
+    assert!(
+        ok && table.starts_with("ID") && table.contains(&account_id),
+        "{table}"
+    );
+    let orders = json(&["orders", "list", &cfg, "--status", "valid", "--json"]);
+    assert_eq!(orders[0]["identifiers"][0], "dns:admin.test");
+    let certs = json(&["certs", "list", &cfg, "--account", &account_id, "--json"]);
+    let serial = certs[0]["serial"].as_str().unwrap().to_owned();
+    let (ok, shown, _) = cli(&["certs", "show", &cfg, &serial]);
+    assert!(ok && shown.contains("BEGIN CERTIFICATE"), "{shown}");
+    let (ok, out, err) = cli(&["certs", "revoke", &cfg, &serial, "--reason", "4"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"reason\":4"), "{out}");
+    let (ok, _, err) = cli(&["certs", "revoke", &cfg, &serial]);
+    assert!(!ok && err.contains("already revoked"), "{err}");
+    let (ok, _, err) = cli(&["orders", "list", &cfg, "--status", "done"]);
+    assert!(!ok && err.contains("--status"), "{err}");
+
+    let (ok, out, _) = cli(&["accounts", "deactivate", &cfg, &account_id]);
+    assert!(ok && out.contains("deactivated"), "{out}");
+    let refused = account.new_order(&NewOrder::new(&ids)).await;
+    assert!(refused.is_err(), "a deactivated account cannot order");
+
+    // Without a running server: a clear error, except EAB keys, which then
+    // go to the store directly.
+    ts.stop().await;
+    let (ok, _, err) = cli(&["accounts", "list", &cfg]);
+    assert!(!ok && err.contains("the server is not running"), "{err}");
+    let keys = json(&["eab", "list", &cfg, "--json"]);
+    assert_eq!(keys[0]["kid"], "team-a");
+}
