@@ -113,7 +113,7 @@ pub async fn start_with(
         match (overrides.upstream, overrides.upstream_factory) {
             (Some(u), _) => u,
             (None, Some(factory)) => factory(Arc::clone(&store)),
-            (None, None) => build_upstream(&cfg, &data_dir, &store)?,
+            (None, None) => build_upstream(&cfg, &data_dir, &store).await?,
         };
 
     let resolvers = cfg.resolvers()?;
@@ -212,7 +212,7 @@ pub async fn start_with(
 }
 
 /// The upstream CA that `authority.type` names.
-fn build_upstream(
+async fn build_upstream(
     cfg: &Config,
     data_dir: &std::path::Path,
     store: &Arc<dyn Store>,
@@ -246,6 +246,15 @@ fn build_upstream(
                     default_lifetime: lifetime,
                 })
                 .context("opening the softcas CA")?,
+            ))
+        }
+        "vaultcas" => {
+            let settings = cfg.vaultcas()?;
+            let address = settings.address.clone();
+            Ok(Arc::new(
+                crate::upstream::vault::VaultCas::connect(settings)
+                    .await
+                    .with_context(|| format!("connecting to Vault at {address}"))?,
             ))
         }
         other => anyhow::bail!("upstream {other:?} is not available in this build"),

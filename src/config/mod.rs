@@ -7,6 +7,7 @@
 mod duration;
 mod policy;
 mod secret;
+mod vaultcas;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -20,6 +21,10 @@ use crate::acme::types::ChallengeType;
 pub use duration::parse_go_duration;
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
 pub use secret::Secret;
+pub use vaultcas::{
+    DEFAULT_KUBERNETES_TOKEN_PATH, SecretIdSource, VaultAuth, VaultAuthOptions, VaultCasConfig,
+    VaultCasSettings,
+};
 
 /// Errors in the configuration; each names the key or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -837,7 +842,10 @@ impl Config {
                     ignored.insert("authority.config.dns01_txt".to_owned());
                 }
             }
-            "stepcas" | "vaultcas" => {
+            "vaultcas" => {
+                self.vaultcas()?;
+            }
+            "stepcas" => {
                 return Err(ConfigError::invalid(
                     "authority.type",
                     format!(

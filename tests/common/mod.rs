@@ -10,6 +10,7 @@ pub mod procs;
 pub mod raw;
 pub mod responders;
 pub mod slowproxy;
+pub mod vault_standin;
 
 #[allow(unused_imports)]
 pub(crate) use procs::*;

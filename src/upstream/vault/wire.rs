@@ -1,0 +1,464 @@
+//! The Vault HTTP API's wire details for the vaultcas upstream: the sign
+//! request, the chain in its answer, Vault's serial form, and what Vault's
+//! status codes and `errors` mean for the RA.
+//!
+//! <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::oid_registry::{
+    OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+};
+use x509_parser::prelude::FromDer;
+
+use crate::acme::{Identifier, ProblemType};
+use crate::config::{Secret, SecretIdSource, VaultCasSettings};
+use crate::upstream::{SignRequest, UpstreamError};
+
+/// The PKI role for the CSR's key type and the body of
+/// `POST /v1/<pki>/sign/<role>`.
+pub(super) fn sign_body(
+    req: &SignRequest,
+    s: &VaultCasSettings,
+) -> Result<(String, Value), UpstreamError> {
+    let (_, csr) =
+        X509CertificationRequest::from_der(&req.csr_der).map_err(|e| UpstreamError::Rejected {
+            kind: ProblemType::BadCsr,
+            detail: format!("the CSR cannot be parsed: {e}"),
+        })?;
+    let info = &csr.certification_request_info;
+    let key = &info.subject_pki.algorithm.algorithm;
+    let role = if *key == OID_PKCS1_RSAENCRYPTION {
+        &s.role_rsa
+    } else if *key == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        &s.role_ec
+    } else if *key == OID_SIG_ED25519 {
+        &s.role_ed25519
+    } else {
+        &s.role_default
+    };
+    let dns: Vec<&str> = req
+        .identifiers
+        .iter()
+        .filter_map(|i| match i {
+            Identifier::Dns(d) => Some(d.as_str()),
+            Identifier::Ip(_) => None,
+        })
+        .collect();
+    let ips: Vec<String> = req
+        .identifiers
+        .iter()
+        .filter_map(|i| match i {
+            Identifier::Ip(ip) => Some(ip.to_string()),
+            Identifier::Dns(_) => None,
+        })
+        .collect();
+    let csr_cn = info
+        .subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok());
+    let common_name = csr_cn
+        .filter(|cn| dns.contains(cn))
+        .or_else(|| dns.first().copied());
+    let mut body = json!({
+        "csr": pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", req.csr_der.clone())),
+        "format": "pem",
+    });
+    if let Some(cn) = common_name {
+        body["common_name"] = cn.into();
+    }
+    if !dns.is_empty() {
+        body["alt_names"] = dns.join(",").into();
+    }
+    if !ips.is_empty() {
+        body["ip_sans"] = ips.join(",").into();
+    }
+    if let Some(not_after) = req.not_after {
+        let secs = (not_after - OffsetDateTime::now_utc()).whole_seconds();
+        if secs > 0 {
+            body["ttl"] = format!("{secs}s").into();
+        }
+    }
+    Ok((role.clone(), body))
+}
+
+/// The certificates (DER) in a sign answer.
+pub(super) struct Signed {
+    /// What the RA serves: leaf first, then the issuers without the root.
+    pub(super) served: Vec<Vec<u8>>,
+    /// Every issuer Vault sent, the root included, for `/roots.pem`.
+    pub(super) issuers: Vec<Vec<u8>>,
+}
+
+/// The chain in a sign answer's `data`.
+pub(super) fn issued_chain(data: &Value, what: &str) -> Result<Signed, UpstreamError> {
+    let leaf = pem_certificates(&data["certificate"]);
+    let issuers: Vec<Vec<u8>> = match &data["ca_chain"] {
+        Value::Array(items) if !items.is_empty() => {
+            items.iter().flat_map(pem_certificates).collect()
+        }
+        _ => pem_certificates(&data["issuing_ca"]),
+    };
+    if leaf.is_empty() {
+        return Err(UpstreamError::Internal {
+            context: format!("Vault's answer to {what} has no certificate in data.certificate"),
+            source: None,
+        });
+    }
+    // The served chain ends below the root; duplicates are dropped.
+    let mut certificates = leaf;
+    for c in &issuers {
+        if !is_self_signed(c) && !certificates.contains(c) {
+            certificates.push(c.clone());
+        }
+    }
+    Ok(Signed {
+        served: certificates,
+        issuers,
+    })
+}
+
+/// The AppRole secret ID from its source (files and variables are read at
+/// each login, so they may be rotated).
+pub(super) fn read_secret_id(source: &SecretIdSource) -> Result<Secret, UpstreamError> {
+    let text = match source {
+        SecretIdSource::Inline(s) => return Ok(s.clone()),
+        SecretIdSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+            internal(
+                format!("reading the AppRole secretIDFile {}", path.display()),
+                e,
+            )
+        })?,
+        SecretIdSource::Env(var) => std::env::var(var).map_err(|e| {
+            internal(
+                format!("reading the AppRole secret ID from the environment variable {var}"),
+                e,
+            )
+        })?,
+    };
+    Ok(Secret::new(text.trim().to_owned()))
+}
+
+/// The body of a successful answer, or the error Vault's status means.
+pub(super) fn checked(status: StatusCode, body: Value, what: &str) -> Result<Value, UpstreamError> {
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(vault_error(status, &body, what))
+    }
+}
+
+/// Vault's `errors` array, joined; the status when there is none.
+pub(super) fn errors_text(body: &Value, status: StatusCode) -> String {
+    let said: Vec<&str> = body["errors"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if said.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        said.join("; ")
+    }
+}
+
+/// 4xx: refused for good, with Vault's words; 5xx, 429 and the rest: try later.
+pub(super) fn vault_error(status: StatusCode, body: &Value, what: &str) -> UpstreamError {
+    let said = errors_text(body, status);
+    if !status.is_client_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return UpstreamError::Unavailable {
+            context: format!("Vault failed {what}: {said}"),
+            source: None,
+        };
+    }
+    let lower = said.to_ascii_lowercase();
+    let kind = match status {
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => ProblemType::Unauthorized,
+        // A missing mount or role is the RA's configuration, not the client's.
+        StatusCode::NOT_FOUND => ProblemType::ServerInternal,
+        _ if lower.contains("unknown role") || lower.contains("no handler for route") => {
+            ProblemType::ServerInternal
+        }
+        _ if [
+            "not allowed",
+            "common name",
+            "alt name",
+            "ip san",
+            "subject alternative",
+        ]
+        .iter()
+        .any(|w| lower.contains(w)) =>
+        {
+            ProblemType::RejectedIdentifier
+        }
+        _ if [
+            "csr",
+            "certificate request",
+            "key type",
+            "key bits",
+            "public key",
+        ]
+        .iter()
+        .any(|w| lower.contains(w)) =>
+        {
+            ProblemType::BadCsr
+        }
+        _ => ProblemType::Malformed,
+    };
+    UpstreamError::Rejected {
+        kind,
+        detail: format!("Vault refused {what}: {said}"),
+    }
+}
+
+/// The certificates (DER) in a PEM string value.
+pub(super) fn pem_certificates(v: &Value) -> Vec<Vec<u8>> {
+    v.as_str()
+        .and_then(|s| pem::parse_many(s).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect()
+}
+
+/// Whether `der` is a certificate that signs itself (a root).
+pub(super) fn is_self_signed(der: &[u8]) -> bool {
+    X509Certificate::from_der(der).is_ok_and(|(_, c)| {
+        c.subject().as_raw() == c.issuer().as_raw() && c.verify_signature(None).is_ok()
+    })
+}
+
+/// Vault's serial form, `1f:0a:…`: from the certificate, else from `hex`.
+pub(super) fn vault_serial(certificate_der: &[u8], serial_hex: &str) -> String {
+    let bytes = match X509Certificate::from_der(certificate_der) {
+        Ok((_, c)) => c.raw_serial().to_vec(),
+        Err(_) => {
+            let padded = if serial_hex.len() % 2 == 1 {
+                format!("0{serial_hex}")
+            } else {
+                serial_hex.to_owned()
+            };
+            padded
+                .as_bytes()
+                .chunks(2)
+                .filter_map(|p| {
+                    std::str::from_utf8(p)
+                        .ok()
+                        .and_then(|p| u8::from_str_radix(p, 16).ok())
+                })
+                .collect()
+        }
+    };
+    let start = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or_else(|| bytes.len().saturating_sub(1));
+    bytes
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Lower-case hex.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An [`UpstreamError::Internal`] with its source.
+pub(super) fn internal(
+    context: impl Into<String>,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> UpstreamError {
+    UpstreamError::Internal {
+        context: context.into(),
+        source: Some(Box::new(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_colon_hex_without_leading_zeros() {
+        assert_eq!(vault_serial(b"not a certificate", "0a1b"), "0a:1b");
+        assert_eq!(vault_serial(b"", "a1b"), "0a:1b");
+        assert_eq!(vault_serial(b"", "00ff10"), "ff:10");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x.test".into()]).unwrap();
+        params.serial_number = Some(vec![0, 0x80, 0x01, 0xfe].into());
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(vault_serial(cert.der(), "ignored"), "80:01:fe");
+        assert!(is_self_signed(cert.der()));
+    }
+
+    fn settings() -> VaultCasSettings {
+        VaultCasSettings {
+            address: "https://vault.test:8200".into(),
+            fingerprint: None,
+            pki_mount_path: "pki".into(),
+            role_default: "any".into(),
+            role_rsa: "rsa".into(),
+            role_ec: "ec".into(),
+            role_ed25519: "ed".into(),
+            auth_mount_path: "approle".into(),
+            auth: crate::config::VaultAuth::Kubernetes {
+                role: "r".into(),
+                token_path: "/t".into(),
+            },
+        }
+    }
+
+    fn request(alg: &'static rcgen::SignatureAlgorithm, cn: &str) -> SignRequest {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["b.test".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        SignRequest {
+            csr_der: params.serialize_request(&key).unwrap().der().to_vec(),
+            identifiers: vec![
+                Identifier::Dns("a.test".into()),
+                Identifier::Dns("b.test".into()),
+                Identifier::Ip("192.0.2.7".parse().unwrap()),
+                Identifier::Ip("2001:db8::1".parse().unwrap()),
+            ],
+            not_before: None,
+            not_after: Some(OffsetDateTime::now_utc() + time::Duration::hours(24)),
+            resume: None,
+            replaces: None,
+        }
+    }
+
+    #[test]
+    fn sign_body_picks_the_role_by_key_type_and_lists_the_names() {
+        let (role, body) = sign_body(
+            &request(&rcgen::PKCS_ECDSA_P384_SHA384, "b.test"),
+            &settings(),
+        )
+        .unwrap();
+        assert_eq!(role, "ec");
+        assert_eq!(
+            body["common_name"], "b.test",
+            "the CSR's CN when it is ordered"
+        );
+        assert_eq!(body["alt_names"], "a.test,b.test");
+        assert_eq!(body["ip_sans"], "192.0.2.7,2001:db8::1");
+        assert_eq!(body["format"], "pem");
+        let ttl: i64 = body["ttl"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        assert!((86_390..=86_400).contains(&ttl), "{ttl}");
+        assert!(
+            body["csr"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
+        );
+
+        let (role, body) =
+            sign_body(&request(&rcgen::PKCS_ED25519, "other.test"), &settings()).unwrap();
+        assert_eq!(role, "ed");
+        assert_eq!(
+            body["common_name"], "a.test",
+            "else the first DNS identifier"
+        );
+
+        let bad = SignRequest {
+            csr_der: b"junk".to_vec(),
+            ..request(&rcgen::PKCS_ED25519, "a.test")
+        };
+        let e = sign_body(&bad, &settings()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                UpstreamError::Rejected {
+                    kind: ProblemType::BadCsr,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_served_chain_leaves_out_the_root() {
+        let ca = |name: &str| {
+            let mut p = rcgen::CertificateParams::default();
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p
+        };
+        let root =
+            rcgen::CertifiedIssuer::self_signed(ca("root"), rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let int = rcgen::CertifiedIssuer::signed_by(
+            ca("int"),
+            rcgen::KeyPair::generate().unwrap(),
+            &root,
+        )
+        .unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["a.test".into()])
+            .unwrap()
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &int)
+            .unwrap();
+        let data = json!({"certificate": leaf.pem(), "issuing_ca": int.pem(), "ca_chain": [int.pem(), root.pem()]});
+        let signed = issued_chain(&data, "signing").unwrap();
+        assert_eq!(signed.served, [leaf.der().to_vec(), int.der().to_vec()]);
+        assert_eq!(signed.issuers.last(), Some(&root.der().to_vec()));
+        let old = json!({"certificate": leaf.pem(), "issuing_ca": int.pem()});
+        assert_eq!(issued_chain(&old, "signing").unwrap().served.len(), 2);
+        assert!(issued_chain(&json!({}), "signing").is_err());
+    }
+
+    #[test]
+    fn vault_errors_map_to_problems() {
+        let kind = |status: u16, msg: &str| match vault_error(
+            StatusCode::from_u16(status).unwrap(),
+            &json!({"errors": [msg]}),
+            "signing",
+        ) {
+            UpstreamError::Rejected { kind, detail } => {
+                assert!(detail.contains(msg), "{detail}");
+                Some(kind)
+            }
+            UpstreamError::Unavailable { context, .. } => {
+                assert!(context.contains(msg), "{context}");
+                None
+            }
+            UpstreamError::Internal { .. } => unreachable!(),
+        };
+        assert_eq!(
+            kind(403, "permission denied"),
+            Some(ProblemType::Unauthorized)
+        );
+        assert_eq!(
+            kind(400, "common name evil.test not allowed by this role"),
+            Some(ProblemType::RejectedIdentifier)
+        );
+        assert_eq!(
+            kind(400, "certificate request could not be parsed"),
+            Some(ProblemType::BadCsr)
+        );
+        assert_eq!(
+            kind(400, "unknown role: nope"),
+            Some(ProblemType::ServerInternal)
+        );
+        assert_eq!(kind(400, "something else"), Some(ProblemType::Malformed));
+        assert_eq!(kind(503, "Vault is sealed"), None);
+        assert_eq!(kind(429, "standby"), None);
+        let bare = vault_error(StatusCode::BAD_GATEWAY, &Value::Null, "x").to_string();
+        assert!(bare.contains("502"), "{bare}");
+    }
+}
