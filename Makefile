@@ -18,6 +18,7 @@ test: test-deps
 
 test-deps:
 	bash tests/interop/install-clients.sh
+	sh tests/stepca/build-stepca.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -26,6 +26,7 @@ use crate::tls::{ServerIdentity, TlsOptions};
 use crate::upstream::CertificateAuthorityService;
 use crate::upstream::acme::{AcmeUpstream, AcmeUpstreamOptions};
 use crate::upstream::softcas::{SoftCas, SoftCasOptions};
+use crate::upstream::stepca::{StepCa, StepCaOptions};
 use crate::validate::{HickoryResolver, ValidationSettings, Validator};
 
 /// A running server, for `main` and for tests.
@@ -113,7 +114,7 @@ pub async fn start_with(
         match (overrides.upstream, overrides.upstream_factory) {
             (Some(u), _) => u,
             (None, Some(factory)) => factory(Arc::clone(&store)),
-            (None, None) => build_upstream(&cfg, &data_dir, &store)?,
+            (None, None) => build_upstream(&cfg, &data_dir, &store).await?,
         };
 
     let resolvers = cfg.resolvers()?;
@@ -205,7 +206,7 @@ pub async fn start_with(
 }
 
 /// The upstream CA that `authority.type` names.
-fn build_upstream(
+async fn build_upstream(
     cfg: &Config,
     data_dir: &std::path::Path,
     store: &Arc<dyn Store>,
@@ -239,6 +240,24 @@ fn build_upstream(
                     default_lifetime: lifetime,
                 })
                 .context("opening the softcas CA")?,
+            ))
+        }
+        "stepcas" => {
+            let sc = cfg.stepcas()?;
+            let opts = StepCaOptions {
+                password: sc.password()?,
+                ca_url: sc.ca_url,
+                fingerprint: sc.fingerprint,
+                issuer: sc.issuer,
+                provisioner: sc.provisioner,
+                key: sc.key,
+                crt: sc.crt,
+                timeout: StdDuration::from_secs(30),
+            };
+            Ok(Arc::new(
+                StepCa::connect(opts)
+                    .await
+                    .context("setting up the step-ca upstream")?,
             ))
         }
         other => anyhow::bail!("upstream {other:?} is not available in this build"),

@@ -6,6 +6,7 @@
 
 mod duration;
 mod secret;
+mod stepcas;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use crate::acme::types::ChallengeType;
 
 pub use duration::parse_go_duration;
 pub use secret::Secret;
+pub use stepcas::{IssuerType, StepCasConfig, read_password_file};
 
 /// Errors in the configuration; each names the key or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +166,10 @@ pub struct AuthorityConfig {
     pub certificate_authority_fingerprint: Option<String>,
     #[serde(default)]
     pub certificate_issuer: Option<Value>,
+    /// The stepcas issuer password from `--issuer-password-file`; wins over
+    /// `certificateIssuer.password`. Never read from the file.
+    #[serde(skip)]
+    pub issuer_password: Option<Secret>,
     // step-ca keys acmeproxy does not use.
     #[serde(default)]
     template: Option<Value>,
@@ -805,7 +811,10 @@ impl Config {
                     ignored.insert("authority.config.dns01_txt".to_owned());
                 }
             }
-            "stepcas" | "vaultcas" => {
+            "stepcas" => {
+                self.stepcas()?;
+            }
+            "vaultcas" => {
                 return Err(ConfigError::invalid(
                     "authority.type",
                     format!(

@@ -4,6 +4,7 @@
 
 pub mod acme;
 pub mod softcas;
+pub mod stepca;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
