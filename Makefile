@@ -12,12 +12,13 @@ run: build
 	@test -f $(RUN_DIR)/ca.json || ./target/release/acmeproxy init --dir $(RUN_DIR)
 	./target/release/acmeproxy $(RUN_DIR)/ca.json
 
-# Installs what the tests drive (certbot, lego, uacme, dehydrated, openssl), then runs every test.
+# Installs what the tests drive (certbot, lego, uacme, dehydrated, pebble, a step-ca built from Debian's sources), then runs every test.
 test: test-deps
 	$(CARGO) test --locked
 
 test-deps:
 	bash tests/interop/install-clients.sh
+	sh tests/stepca/build-stepca.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -30,12 +30,23 @@ use crate::store::sled::SledStore;
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     let command = match (cli.command, cli.config) {
         (Some(c), _) => c,
-        (None, Some(config)) => Command::Serve { config },
+        (None, Some(config)) => Command::Serve {
+            config,
+            issuer_password_file: cli.issuer_password_file,
+        },
         (None, None) => bail!("give a configuration file: acmeproxy ca.json (or see --help)"),
     };
     match command {
-        Command::Serve { config } => {
-            let (cfg, warnings) = load(&config)?;
+        Command::Serve {
+            config,
+            issuer_password_file,
+        } => {
+            let (mut cfg, warnings) = load(&config)?;
+            if let Some(file) = issuer_password_file {
+                cfg.authority.issuer_password = Some(
+                    crate::config::read_password_file(&file).context("--issuer-password-file")?,
+                );
+            }
             crate::telemetry::init(
                 cfg.logger.as_ref().and_then(|l| l.format.as_deref()) == Some("json"),
             );

@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     /// The configuration file (same as `acmeproxy serve CONFIG`).
     pub config: Option<PathBuf>,
+    /// As `serve --issuer-password-file`.
+    #[arg(long, value_name = "FILE")]
+    pub issuer_password_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -23,6 +26,11 @@ pub enum Command {
     Serve {
         /// The ca.json file.
         config: PathBuf,
+        /// stepcas: the file holding the password of the issuer key (the
+        /// JWK provisioner key, or the x5c key); wins over
+        /// `certificateIssuer.password` (step-ca's flag of the same name).
+        #[arg(long, value_name = "FILE")]
+        issuer_password_file: Option<PathBuf>,
     },
     /// Validates a configuration exactly as start-up does, and exits.
     CheckConfig {

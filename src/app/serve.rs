@@ -26,6 +26,7 @@ use crate::tls::{ServerIdentity, TlsOptions};
 use crate::upstream::CertificateAuthorityService;
 use crate::upstream::acme::{AcmeUpstream, AcmeUpstreamOptions};
 use crate::upstream::softcas::{SoftCas, SoftCasOptions};
+use crate::upstream::stepca::{StepCa, StepCaOptions};
 use crate::validate::{HickoryResolver, ValidationSettings, Validator};
 
 /// A running server, for `main` and for tests.
@@ -255,6 +256,24 @@ async fn build_upstream(
                 crate::upstream::vault::VaultCas::connect(settings)
                     .await
                     .with_context(|| format!("connecting to Vault at {address}"))?,
+            ))
+        }
+        "stepcas" => {
+            let sc = cfg.stepcas()?;
+            let opts = StepCaOptions {
+                password: sc.password()?,
+                ca_url: sc.ca_url,
+                fingerprint: sc.fingerprint,
+                issuer: sc.issuer,
+                provisioner: sc.provisioner,
+                key: sc.key,
+                crt: sc.crt,
+                timeout: StdDuration::from_secs(30),
+            };
+            Ok(Arc::new(
+                StepCa::connect(opts)
+                    .await
+                    .context("setting up the step-ca upstream")?,
             ))
         }
         other => anyhow::bail!("upstream {other:?} is not available in this build"),

@@ -7,6 +7,7 @@
 mod duration;
 mod policy;
 mod secret;
+mod stepcas;
 mod vaultcas;
 
 use std::collections::BTreeSet;
@@ -21,6 +22,7 @@ use crate::acme::types::ChallengeType;
 pub use duration::parse_go_duration;
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
 pub use secret::Secret;
+pub use stepcas::{IssuerType, StepCasConfig, read_password_file};
 pub use vaultcas::{
     DEFAULT_KUBERNETES_TOKEN_PATH, SecretIdSource, VaultAuth, VaultAuthOptions, VaultCasConfig,
     VaultCasSettings,
@@ -172,6 +174,10 @@ pub struct AuthorityConfig {
     pub certificate_authority_fingerprint: Option<String>,
     #[serde(default)]
     pub certificate_issuer: Option<Value>,
+    /// The stepcas issuer password from `--issuer-password-file`; wins over
+    /// `certificateIssuer.password`. Never read from the file.
+    #[serde(skip)]
+    pub issuer_password: Option<Secret>,
     // step-ca keys acmeproxy does not use.
     #[serde(default)]
     template: Option<Value>,
@@ -846,13 +852,7 @@ impl Config {
                 self.vaultcas()?;
             }
             "stepcas" => {
-                return Err(ConfigError::invalid(
-                    "authority.type",
-                    format!(
-                        "upstream {:?} is not supported by this version of acmeproxy yet; use \"softcas\"",
-                        self.authority.kind
-                    ),
-                ));
+                self.stepcas()?;
             }
             other => {
                 return Err(ConfigError::invalid(

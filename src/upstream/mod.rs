@@ -4,6 +4,7 @@
 
 pub mod acme;
 pub mod softcas;
+pub mod stepca;
 pub mod vault;
 
 use async_trait::async_trait;
