@@ -87,6 +87,22 @@ pub enum EabCommand {
         /// A key id of your choice (default: random).
         #[arg(long)]
         kid: Option<String>,
+        /// Limit the account to these DNS names (`example.com`, `*.example.com`
+        /// one level below, `.example.com` any depth); repeatable.
+        #[arg(long = "allow-dns")]
+        allow_dns: Vec<String>,
+        /// Limit the account to these IP addresses or CIDR networks; repeatable.
+        #[arg(long = "allow-ip")]
+        allow_ip: Vec<String>,
+        /// Refuse these DNS names even when allowed; repeatable.
+        #[arg(long = "deny-dns")]
+        deny_dns: Vec<String>,
+        /// Refuse these IP networks even when allowed; repeatable.
+        #[arg(long = "deny-ip")]
+        deny_ip: Vec<String>,
+        /// Allow wildcard names (with a policy they are refused by default).
+        #[arg(long)]
+        allow_wildcards: bool,
     },
     /// Lists the keys (never the MAC keys).
     List {

@@ -464,7 +464,7 @@ async fn external_account_binding() {
     let raw = Raw::new(&ts).await;
     assert_eq!(raw.dir["meta"]["externalAccountRequired"], true);
     let authority = ts.server.as_ref().unwrap().authority();
-    let record = authority.create_eab_key("acme", None).await.unwrap();
+    let record = authority.create_eab_key("acme", None, None).await.unwrap();
     let url = raw.url("newAccount");
 
     // No binding.

@@ -76,6 +76,63 @@ async fn admin_commands_through_the_socket() {
     let (ok, _, err) = cli(&["eab", "add", &cfg, "--kid", "team-a"]);
     assert!(!ok && err.contains("exists already"), "{err}");
 
+    // A team's key limited to its domains: the account it binds can order
+    // nothing else.
+    let (ok, out, err) = cli(&[
+        "eab",
+        "add",
+        &cfg,
+        "--kid",
+        "team-b",
+        "--allow-dns",
+        ".team.test",
+    ]);
+    assert!(ok, "{err}");
+    let hmac = out
+        .lines()
+        .find_map(|l| l.strip_prefix("hmac key:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let key =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &hmac).unwrap();
+    let (team, _) = instant_acme::Account::builder_with_root(&ts.root_file)
+        .unwrap()
+        .create(
+            &instant_acme::NewAccount {
+                contact: &[],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            ts.directory_url(),
+            Some(&instant_acme::ExternalAccountKey::new(
+                "team-b".into(),
+                &key,
+            )),
+        )
+        .await
+        .unwrap();
+    let Err(instant_acme::Error::Api(p)) = team
+        .new_order(&NewOrder::new(&[Identifier::Dns("www.other.test".into())]))
+        .await
+    else {
+        panic!("a name outside the key's policy must be refused");
+    };
+    let detail = p.detail.unwrap_or_default();
+    assert!(detail.contains("EAB key \"team-b\""), "{detail}");
+    team.new_order(&NewOrder::new(&[Identifier::Dns("a.b.team.test".into())]))
+        .await
+        .unwrap();
+    let keys = json(&["eab", "list", &cfg, "--json"]);
+    let b = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == "team-b")
+        .unwrap();
+    assert_eq!(b["policy"]["allow_dns"][0], ".team.test");
+    assert!(b["bound_account"].is_string());
+
     // An issuance to look at.
     let (account, _) = ts.account().await;
     let ids = [Identifier::Dns("admin.test".into())];

@@ -108,7 +108,11 @@ async fn offline_eab(cfg: &Config, req: &AdminRequest) -> anyhow::Result<Option<
         )?);
     let detail = |e: crate::ra::RaError| anyhow::anyhow!("{}", e.problem.detail);
     Ok(Some(match req {
-        AdminRequest::EabAdd { provisioner, kid } => {
+        AdminRequest::EabAdd {
+            provisioner,
+            kid,
+            policy,
+        } => {
             if !cfg
                 .authority
                 .provisioners
@@ -121,6 +125,7 @@ async fn offline_eab(cfg: &Config, req: &AdminRequest) -> anyhow::Result<Option<
                 &records,
                 provisioner,
                 kid.clone(),
+                policy.clone(),
                 time::OffsetDateTime::now_utc(),
             )
             .await

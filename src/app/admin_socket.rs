@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::acme::types::OrderStatus;
-use crate::model::{AccountRecord, CertificateRecord, EabKeyRecord, OrderRecord};
+use crate::model::{AccountRecord, CertificateRecord, EabKeyRecord, EabPolicy, OrderRecord};
 use crate::ra::{Authority, RaError, eab};
 
 /// The socket's file name in the data directory.
@@ -32,6 +32,8 @@ pub enum AdminRequest {
     EabAdd {
         provisioner: String,
         kid: Option<String>,
+        #[serde(default)]
+        policy: Option<EabPolicy>,
     },
     EabList,
     EabRemove {
@@ -155,8 +157,12 @@ async fn handle(stream: UnixStream, ra: &Authority) -> std::io::Result<()> {
 
 async fn execute(ra: &Authority, req: AdminRequest) -> Result<Value, RaError> {
     Ok(match req {
-        AdminRequest::EabAdd { provisioner, kid } => {
-            let k = ra.create_eab_key(&provisioner, kid).await?;
+        AdminRequest::EabAdd {
+            provisioner,
+            kid,
+            policy,
+        } => {
+            let k = ra.create_eab_key(&provisioner, kid, policy).await?;
             json!({
                 "kid": k.kid,
                 "hmac_key": URL_SAFE_NO_PAD.encode(&k.hmac_key),
@@ -216,6 +222,7 @@ pub(super) fn eab_view(k: &EabKeyRecord) -> Value {
         "provisioner": k.provisioner,
         "created": t(k.created_at),
         "bound_account": k.bound_account,
+        "policy": k.policy,
     })
 }
 
@@ -302,14 +309,30 @@ impl crate::cli::AdminCommand {
                 config,
                 provisioner,
                 kid,
-            }) => (
-                config.clone(),
-                AdminRequest::EabAdd {
-                    provisioner: provisioner.clone(),
-                    kid: kid.clone(),
-                },
-                false,
-            ),
+                allow_dns,
+                allow_ip,
+                deny_dns,
+                deny_ip,
+                allow_wildcards,
+            }) => {
+                let policy = EabPolicy {
+                    allow_dns: allow_dns.clone(),
+                    allow_ip: allow_ip.clone(),
+                    deny_dns: deny_dns.clone(),
+                    deny_ip: deny_ip.clone(),
+                    allow_wildcard_names: *allow_wildcards,
+                };
+                let any = policy != EabPolicy::default();
+                (
+                    config.clone(),
+                    AdminRequest::EabAdd {
+                        provisioner: provisioner.clone(),
+                        kid: kid.clone(),
+                        policy: any.then_some(policy),
+                    },
+                    false,
+                )
+            }
             Self::Eab(E::List { config, json }) => (config.clone(), AdminRequest::EabList, *json),
             Self::Eab(E::Remove { config, kid }) => (
                 config.clone(),

@@ -146,6 +146,25 @@ pub struct EabKeyRecord {
     pub created_at: OffsetDateTime,
     /// The account bound with this key; a key binds one account only.
     pub bound_account: Option<AccountId>,
+    /// Names the account bound with this key may order (a team's key limited
+    /// to its own domains), on top of the authority's and provisioner's.
+    #[serde(default)]
+    pub policy: Option<EabPolicy>,
+}
+
+/// A name policy attached to an EAB key (step-ca's x509 policy shape).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EabPolicy {
+    #[serde(default)]
+    pub allow_dns: Vec<String>,
+    #[serde(default)]
+    pub allow_ip: Vec<String>,
+    #[serde(default)]
+    pub deny_dns: Vec<String>,
+    #[serde(default)]
+    pub deny_ip: Vec<String>,
+    #[serde(default)]
+    pub allow_wildcard_names: bool,
 }
 
 impl std::fmt::Debug for EabKeyRecord {
@@ -156,6 +175,7 @@ impl std::fmt::Debug for EabKeyRecord {
             .field("hmac_key", &"***")
             .field("created_at", &self.created_at)
             .field("bound_account", &self.bound_account)
+            .field("policy", &self.policy)
             .finish()
     }
 }

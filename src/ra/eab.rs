@@ -6,7 +6,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::Authority;
 use super::error::{RaError, problem};
 use crate::acme::ProblemType;
-use crate::model::{EabKeyRecord, random_token};
+use crate::model::{EabKeyRecord, EabPolicy, random_token};
+use crate::policy::rules::NamePolicy;
 use crate::store::records::Batch;
 use crate::store::{Records, StoreError};
 
@@ -16,8 +17,12 @@ pub async fn create_key(
     records: &Records,
     provisioner: &str,
     kid: Option<String>,
+    policy: Option<EabPolicy>,
     now: time::OffsetDateTime,
 ) -> Result<EabKeyRecord, RaError> {
+    if let Some(p) = &policy {
+        key_policy("new", p).map_err(|m| RaError::new(ProblemType::Malformed, m))?;
+    }
     let kid = kid.unwrap_or_else(|| random_token(12));
     if kid.is_empty() || kid.len() > 128 || !kid.bytes().all(|b| b.is_ascii_graphic()) {
         return problem(
@@ -35,6 +40,7 @@ pub async fn create_key(
         hmac_key: key,
         created_at: now,
         bound_account: None,
+        policy,
     };
     match records.commit(Batch::new().insert(&record)).await {
         Ok(()) => Ok(record),
@@ -68,12 +74,43 @@ pub async fn remove_key(records: &Records, kid: &str) -> Result<(), RaError> {
     Ok(())
 }
 
+/// The checked rules of a key's policy.
+pub fn key_policy(kid: &str, p: &EabPolicy) -> Result<NamePolicy, String> {
+    NamePolicy::new(
+        format!("EAB key {kid:?}"),
+        &p.allow_dns,
+        &p.deny_dns,
+        &p.allow_ip,
+        &p.deny_ip,
+        p.allow_wildcard_names,
+    )
+}
+
 impl Authority {
+    /// The policy of the EAB key an account was bound with, if it has one.
+    pub(super) async fn account_key_policy(
+        &self,
+        account: &crate::model::AccountRecord,
+    ) -> Result<Option<NamePolicy>, RaError> {
+        let Some(kid) = &account.eab_kid else {
+            return Ok(None);
+        };
+        let Some(key) = self.records.get::<EabKeyRecord>(kid).await? else {
+            return Ok(None);
+        };
+        key.policy
+            .as_ref()
+            .map(|p| key_policy(kid, p))
+            .transpose()
+            .map_err(|m| RaError::new(ProblemType::ServerInternal, m))
+    }
+
     /// Creates an EAB key for a configured provisioner.
     pub async fn create_eab_key(
         &self,
         provisioner: &str,
         kid: Option<String>,
+        policy: Option<EabPolicy>,
     ) -> Result<EabKeyRecord, RaError> {
         if self.provisioner(provisioner).is_none() {
             return problem(
@@ -81,6 +118,6 @@ impl Authority {
                 format!("there is no provisioner {provisioner:?}"),
             );
         }
-        create_key(&self.records, provisioner, kid, self.clock.now()).await
+        create_key(&self.records, provisioner, kid, policy, self.clock.now()).await
     }
 }

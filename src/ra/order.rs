@@ -39,7 +39,9 @@ impl Authority {
             );
         };
         let identifiers = check_identifiers(&req.identifiers).map_err(RaError::from_problem)?;
-        if let Err((id, why)) = crate::policy::rules::check_all(&prov.policies, &identifiers) {
+        let key_policy = self.account_key_policy(account).await?;
+        let policies: Vec<_> = prov.policies.iter().cloned().chain(key_policy).collect();
+        if let Err((id, why)) = crate::policy::rules::check_all(&policies, &identifiers) {
             return Err(RaError::from_problem(
                 crate::acme::Problem::new(ProblemType::RejectedIdentifier, why).with_identifier(id),
             ));
