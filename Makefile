@@ -1,8 +1,10 @@
 # acmeproxy: build, run on the embedded default, test, lint.
 CARGO ?= cargo
 RUN_DIR ?= run
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: build run test test-deps lint fmt clean
+.PHONY: build run install test test-deps lint fmt clean
 
 build:
 	$(CARGO) build --release --locked
@@ -12,7 +14,13 @@ run: build
 	@test -f $(RUN_DIR)/ca.json || ./target/release/acmeproxy init --dir $(RUN_DIR)
 	./target/release/acmeproxy $(RUN_DIR)/ca.json
 
-# Installs what the tests drive (certbot, lego, uacme, dehydrated, pebble, a step-ca built from Debian's sources), then runs every test.
+# Installs the release binary, a starter /etc/acmeproxy/ca.json, the data
+# directory and the systemd unit (see ./install.sh --help); as root unless
+# DESTDIR is set.
+install: build
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" ./install.sh --binary target/release/acmeproxy
+
+# Installs what the tests drive (certbot, lego, uacme, dehydrated, pebble, promtool, a step-ca built from Debian's sources), then runs every test.
 test: test-deps
 	$(CARGO) test --locked
 

@@ -41,6 +41,9 @@ pub struct Options {
     /// A whole `authority` block (an upstream other than softcas); the
     /// provisioner settings above are merged into its first provisioner.
     pub authority: Option<serde_json::Value>,
+    /// Serve metrics on 127.0.0.1 (a free port; see `Server::metrics_addr`)
+    /// instead of turning them off.
+    pub metrics: bool,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
             data_dir: None,
             provisioner_extra: serde_json::json!({}),
             authority: None,
+            metrics: false,
         }
     }
 }
@@ -103,7 +107,11 @@ impl TestServer {
             "dataDir": data_dir,
             "db": {"type": opts.db},
             "logger": {"format": "text"},
-            "metrics": {"enabled": false},
+            "metrics": if opts.metrics {
+                serde_json::json!({"address": "127.0.0.1:0"})
+            } else {
+                serde_json::json!({"enabled": false})
+            },
             "authority": match &opts.authority {
                 Some(a) => {
                     let mut a = a.clone();

@@ -5,7 +5,7 @@
 # that; prints what it did.
 set -eu
 
-PACKAGES="certbot lego uacme dehydrated pebble openssl python3 curl ca-certificates util-linux"
+PACKAGES="certbot lego uacme dehydrated pebble openssl python3 curl ca-certificates util-linux prometheus shellcheck"
 
 missing=""
 for pkg in $PACKAGES; do
@@ -32,7 +32,7 @@ timeout 600 apt-get update -q
 echo "install-clients: apt-get install -y$missing"
 # shellcheck disable=SC2086 # word splitting of the package list is wanted
 timeout 1200 apt-get install -y -q --no-install-recommends $missing
-for bin in certbot lego uacme dehydrated pebble openssl; do
+for bin in certbot lego uacme dehydrated pebble openssl promtool; do
     command -v "$bin" >/dev/null || { echo "install-clients: $bin still missing" >&2; exit 1; }
 done
 echo "install-clients: done"
