@@ -103,6 +103,10 @@ pub enum EabCommand {
         /// Allow wildcard names (with a policy they are refused by default).
         #[arg(long)]
         allow_wildcards: bool,
+        /// Trust the bound account for the allowed names without challenges
+        /// (a downstream acmeproxy that validates its own clients).
+        #[arg(long)]
+        prevalidated: bool,
     },
     /// Lists the keys (never the MAC keys).
     List {

@@ -133,6 +133,9 @@ async fn admin_commands_through_the_socket() {
     assert_eq!(b["policy"]["allow_dns"][0], ".team.test");
     assert!(b["bound_account"].is_string());
 
+    let (ok, _, err) = cli(&["eab", "add", &cfg, "--kid", "lazy", "--prevalidated"]);
+    assert!(!ok && err.contains("needs allow rules"), "{err}");
+
     // An issuance to look at.
     let (account, _) = ts.account().await;
     let ids = [Identifier::Dns("admin.test".into())];

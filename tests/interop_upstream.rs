@@ -57,6 +57,118 @@ fn uacme_http01_via_pebble() {
     scenario(Client::Uacme, "uacme-up.test", None);
 }
 
+/// certbot → acmeproxy → acmeproxy → Pebble. The inner RA trusts the outer
+/// one for `.chain.test` through a pre-validated EAB key (as a commercial CA
+/// pre-validates an organisation's domains); the outer RA validates certbot.
+#[test]
+fn certbot_through_a_chain_of_two_ras() {
+    let client = Client::Certbot;
+    if let Some(why) = client
+        .missing_prerequisite()
+        .or_else(|| (!Pebble::available()).then(|| "`pebble` is not installed".to_owned()))
+    {
+        assert!(std::env::var_os("CI").is_none(), "chain: {why} (CI is set)");
+        eprintln!("SKIPPED chain of RAs: {why}");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("acmeproxy-chain-")
+        .tempdir()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pebble = runtime.block_on(Pebble::start(PebbleOptions::default()));
+    let root = tmp.path().join("pebble-root.pem");
+    fs::write(&root, runtime.block_on(pebble.root_pem())).unwrap();
+
+    // The inner RA, in front of Pebble; accounts need EAB.
+    let inner = runtime.block_on(common::TestServer::start_with(common::Options {
+        db: "sled",
+        require_eab: true,
+        authority: Some(pebble.authority_json()),
+        ..common::Options::default()
+    }));
+    let key = runtime
+        .block_on(inner.server.as_ref().unwrap().authority().create_eab_key(
+            "acme",
+            Some("outer-ra".into()),
+            Some(acmeproxy::model::EabPolicy {
+                // The clients' names, and the outer RA's own HTTPS names.
+                allow_dns: vec![".chain.test".into(), "localhost".into()],
+                allow_ip: vec!["127.0.0.1".into()],
+                prevalidated: true,
+                ..Default::default()
+            }),
+        ))
+        .unwrap();
+
+    // The outer RA, as the real binary, with the inner one as its upstream.
+    let records = tmp.path().join("dns-records");
+    fs::create_dir_all(&records).unwrap();
+    let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    dns.set_records_dir(Some(records.clone()));
+    let [acme, http01, tls_alpn01] = free_ports().unwrap();
+    let ports = Ports {
+        http01,
+        tls_alpn01,
+        dns: dns.addr(),
+        dns_records: records,
+    };
+    let authority = json!({
+        "type": "externalcas",
+        "config": {
+            "ca_url": inner.directory_url(),
+            "account_email": "outer-ra@example.org",
+            "eab_kid": key.kid,
+            "eab_hmac_key": base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD, &key.hmac_key),
+            "ca_bundle": root,
+            "cert_obtain_timeout": 30
+        },
+        "provisioners": [{"type": "ACME", "name": "acme"}]
+    });
+    let outer = Server::start_with_authority(tmp.path(), acme, &ports, authority, &root)
+        .unwrap_or_else(|e| {
+            panic!(
+                "outer RA: {e}\n{}",
+                tail(&tmp.path().join("server.log"), 100)
+            )
+        });
+
+    let name = "www.chain.test";
+    let outcome = run_client(
+        client,
+        &outer.directory_url,
+        &root,
+        name,
+        Challenge::Http01,
+        &ports,
+        &tmp.path().join("clients"),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "certbot through two RAs: {e}\n{}",
+            tail(&tmp.path().join("server.log"), 100)
+        )
+    });
+    let first = verify_cert(&outcome.issued, name, &root).unwrap();
+    let second = verify_cert(&outcome.renewed, name, &root).unwrap();
+    assert_ne!(first.serial, second.serial);
+    // Pebble: both RAs' own certificates, the issued and the renewed one.
+    expect_issued(&pebble, 4, "through the chain").unwrap();
+    let revoked = runtime.block_on(pebble.cert_status(&second.serial.to_ascii_lowercase()));
+    assert_eq!(
+        revoked, "Revoked",
+        "certbot's revocation reached Pebble through both RAs"
+    );
+    println!(
+        "chain certbot → acmeproxy → acmeproxy → pebble: issue {:.2}s, renew {:.2}s, revoke {:.2}s",
+        outcome.issue_time.as_secs_f64(),
+        outcome.renew_time.as_secs_f64(),
+        outcome.revoke_time.as_secs_f64()
+    );
+    drop(outer);
+}
+
 #[test]
 fn certbot_http01_via_slow_pebble() {
     scenario(Client::Certbot, "certbot-slow.test", Some(UPSTREAM_DELAY));
@@ -251,6 +363,17 @@ impl Server {
         authority["config"]["ca_url"] = json!(ca_url);
         // a slow upstream needs more than the default 20 s per attempt
         authority["config"]["cert_obtain_timeout"] = json!(90);
+        Self::start_with_authority(tmp, port, ports, authority, root)
+    }
+
+    /// Like [`Server::start`] with any `authority` block.
+    fn start_with_authority(
+        tmp: &Path,
+        port: u16,
+        ports: &Ports,
+        authority: serde_json::Value,
+        root: &Path,
+    ) -> Result<Self, String> {
         let config = json!({
             "address": format!("127.0.0.1:{port}"),
             "dnsNames": ["localhost", "127.0.0.1"],

@@ -314,6 +314,7 @@ impl crate::cli::AdminCommand {
                 deny_dns,
                 deny_ip,
                 allow_wildcards,
+                prevalidated,
             }) => {
                 let policy = EabPolicy {
                     allow_dns: allow_dns.clone(),
@@ -321,6 +322,7 @@ impl crate::cli::AdminCommand {
                     deny_dns: deny_dns.clone(),
                     deny_ip: deny_ip.clone(),
                     allow_wildcard_names: *allow_wildcards,
+                    prevalidated: *prevalidated,
                 };
                 let any = policy != EabPolicy::default();
                 (

@@ -165,6 +165,12 @@ pub struct EabPolicy {
     pub deny_ip: Vec<String>,
     #[serde(default)]
     pub allow_wildcard_names: bool,
+    /// Names the policy allows are pre-validated for the bound account: its
+    /// authorizations are created valid, without challenges. For a trusted
+    /// downstream RA that validates its own clients (chained RAs), as a
+    /// commercial CA pre-validates an organisation's domains.
+    #[serde(default)]
+    pub prevalidated: bool,
 }
 
 impl std::fmt::Debug for EabKeyRecord {

@@ -22,6 +22,12 @@ pub async fn create_key(
 ) -> Result<EabKeyRecord, RaError> {
     if let Some(p) = &policy {
         key_policy("new", p).map_err(|m| RaError::new(ProblemType::Malformed, m))?;
+        if p.prevalidated && p.allow_dns.is_empty() && p.allow_ip.is_empty() {
+            return problem(
+                ProblemType::Malformed,
+                "a pre-validated key needs allow rules (--allow-dns/--allow-ip) naming what it is trusted for",
+            );
+        }
     }
     let kid = kid.unwrap_or_else(|| random_token(12));
     if kid.is_empty() || kid.len() > 128 || !kid.bytes().all(|b| b.is_ascii_graphic()) {
@@ -87,22 +93,23 @@ pub fn key_policy(kid: &str, p: &EabPolicy) -> Result<NamePolicy, String> {
 }
 
 impl Authority {
-    /// The policy of the EAB key an account was bound with, if it has one.
+    /// The policy of the EAB key an account was bound with, if it has one,
+    /// and whether the names it allows are pre-validated.
     pub(super) async fn account_key_policy(
         &self,
         account: &crate::model::AccountRecord,
-    ) -> Result<Option<NamePolicy>, RaError> {
+    ) -> Result<(Option<NamePolicy>, bool), RaError> {
         let Some(kid) = &account.eab_kid else {
-            return Ok(None);
+            return Ok((None, false));
         };
         let Some(key) = self.records.get::<EabKeyRecord>(kid).await? else {
-            return Ok(None);
+            return Ok((None, false));
         };
-        key.policy
-            .as_ref()
-            .map(|p| key_policy(kid, p))
-            .transpose()
-            .map_err(|m| RaError::new(ProblemType::ServerInternal, m))
+        let Some(p) = &key.policy else {
+            return Ok((None, false));
+        };
+        let rules = key_policy(kid, p).map_err(|m| RaError::new(ProblemType::ServerInternal, m))?;
+        Ok((Some(rules), p.prevalidated))
     }
 
     /// Creates an EAB key for a configured provisioner.

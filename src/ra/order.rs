@@ -39,7 +39,7 @@ impl Authority {
             );
         };
         let identifiers = check_identifiers(&req.identifiers).map_err(RaError::from_problem)?;
-        let key_policy = self.account_key_policy(account).await?;
+        let (key_policy, prevalidated) = self.account_key_policy(account).await?;
         let policies: Vec<_> = prov.policies.iter().cloned().chain(key_policy).collect();
         if let Err((id, why)) = crate::policy::rules::check_all(&policies, &identifiers) {
             return Err(RaError::from_problem(
@@ -125,13 +125,22 @@ impl Authority {
                 );
             }
             let token = random_token(32);
+            if prevalidated {
+                // The key's allow rules (checked above) name what this
+                // account is trusted for: no challenge to answer.
+                tracing::info!(account = %account.id, identifier = %id, "authorization pre-validated by the account's EAB key");
+            }
             authzs.push(AuthzRecord {
                 id: AuthzId::random(),
                 account_id: account.id.clone(),
                 order_id: order_id.clone(),
                 identifier: base,
                 wildcard,
-                status: AuthorizationStatus::Pending,
+                status: if prevalidated {
+                    AuthorizationStatus::Valid
+                } else {
+                    AuthorizationStatus::Pending
+                },
                 expires: authz_expires,
                 challenges: kinds
                     .into_iter()
@@ -149,7 +158,11 @@ impl Authority {
             id: order_id,
             account_id: account.id.clone(),
             provisioner: account.provisioner.clone(),
-            status: OrderStatus::Pending,
+            status: if prevalidated {
+                OrderStatus::Ready
+            } else {
+                OrderStatus::Pending
+            },
             identifiers,
             authz_ids: authzs.iter().map(|a| a.id.clone()).collect(),
             not_before,
