@@ -123,7 +123,11 @@ async fn fifty_issuances_with_five_percent_bad_nonces() {
     if !pebble_or_skip() {
         return;
     }
-    let pebble = Pebble::start(PebbleOptions { nonce_reject: 5 }).await;
+    let pebble = Pebble::start(PebbleOptions {
+        nonce_reject: 5,
+        ..PebbleOptions::default()
+    })
+    .await;
     let ts = std::sync::Arc::new(ra_for(&pebble).await);
     let (account, _) = ts.account().await;
     let started = Instant::now();
@@ -179,4 +183,47 @@ async fn orders_complete_after_an_upstream_outage_during_finalize() {
         .await
         .unwrap();
     assert_chains_to(&chain, &pebble.root_pem().await);
+}
+
+#[tokio::test]
+async fn an_upstream_refusal_makes_the_order_invalid_with_its_reason() {
+    if !pebble_or_skip() {
+        return;
+    }
+    let pebble = Pebble::start(PebbleOptions {
+        blocklist: &["blocked.test"],
+        ..PebbleOptions::default()
+    })
+    .await;
+    let ts = ra_for(&pebble).await;
+    let (account, _) = ts.account().await;
+    let ids = [Identifier::Dns("www.blocked.test".to_owned())];
+    let mut order = account.new_order(&NewOrder::new(&ids)).await.unwrap();
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut a = a.unwrap();
+        let mut ch = a.challenge(ChallengeType::Http01).unwrap();
+        ts.responders
+            .set_http01(&ch.token, ch.key_authorization().as_str());
+        ch.set_ready().await.unwrap();
+    }
+    order.poll_ready(&RetryPolicy::default()).await.unwrap();
+    order.finalize().await.unwrap();
+    let err = order
+        .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(60)))
+        .await
+        .expect_err("the upstream refuses the name");
+    let instant_acme::Error::Api(p) = err else {
+        panic!("expected the order's problem, got {err}");
+    };
+    assert_eq!(
+        p.r#type.as_deref(),
+        Some("urn:ietf:params:acme:error:rejectedIdentifier")
+    );
+    let detail = p.detail.unwrap_or_default();
+    assert!(
+        detail.contains("upstream CA refused") && detail.contains("blocked.test"),
+        "{detail}"
+    );
+    assert_eq!(order.state().status, OrderStatus::Invalid);
 }

@@ -26,6 +26,7 @@ pub struct Pebble {
     /// base64url MAC key.
     pub eab_hmac: String,
     nonce_reject: u8,
+    blocklist: Vec<String>,
 }
 
 /// Options for Pebble.
@@ -33,6 +34,8 @@ pub struct Pebble {
 pub struct PebbleOptions {
     /// Percentage of good nonces Pebble rejects (PEBBLE_WFE_NONCEREJECT).
     pub nonce_reject: u8,
+    /// Domains Pebble refuses to issue for (rejectedIdentifier).
+    pub blocklist: &'static [&'static str],
 }
 
 fn free_port() -> u16 {
@@ -91,6 +94,7 @@ impl Pebble {
             eab_kid,
             eab_hmac,
             nonce_reject: opts.nonce_reject,
+            blocklist: opts.blocklist.iter().map(|d| (*d).to_owned()).collect(),
         };
         pebble.spawn().await;
         pebble
@@ -107,6 +111,7 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": true,
             "externalAccountMACKeys": {self.eab_kid.clone(): self.eab_hmac.clone()},
+            "domainBlocklist": self.blocklist,
         }});
         let cfg_path = self.dir.path().join("pebble-config.json");
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
