@@ -3,6 +3,7 @@
 //! `softcas` backend, meant for a first run and for tests, keeps one.
 
 pub mod acme;
+mod pinning;
 pub mod softcas;
 pub mod stepca;
 pub mod vault;

@@ -12,13 +12,12 @@ use http::{Method, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
 use super::internal;
 use crate::upstream::UpstreamError;
+use crate::upstream::pinning::DangerousUnpinnedFirstFetch;
 
 /// Largest response body read from step-ca.
 const MAX_BODY: usize = 1 << 20;
@@ -131,62 +130,6 @@ pub(super) fn trusting(root: &[u8]) -> Result<rustls::ClientConfig, UpstreamErro
 /// TLS that accepts any server certificate, for the one root fetch whose
 /// answer is checked against the fingerprint.
 pub(super) fn insecure_tls() -> Result<rustls::ClientConfig, UpstreamError> {
-    let provider = provider();
-    Ok(
-        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| internal("TLS versions".into(), Some(Box::new(e))))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
-            .with_no_client_auth(),
-    )
-}
-
-/// Accepts every certificate, but still checks the handshake signatures.
-#[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    DangerousUnpinnedFirstFetch::client_config(provider())
+        .map_err(|e| internal("TLS versions".into(), Some(Box::new(e))))
 }

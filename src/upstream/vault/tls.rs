@@ -10,15 +10,14 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ring::digest::{SHA256, digest};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::REQUEST_TIMEOUT;
 use super::wire::{hex, internal};
 use crate::config::VaultCasSettings;
 use crate::upstream::UpstreamError;
+use crate::upstream::pinning::DangerousUnpinnedFirstFetch;
 
 /// The client the upstream sends its requests with.
 pub(super) type HttpsClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, String>;
@@ -72,12 +71,8 @@ async fn pinned_ca(
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| internal("TLS versions", e))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ChainCollector(provider)))
-        .with_no_client_auth();
+    let config = DangerousUnpinnedFirstFetch::client_config(provider)
+        .map_err(|e| internal("TLS versions", e))?;
     let name = ServerName::try_from(host.clone()).map_err(|e| internal("Vault's host name", e))?;
     let unavailable = |e: std::io::Error| UpstreamError::Unavailable {
         context: format!("fetching Vault's TLS chain from {host}:{port}"),
@@ -113,54 +108,4 @@ async fn pinned_ca(
             ),
             source: None,
         })
-}
-
-/// Accepts any server certificate but checks the handshake signature: used
-/// once, only to read the chain whose CA the fingerprint then pins.
-#[derive(Debug)]
-struct ChainCollector(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for ChainCollector {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
