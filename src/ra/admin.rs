@@ -39,32 +39,15 @@ impl Authority {
 
     /// Deactivates an account (RFC 8555 §7.3.6) on the operator's behalf.
     pub async fn admin_deactivate_account(&self, id: &str) -> Result<AccountRecord, RaError> {
-        for _ in 0..8 {
-            let Some(current) = self.records.get::<AccountRecord>(id).await? else {
-                return problem(
-                    ProblemType::AccountDoesNotExist,
-                    format!("no account {id:?}"),
-                );
-            };
-            if current.status != AccountStatus::Valid {
-                return Ok(current.value);
-            }
-            let mut next = current.value.clone();
-            next.status = AccountStatus::Deactivated;
-            match self
-                .records
-                .commit(Batch::new().replace(&current, &next))
-                .await
-            {
-                Ok(()) => return Ok(next),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        let account = self.admin_account(id).await?;
+        if account.status != AccountStatus::Valid {
+            return Ok(account);
         }
-        problem(
-            ProblemType::ServerInternal,
-            "the account changed concurrently; try again",
-        )
+        let req = crate::acme::types::AccountUpdateRequest {
+            status: Some("deactivated".to_owned()),
+            ..Default::default()
+        };
+        self.update_account(&account, Some(req)).await
     }
 
     /// Orders, optionally of one account and in one status.
