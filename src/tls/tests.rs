@@ -1,0 +1,330 @@
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::*;
+use crate::upstream::softcas::{SoftCas, SoftCasOptions};
+use crate::upstream::{Checkpoint, IssuedChain, RevokeRequest};
+
+/// A SoftCas that counts certificates and can make them short-lived.
+struct Counting {
+    ca: SoftCas,
+    calls: AtomicUsize,
+    lifetime: Option<time::Duration>,
+    fail: AtomicBool,
+}
+
+#[async_trait]
+impl CertificateAuthorityService for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    async fn create_certificate(
+        &self,
+        req: &SignRequest,
+        checkpoint: &dyn Checkpoint,
+    ) -> Result<IssuedChain, UpstreamError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            let context = "test upstream is down".to_owned();
+            return Err(UpstreamError::Unavailable {
+                context,
+                source: None,
+            });
+        }
+        let mut req = req.clone();
+        if let Some(lifetime) = self.lifetime {
+            let now = OffsetDateTime::now_utc();
+            (req.not_before, req.not_after) = (Some(now), Some(now + lifetime));
+        }
+        self.ca.create_certificate(&req, checkpoint).await
+    }
+    async fn revoke_certificate(&self, req: &RevokeRequest) -> Result<(), UpstreamError> {
+        self.ca.revoke_certificate(req).await
+    }
+    fn roots(&self) -> Vec<Vec<u8>> {
+        self.ca.roots()
+    }
+}
+
+fn counting(dir: &Path, lifetime: Option<time::Duration>) -> Arc<Counting> {
+    let opts = SoftCasOptions {
+        dir: dir.join("softcas"),
+        name: "test".to_owned(),
+        default_lifetime: Duration::from_secs(3600),
+    };
+    let ca = SoftCas::open(opts).unwrap();
+    let (calls, fail) = (AtomicUsize::new(0), AtomicBool::new(false));
+    Arc::new(Counting {
+        ca,
+        calls,
+        lifetime,
+        fail,
+    })
+}
+
+fn options(dir: &Path, names: &[&str]) -> TlsOptions {
+    TlsOptions {
+        dns_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        data_dir: dir.to_owned(),
+        ..TlsOptions::default()
+    }
+}
+
+/// A chain and key PEM from `ca` for localhost, valid from `from` to `to`.
+async fn issue(ca: &SoftCas, from: OffsetDateTime, to: OffsetDateTime) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let req = SignRequest {
+        csr_der: csr.der().to_vec(),
+        identifiers: vec![Identifier::Dns("localhost".to_owned())],
+        not_before: Some(from),
+        not_after: Some(to),
+        resume: None,
+        replaces: None,
+    };
+    let chain = ca.create_certificate(&req, &NoCheckpoint).await.unwrap();
+    (chain.to_pem(), key.serialize_pem())
+}
+
+fn calls(upstream: &Counting) -> usize {
+    upstream.calls.load(Ordering::SeqCst)
+}
+
+/// Serves `config` on loopback, answering "ok" on every connection.
+async fn serve(config: Arc<ServerConfig>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(mut tls) = acceptor.accept(tcp).await {
+                let _ = tls.write_all(b"ok").await;
+                let _ = tls.shutdown().await;
+            }
+        }
+    });
+    addr
+}
+
+/// Connects trusting only `root`; returns the leaf served and the ALPN chosen.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    root: &[u8],
+    name: &str,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(root.to_vec())).unwrap();
+    let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let server_name = ServerName::try_from(name.to_owned()).unwrap();
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    tls.read_to_end(&mut body).await.unwrap();
+    assert_eq!(body, b"ok");
+    let (_, conn) = tls.get_ref();
+    let leaf = conn.peer_certificates().unwrap()[0].to_vec();
+    (leaf, conn.alpn_protocol().map(<[u8]>::to_vec))
+}
+
+fn leaf_of(chain_pem: &str) -> Vec<u8> {
+    CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn obtains_once_then_reuses_the_stored_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = counting(tmp.path(), None);
+    let opts = options(tmp.path(), &["ra.example.test", "127.0.0.1"]);
+    let first = ServerIdentity::load_or_obtain(&opts, upstream.clone())
+        .await
+        .unwrap();
+    assert_eq!(calls(&upstream), 1);
+    let dir = tmp.path().join("tls");
+    assert_eq!(
+        fs::read_to_string(dir.join(CERT_FILE)).unwrap(),
+        first.chain_pem()
+    );
+    let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        (mode(dir.join(KEY_FILE)), mode(dir.clone())),
+        (0o600, 0o700)
+    );
+
+    let second = ServerIdentity::load_or_obtain(&opts, upstream.clone())
+        .await
+        .unwrap();
+    assert_eq!(calls(&upstream), 1, "a restart must not cost a certificate");
+    assert_eq!(second.chain_pem(), first.chain_pem());
+    assert_eq!(second.not_after(), first.not_after());
+
+    let more = options(
+        tmp.path(),
+        &["ra.example.test", "127.0.0.1", "other.example.test"],
+    );
+    let third = ServerIdentity::load_or_obtain(&more, upstream.clone())
+        .await
+        .unwrap();
+    assert_eq!(calls(&upstream), 2, "a new name needs a new certificate");
+    assert_ne!(third.chain_pem(), first.chain_pem());
+}
+
+#[tokio::test]
+async fn replaces_a_stored_certificate_past_two_thirds_of_its_life() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = counting(tmp.path(), None);
+    let now = OffsetDateTime::now_utc();
+    let min = time::Duration::minutes(1);
+    let (old_chain, old_key) = issue(&upstream.ca, now - 10 * min, now + min).await;
+    let dir = tmp.path().join("tls");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join(CERT_FILE), &old_chain).unwrap();
+    fs::write(dir.join(KEY_FILE), &old_key).unwrap();
+    fs::set_permissions(dir.join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+    let opts = options(tmp.path(), &["localhost"]);
+
+    upstream.fail.store(true, Ordering::SeqCst);
+    let identity = ServerIdentity::load_or_obtain(&opts, upstream.clone())
+        .await
+        .unwrap();
+    assert_eq!(calls(&upstream), 1);
+    assert_eq!(
+        identity.chain_pem(),
+        old_chain,
+        "upstream down: serve the valid one"
+    );
+    let mode = fs::metadata(dir.join(KEY_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "a loose key file is tightened");
+
+    upstream.fail.store(false, Ordering::SeqCst);
+    let identity = ServerIdentity::load_or_obtain(&opts, upstream.clone())
+        .await
+        .unwrap();
+    assert_eq!(calls(&upstream), 2);
+    assert_ne!(identity.chain_pem(), old_chain);
+    assert!(identity.not_after() > now + 30 * min);
+    let stored = fs::read_to_string(dir.join(CERT_FILE)).unwrap();
+    assert_eq!(stored, identity.chain_pem());
+}
+
+#[tokio::test]
+async fn serves_tls_and_renews_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = counting(tmp.path(), Some(time::Duration::seconds(4)));
+    let opts = options(tmp.path(), &["localhost", "127.0.0.1"]);
+    let identity = ServerIdentity::load_or_obtain(&opts, upstream.clone())
+        .await
+        .unwrap();
+    let config = identity
+        .server_config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+        .unwrap();
+    let addr = serve(config).await;
+    let root = upstream.roots()[0].clone();
+    let first = leaf_of(&identity.chain_pem());
+    let (leaf, alpn) = handshake(addr, &root, "localhost").await;
+    assert_eq!((leaf, alpn), (first.clone(), Some(b"http/1.1".to_vec())));
+    assert_eq!(handshake(addr, &root, "127.0.0.1").await.0, first);
+
+    let shutdown = CancellationToken::new();
+    let task = identity.spawn_renewal(shutdown.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while calls(&upstream) < 2 || leaf_of(&identity.chain_pem()) == first {
+        assert!(tokio::time::Instant::now() < deadline, "no renewal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let renewed = leaf_of(&identity.chain_pem());
+    assert_eq!(handshake(addr, &root, "localhost").await.0, renewed);
+    let stored = fs::read_to_string(tmp.path().join("tls").join(CERT_FILE)).unwrap();
+    assert_eq!(leaf_of(&stored), renewed);
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn file_certificates_never_call_the_upstream_and_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = counting(tmp.path(), None);
+    let now = OffsetDateTime::now_utc();
+    let (chain1, key1) = issue(&upstream.ca, now, now + time::Duration::days(1)).await;
+    let (chain2, key2) = issue(&upstream.ca, now, now + time::Duration::days(2)).await;
+    let (cert_file, key_file) = (tmp.path().join("c.pem"), tmp.path().join("k.pem"));
+    fs::write(&cert_file, &chain1).unwrap();
+    fs::write(&key_file, &key1).unwrap();
+    let mut opts = options(tmp.path(), &[]);
+    (opts.cert_file, opts.key_file) = (Some(cert_file.clone()), Some(key_file.clone()));
+    opts.min_version = Some(1.3);
+    let identity = ServerIdentity::load_or_obtain(&opts, upstream.clone())
+        .await
+        .unwrap();
+    assert_eq!(identity.chain_pem(), chain1);
+    assert_eq!(identity.versions, [&TLS13]);
+
+    fs::write(&cert_file, &chain2).unwrap();
+    fs::write(&key_file, &key2).unwrap();
+    identity.reload_files().unwrap();
+    assert_eq!(identity.chain_pem(), chain2);
+    let hours = (identity.not_after() - now).whole_hours();
+    assert!((47..=48).contains(&hours), "{hours}");
+
+    fs::write(&key_file, &key1).unwrap();
+    let err = identity.reload_files().unwrap_err();
+    assert!(matches!(err, TlsError::Key { .. }), "{err}");
+    fs::write(&key_file, "not a key").unwrap();
+    let err = identity.reload_files().unwrap_err().to_string();
+    assert!(err.contains("k.pem holds no usable private key"), "{err}");
+    assert_eq!(
+        identity.chain_pem(),
+        chain2,
+        "a failed reload keeps the certificate in use"
+    );
+
+    let shutdown = CancellationToken::new();
+    let task = identity.spawn_renewal(shutdown.clone());
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(calls(&upstream), 0);
+    opts.key_file = None;
+    let err = ServerIdentity::load_or_obtain(&opts, upstream.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TlsError::Config(_)));
+}
+
+#[test]
+fn versions_follow_step_ca_settings() {
+    let v = |min, max| protocol_versions(min, max).map_err(|e| e.to_string());
+    assert_eq!(v(None, None).unwrap(), [&TLS13, &TLS12]);
+    assert_eq!(v(Some(1.0), None).unwrap(), [&TLS13, &TLS12]);
+    assert_eq!(v(Some(1.3), None).unwrap(), [&TLS13]);
+    assert_eq!(v(None, Some(1.2)).unwrap(), [&TLS12]);
+    assert!(
+        v(Some(1.3), Some(1.2))
+            .unwrap_err()
+            .contains("above maxVersion")
+    );
+    assert!(v(Some(1.4), None).unwrap_err().contains("minVersion 1.4"));
+    assert!(v(None, Some(1.1)).unwrap_err().contains("below TLS 1.2"));
+}
