@@ -15,6 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 /// Published tokens, and how often they were fetched.
@@ -35,6 +36,9 @@ impl Responder {
             .route("/.well-known/acme-challenge/{token}", get(answer))
             .with_state(responder.clone());
         tokio::spawn(async move {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, app).await {
                 eprintln!("acmeproxy-bench: http-01 responder stopped: {e}");
             }
