@@ -15,6 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 /// Published tokens, and how often they were fetched.
@@ -35,6 +36,9 @@ impl Responder {
             .route("/.well-known/acme-challenge/{token}", get(answer))
             .with_state(responder.clone());
         tokio::spawn(async move {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, app).await {
                 eprintln!("acmeproxy-bench: http-01 responder stopped: {e}");
             }
@@ -78,16 +82,24 @@ impl Drop for Published {
     }
 }
 
+/// Answers one validation request and closes the connection: every order has
+/// its own address, so a validator that keeps connections alive (step-ca's Go
+/// client does) would otherwise leave one idle connection per order open here.
 async fn answer(State(r): State<Arc<Responder>>, Path(token): Path<String>) -> Response {
     let found = r.lock().get(&token).cloned();
+    let close = (header::CONNECTION, "close");
     match found {
         Some(ka) => {
             r.served.fetch_add(1, Ordering::Relaxed);
-            ([(header::CONTENT_TYPE, "application/octet-stream")], ka).into_response()
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream"), close],
+                ka,
+            )
+                .into_response()
         }
         None => {
             r.unknown.fetch_add(1, Ordering::Relaxed);
-            StatusCode::NOT_FOUND.into_response()
+            (StatusCode::NOT_FOUND, [close]).into_response()
         }
     }
 }
