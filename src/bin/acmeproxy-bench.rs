@@ -82,7 +82,7 @@ struct Args {
     /// this port. IP identifiers need 0.0.0.0 to answer for all of 127/8.
     #[arg(long, default_value = "0.0.0.0:5002")]
     http01_listen: SocketAddr,
-    /// Order DNS names b<N>.<SUFFIX> instead of loopback IP identifiers; the
+    /// Order DNS names `b<N>.<SUFFIX>` instead of loopback IP identifiers; the
     /// server's resolver must map them to the responder.
     #[arg(long)]
     names_suffix: Option<String>,
