@@ -104,6 +104,9 @@ struct Args {
     /// connection per worker.
     #[arg(long)]
     connection_per_flow: bool,
+    /// Stop the run after this many failed flows (warm-up included).
+    #[arg(long)]
+    max_errors: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -121,6 +124,8 @@ struct Shared {
     timeout: Duration,
     connection_per_flow: bool,
     count: Option<u64>,
+    max_errors: Option<u64>,
+    failures: AtomicU64,
     next_ident: AtomicU64,
     phase: AtomicU8,
     measured_started: AtomicU64,
@@ -194,6 +199,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         timeout,
         connection_per_flow: args.connection_per_flow,
         count: args.count,
+        max_errors: args.max_errors,
+        failures: AtomicU64::new(0),
         next_ident: AtomicU64::new(offset),
         phase: AtomicU8::new(if args.warmup > 0.0 { WARMUP } else { MEASURING }),
         measured_started: AtomicU64::new(0),
@@ -212,8 +219,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         workers.spawn(worker(shared.clone()));
     }
     if args.warmup > 0.0 {
-        tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-        shared.phase.store(MEASURING, Ordering::SeqCst);
+        sleep_unless_done(
+            &shared,
+            Instant::now() + Duration::from_secs_f64(args.warmup),
+        )
+        .await;
+        // Unless --max-errors already ended the run.
+        let _ =
+            shared
+                .phase
+                .compare_exchange(WARMUP, MEASURING, Ordering::SeqCst, Ordering::SeqCst);
     }
     let t0 = Instant::now();
     let server_t0 = server_pid.as_deref().map(procstat::sample).transpose()?;
@@ -283,6 +298,10 @@ async fn worker(shared: Arc<Shared>) -> Stats {
         let took = started.elapsed();
         let in_window = shared.phase.load(Ordering::SeqCst) == MEASURING;
         if let Err(e) = &result {
+            let failures = shared.failures.fetch_add(1, Ordering::SeqCst) + 1;
+            if shared.max_errors.is_some_and(|max| failures >= max) {
+                shared.phase.store(DONE, Ordering::SeqCst);
+            }
             if shared.errors_shown.fetch_add(1, Ordering::Relaxed) < ERRORS_SHOWN {
                 eprintln!("acmeproxy-bench: flow for {ident} failed: {e}");
             }
@@ -329,12 +348,15 @@ async fn one_flow(
     flow::issue(session, account, ident, &shared.responder, &shared.settings).await
 }
 
-/// Sleeps through the measured window, printing progress to stderr.
+/// Sleeps through the measured window (or until --max-errors ends the run),
+/// printing progress to stderr every 10 s.
 async fn progress(shared: &Shared, t0: Instant, length: Duration) {
     let step = Duration::from_secs(10);
     let mut next = step;
     while next < length {
-        tokio::time::sleep_until((t0 + next).into()).await;
+        if !sleep_unless_done(shared, t0 + next).await {
+            return;
+        }
         eprintln!(
             "acmeproxy-bench: {:>4}s {} flows, {} failed",
             next.as_secs(),
@@ -343,7 +365,22 @@ async fn progress(shared: &Shared, t0: Instant, length: Duration) {
         );
         next += step;
     }
-    tokio::time::sleep_until((t0 + length).into()).await;
+    sleep_unless_done(shared, t0 + length).await;
+}
+
+/// Sleeps until `until`; false if the run ended first.
+async fn sleep_unless_done(shared: &Shared, until: Instant) -> bool {
+    let tick = Duration::from_millis(200);
+    loop {
+        if shared.phase.load(Ordering::SeqCst) == DONE {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        tokio::time::sleep((until - now).min(tick)).await;
+    }
 }
 
 async fn join(workers: &mut JoinSet<Stats>) -> anyhow::Result<Stats> {
@@ -469,6 +506,7 @@ fn report(
         },
         "ident_offset": offset,
         "poll_interval_ms": args.poll_interval_ms,
+        "max_errors": args.max_errors,
         "connection": if args.connection_per_flow { "per-flow" } else { "keep-alive per worker" },
         "http01_listen": args.http01_listen.to_string(),
         "client": "acmeproxy-bench (hand-written, HTTP/1.1, ES256 account keys)",
@@ -484,6 +522,9 @@ fn report(
         errors_total: stats.failed,
         errors: stats.errors.clone(),
         warmup_errors: shared.warmup_errors.load(Ordering::SeqCst),
+        stopped_by_errors: args
+            .max_errors
+            .is_some_and(|max| shared.failures.load(Ordering::SeqCst) >= max),
         bad_nonce_retries: stats.bad_nonce_retries,
         requests_per_flow: stats.request_count() as f64 / flows,
         order_polls_per_flow: stats.order_polls as f64 / stats.ok.max(1) as f64,

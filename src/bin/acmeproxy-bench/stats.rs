@@ -151,6 +151,8 @@ pub(crate) struct Report {
     pub(crate) errors: BTreeMap<String, u64>,
     /// Flows that failed during the warm-up.
     pub(crate) warmup_errors: u64,
+    /// The run ended early because --max-errors flows failed.
+    pub(crate) stopped_by_errors: bool,
     pub(crate) bad_nonce_retries: u64,
     pub(crate) requests_per_flow: f64,
     pub(crate) order_polls_per_flow: f64,
@@ -179,6 +181,9 @@ impl Report {
             "flows          {} ok, {} failed (warm-up failures {}); {} badNonce retries",
             self.flows_ok, self.flows_failed, self.warmup_errors, self.bad_nonce_retries
         );
+        if self.stopped_by_errors {
+            let _ = writeln!(s, "stopped early  --max-errors reached");
+        }
         let _ = writeln!(
             s,
             "per flow       {:.2} requests, {:.2} order polls; http-01 served {} (unknown {})",
