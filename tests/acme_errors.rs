@@ -807,6 +807,7 @@ async fn server_internal_hides_the_cause() {
             dir: dir.path().join("softcas"),
             name: "errors".to_owned(),
             default_lifetime: Duration::from_secs(86_400),
+            sign_delay: Duration::ZERO,
         })
         .unwrap(),
     );

@@ -481,6 +481,7 @@ fn crash_child_server() {
             dir: cfg.data_dir().join("softcas"),
             name: "acmeproxy".into(),
             default_lifetime: Duration::from_secs(90 * 86_400),
+            sign_delay: Duration::ZERO,
         })
         .unwrap();
         let upstream = Arc::new(BlockAfterFirst {

@@ -238,6 +238,7 @@ async fn build_upstream(
         }
         "softcas" => {
             let sc = cfg.softcas()?;
+            let sign_delay = sc.sign_delay()?;
             let lifetime =
                 StdDuration::from_secs(u64::from(sc.certlifetime.unwrap_or(90)) * 86_400);
             Ok(Arc::new(
@@ -245,6 +246,7 @@ async fn build_upstream(
                     dir: data_dir.join("softcas"),
                     name: sc.name.unwrap_or_else(|| "acmeproxy".to_owned()),
                     default_lifetime: lifetime,
+                    sign_delay,
                 })
                 .context("opening the softcas CA")?,
             ))

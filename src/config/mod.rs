@@ -383,6 +383,21 @@ pub struct SoftCasConfig {
     pub name: Option<String>,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// For benchmarks and tests only: wait this long (a Go duration such as
+    /// `10s`) before signing each certificate, to stand in for a slow upstream.
+    #[serde(default)]
+    pub sign_delay: Option<String>,
+}
+
+impl SoftCasConfig {
+    /// `signDelay` parsed; zero when absent.
+    pub fn sign_delay(&self) -> Result<std::time::Duration, ConfigError> {
+        match &self.sign_delay {
+            None => Ok(std::time::Duration::ZERO),
+            Some(s) => parse_go_duration(s)
+                .map_err(|e| ConfigError::invalid("authority.config.signDelay", e)),
+        }
+    }
 }
 
 /// The two places a metrics listener can be configured.

@@ -128,3 +128,27 @@ fn eab_secret_from_env_and_file() {
     let e = ext.eab_hmac_key().unwrap_err().to_string();
     assert!(e.contains("ACMEPROXY_TEST_SURELY_UNSET_VAR"), "{e}");
 }
+
+#[test]
+fn softcas_sign_delay_is_a_go_duration() {
+    let mut v = minimal();
+    v["authority"]["config"] = serde_json::json!({"signDelay": "10s"});
+    let (cfg, _) = Config::parse(&v.to_string()).unwrap();
+    assert_eq!(
+        cfg.softcas().unwrap().sign_delay().unwrap(),
+        std::time::Duration::from_secs(10)
+    );
+    v["authority"]["config"] = serde_json::json!({"signDelay": "ten seconds"});
+    let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+    assert!(e.contains("authority.config.signDelay"), "{e}");
+    assert_eq!(
+        Config::parse(&minimal().to_string())
+            .unwrap()
+            .0
+            .softcas()
+            .unwrap()
+            .sign_delay()
+            .unwrap(),
+        std::time::Duration::ZERO
+    );
+}

@@ -174,7 +174,7 @@ impl Config {
         }
         match self.authority.kind.as_str() {
             "softcas" => {
-                self.softcas()?;
+                self.softcas()?.sign_delay()?;
             }
             "externalcas" => {
                 let ext = self.externalcas()?;

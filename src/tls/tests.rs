@@ -57,6 +57,7 @@ fn counting(dir: &Path, lifetime: Option<time::Duration>) -> Arc<Counting> {
         dir: dir.join("softcas"),
         name: "test".to_owned(),
         default_lifetime: Duration::from_secs(3600),
+        sign_delay: Duration::ZERO,
     };
     let ca = SoftCas::open(opts).unwrap();
     let (calls, fail) = (AtomicUsize::new(0), AtomicBool::new(false));

@@ -57,6 +57,8 @@ pub struct SoftCasOptions {
     pub name: String,
     /// Leaf lifetime when the request names no notAfter.
     pub default_lifetime: std::time::Duration,
+    /// Waits this long before each signature (benchmarks: a slow upstream).
+    pub sign_delay: std::time::Duration,
 }
 
 /// A local CA: a root and an intermediate kept in a directory, the intermediate
@@ -68,6 +70,7 @@ pub struct SoftCas {
     intermediate_der: Vec<u8>,
     intermediate_not_after: OffsetDateTime,
     default_lifetime: time::Duration,
+    sign_delay: std::time::Duration,
     revocations: Arc<Revocations>,
 }
 
@@ -145,6 +148,7 @@ impl SoftCas {
             intermediate_der,
             intermediate_not_after,
             default_lifetime,
+            sign_delay: opts.sign_delay,
             revocations,
         })
     }
@@ -263,6 +267,9 @@ impl CertificateAuthorityService for SoftCas {
             )
         })?;
         let is_rsa = matches!(spki.parsed(), Ok(PublicKey::RSA(_)));
+        if !self.sign_delay.is_zero() {
+            tokio::time::sleep(self.sign_delay).await;
+        }
 
         let params = self.leaf_params(req, is_rsa)?;
         let leaf = params

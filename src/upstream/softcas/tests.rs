@@ -44,6 +44,7 @@ fn open(dir: &Path, lifetime_secs: u64) -> Result<SoftCas, UpstreamError> {
         dir: dir.to_owned(),
         name: "acmeproxy".to_owned(),
         default_lifetime: std::time::Duration::from_secs(lifetime_secs),
+        sign_delay: std::time::Duration::ZERO,
     })
 }
 
