@@ -4,10 +4,14 @@
 //! responder, finalizes with a fresh CSR and downloads the chain. It talks
 //! only to the directory URL, so it measures acmeproxy, Pebble or step-ca
 //! alike, and reports throughput, per-request latency percentiles, errors by
-//! problem type, and the server's CPU and memory from `/proc`.
+//! problem type, and the server's CPU and memory from `/proc`. With
+//! `--backlog N` it first leaves N orders in `processing` (slow upstream), and
+//! with `--finalize-nowait` flows end at a `processing` finalize answer.
 //!
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-7>
 
+#[path = "acmeproxy-bench/backlog.rs"]
+mod backlog;
 #[path = "acmeproxy-bench/client.rs"]
 mod client;
 #[path = "acmeproxy-bench/flow.rs"]
@@ -31,8 +35,9 @@ use clap::Parser;
 use ring::rand::SecureRandom;
 use tokio::task::JoinSet;
 
-use crate::client::{Directory, Http, Session};
-use crate::flow::{Account, FlowSettings, Identifier, KeyType};
+use crate::backlog::Backlog;
+use crate::client::{Directory, FlowError, Http, Session};
+use crate::flow::{Account, FlowSettings, Identifier, KeyType, Outcome};
 use crate::procstat::ProcSample;
 use crate::responder::Responder;
 use crate::stats::{ProcReport, Report, Stats};
@@ -107,6 +112,15 @@ struct Args {
     /// Stop the run after this many failed flows (warm-up included).
     #[arg(long)]
     max_errors: Option<u64>,
+    /// Before the warm-up, drive this many flows up to their finalize answer
+    /// and leave them (in `processing` on a slow upstream); read them once
+    /// after the window. Their requests are not measured.
+    #[arg(long, default_value_t = 0)]
+    backlog: u64,
+    /// End a flow when finalize answers `processing`: no polling, no
+    /// download. A `valid` answer still downloads the certificate.
+    #[arg(long)]
+    finalize_nowait: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -188,6 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         key_type: args.key_type,
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         poll_timeout: Duration::from_secs(30),
+        finalize_nowait: args.finalize_nowait,
     };
     let shared = Arc::new(Shared {
         tls,
@@ -213,6 +228,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server_pid = args.server_pid.map(|p| p.to_string());
     let server_idle = server_pid.as_deref().map(procstat::sample).transpose()?;
     let generator_idle = procstat::sample("self")?;
+
+    let backlog = if args.backlog > 0 {
+        eprintln!(
+            "acmeproxy-bench: building a backlog of {} orders",
+            args.backlog
+        );
+        Some(Backlog::build(&shared, args.backlog, args.concurrency).await?)
+    } else {
+        None
+    };
 
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency {
@@ -252,8 +277,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     shared.phase.store(DONE, Ordering::SeqCst);
+    let backlog = match backlog {
+        Some(b) => Some(b.check(&shared, args.concurrency).await?),
+        None => None,
+    };
 
-    let report = report(
+    let mut report = report(
         &args,
         &shared,
         stats,
@@ -262,6 +291,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         [server_idle, server_t0, server_t1],
         [generator_idle, generator_t0, generator_t1],
     );
+    report.backlog = backlog;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -288,10 +318,7 @@ async fn worker(shared: Arc<Shared>) -> Stats {
             http = Http::new(&shared.tls, shared.timeout, 1);
         }
         let n = shared.next_ident.fetch_add(1, Ordering::Relaxed);
-        let ident = match &shared.names_suffix {
-            Some(s) => Identifier::nth(n, Some(s)),
-            None => Identifier::nth(n % IP_SPACE, None),
-        };
+        let ident = identifier(&shared, n);
         let started = Instant::now();
         let mut session = Session::new(http.clone(), shared.dir.clone());
         let result = one_flow(&shared, &mut session, n, &ident).await;
@@ -317,9 +344,10 @@ async fn worker(shared: Arc<Shared>) -> Stats {
             stats.add_samples(&session.samples);
             stats.bad_nonce_retries += session.bad_nonce_retries;
             match result {
-                Ok(polls) => {
+                Ok(outcome) => {
                     stats.add_ok(took);
-                    stats.order_polls += u64::from(polls);
+                    stats.order_polls += u64::from(outcome.polls);
+                    stats.ended_processing += u64::from(outcome.ended_processing);
                 }
                 Err(e) => stats.add_error(e.key()),
             }
@@ -333,19 +361,33 @@ async fn one_flow(
     session: &mut Session,
     n: u64,
     ident: &Identifier,
-) -> Result<u32, client::FlowError> {
+) -> Result<Outcome, FlowError> {
     let fresh;
     let account = if shared.accounts.is_empty() {
         fresh = flow::new_account(session).await?;
         &fresh
     } else {
-        let i = usize::try_from(n).unwrap_or(0) % shared.accounts.len();
-        match shared.accounts.get(i) {
-            Some(a) => a,
-            None => return Err(client::FlowError::Protocol("no account".to_owned())),
-        }
+        shared_account(shared, n)?
     };
     flow::issue(session, account, ident, &shared.responder, &shared.settings).await
+}
+
+/// The identifier of flow `n`: `b<n>.<suffix>` or a loopback address.
+fn identifier(shared: &Shared, n: u64) -> Identifier {
+    match &shared.names_suffix {
+        Some(s) => Identifier::nth(n, Some(s)),
+        None => Identifier::nth(n % IP_SPACE, None),
+    }
+}
+
+/// The `--accounts` account that flow `n` uses.
+fn shared_account(shared: &Shared, n: u64) -> Result<&Account, FlowError> {
+    let len = shared.accounts.len().max(1);
+    let i = usize::try_from(n % len as u64).unwrap_or(0);
+    shared
+        .accounts
+        .get(i)
+        .ok_or_else(|| FlowError::Protocol("no account".to_owned()))
 }
 
 /// Sleeps through the measured window (or until --max-errors ends the run),
@@ -507,6 +549,8 @@ fn report(
         "ident_offset": offset,
         "poll_interval_ms": args.poll_interval_ms,
         "max_errors": args.max_errors,
+        "backlog": args.backlog,
+        "finalize_nowait": args.finalize_nowait,
         "connection": if args.connection_per_flow { "per-flow" } else { "keep-alive per worker" },
         "http01_listen": args.http01_listen.to_string(),
         "client": "acmeproxy-bench (hand-written, HTTP/1.1, ES256 account keys)",
@@ -528,10 +572,12 @@ fn report(
         bad_nonce_retries: stats.bad_nonce_retries,
         requests_per_flow: stats.request_count() as f64 / flows,
         order_polls_per_flow: stats.order_polls as f64 / stats.ok.max(1) as f64,
+        flows_ended_processing: stats.ended_processing,
         validations_served: shared.responder.served(),
         validations_unknown_token: shared.responder.unknown(),
         latency_ms: stats.latencies(),
         server,
         generator: proc_report(g_idle, g0, g1),
+        backlog: None,
     }
 }

@@ -97,6 +97,35 @@ pub(crate) struct FlowSettings {
     pub(crate) poll_interval: Duration,
     /// Give up polling after this long.
     pub(crate) poll_timeout: Duration,
+    /// End the flow when finalize answers `processing`, without polling or
+    /// downloading (`--finalize-nowait`).
+    pub(crate) finalize_nowait: bool,
+}
+
+/// How a flow that did not fail ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// Order polls sent.
+    pub(crate) polls: u32,
+    /// Finalize answered `processing` and the flow stopped there
+    /// (`--finalize-nowait`); no certificate was downloaded.
+    pub(crate) ended_processing: bool,
+}
+
+/// An order that finalize has been sent for (RFC 8555 §7.4).
+pub(crate) struct Finalized {
+    /// The order URL, for POST-as-GET.
+    pub(crate) order_url: String,
+    /// The order in the finalize answer.
+    order: Order,
+    polls: u32,
+}
+
+impl Finalized {
+    /// The order status in the finalize answer.
+    pub(crate) fn status(&self) -> &str {
+        &self.order.status
+    }
 }
 
 /// A registered account.
@@ -145,14 +174,65 @@ pub(crate) async fn new_account(session: &mut Session) -> Result<Account, FlowEr
 }
 
 /// One order for `ident`, validated by http-01 through `responder`, up to the
-/// downloaded certificate chain. Returns the number of order polls.
+/// downloaded certificate chain, or with `finalize_nowait` up to a finalize
+/// answer of `processing`.
 pub(crate) async fn issue(
     session: &mut Session,
     account: &Account,
     ident: &Identifier,
     responder: &Arc<Responder>,
     settings: &FlowSettings,
-) -> Result<u32, FlowError> {
+) -> Result<Outcome, FlowError> {
+    let Finalized {
+        order_url,
+        mut order,
+        mut polls,
+    } = finalize(session, account, ident, responder, settings).await?;
+    if settings.finalize_nowait && order.status == "processing" {
+        return Ok(Outcome {
+            polls,
+            ended_processing: true,
+        });
+    }
+    if order.status != "valid" {
+        order = poll(
+            session,
+            account,
+            &order_url,
+            &["ready", "processing"],
+            settings,
+            &mut polls,
+        )
+        .await?;
+    }
+    let Some(cert_url) = order.certificate.filter(|_| order.status == "valid") else {
+        return Err(invalid("order", order.error));
+    };
+
+    let (key, kid) = (&account.key, Some(account.kid.as_str()));
+    let resp = session
+        .post(Kind::CertDownload, &cert_url, key, kid, None)
+        .await?;
+    if !resp.body.starts_with(b"-----BEGIN CERTIFICATE-----") {
+        return Err(FlowError::Protocol(
+            "the certificate download is not a PEM chain".to_owned(),
+        ));
+    }
+    Ok(Outcome {
+        polls,
+        ended_processing: false,
+    })
+}
+
+/// One order for `ident`, validated by http-01 through `responder`, up to and
+/// including the finalize POST; nothing is polled after it.
+pub(crate) async fn finalize(
+    session: &mut Session,
+    account: &Account,
+    ident: &Identifier,
+    responder: &Arc<Responder>,
+    settings: &FlowSettings,
+) -> Result<Finalized, FlowError> {
     let (key, kid) = (&account.key, Some(account.kid.as_str()));
     let url = session.directory().new_order.clone();
     let payload = serde_json::json!({"identifiers": [ident.json()]});
@@ -215,31 +295,32 @@ pub(crate) async fn issue(
     let resp = session
         .post(Kind::Finalize, &order.finalize, key, kid, Some(&payload))
         .await?;
-    let mut order: Order = resp.json("order")?;
-    if order.status != "valid" {
-        order = poll(
-            session,
-            account,
-            &order_url,
-            &["ready", "processing"],
-            settings,
-            &mut polls,
+    let order: Order = resp.json("order")?;
+    Ok(Finalized {
+        order_url,
+        order,
+        polls,
+    })
+}
+
+/// The status of the order at `order_url`, read with one POST-as-GET
+/// (RFC 8555 §7.1.3).
+pub(crate) async fn order_status(
+    session: &mut Session,
+    account: &Account,
+    order_url: &str,
+) -> Result<String, FlowError> {
+    let resp = session
+        .post(
+            Kind::OrderPoll,
+            order_url,
+            &account.key,
+            Some(&account.kid),
+            None,
         )
         .await?;
-    }
-    let Some(cert_url) = order.certificate.filter(|_| order.status == "valid") else {
-        return Err(invalid("order", order.error));
-    };
-
-    let resp = session
-        .post(Kind::CertDownload, &cert_url, key, kid, None)
-        .await?;
-    if !resp.body.starts_with(b"-----BEGIN CERTIFICATE-----") {
-        return Err(FlowError::Protocol(
-            "the certificate download is not a PEM chain".to_owned(),
-        ));
-    }
-    Ok(polls)
+    let order: Order = resp.json("order")?;
+    Ok(order.status)
 }
 
 /// Polls the order (POST-as-GET) while its status is one of `waiting`: once

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::backlog::BacklogReport;
 use crate::client::Kind;
 
 /// What the workers collected about the flows started in the measured window.
@@ -21,6 +22,9 @@ pub(crate) struct Stats {
     pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) bad_nonce_retries: u64,
     pub(crate) order_polls: u64,
+    /// Successful flows that ended at a `processing` finalize answer
+    /// (`--finalize-nowait`).
+    pub(crate) ended_processing: u64,
 }
 
 impl Stats {
@@ -59,6 +63,7 @@ impl Stats {
         }
         self.bad_nonce_retries += other.bad_nonce_retries;
         self.order_polls += other.order_polls;
+        self.ended_processing += other.ended_processing;
     }
 
     /// Latency summaries per request kind, then `flow`.
@@ -77,15 +82,16 @@ impl Stats {
     }
 }
 
-/// Percentiles of one latency series, in milliseconds.
+/// Percentiles of one latency series, in milliseconds. An empty series has
+/// count 0 and no figures (`null` in JSON, `-` in the table).
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub(crate) struct Summary {
     pub(crate) count: usize,
-    pub(crate) mean_ms: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p90_ms: f64,
-    pub(crate) p99_ms: f64,
-    pub(crate) max_ms: f64,
+    pub(crate) mean_ms: Option<f64>,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p90_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
 }
 
 impl Summary {
@@ -93,27 +99,20 @@ impl Summary {
     pub(crate) fn of(micros: &mut [u32]) -> Self {
         micros.sort_unstable();
         let ms = |v: u32| f64::from(v) / 1000.0;
-        let rank = |p: f64| -> f64 {
-            if micros.is_empty() {
-                return 0.0;
-            }
+        let rank = |p: f64| -> Option<f64> {
             // Nearest rank: ceil(p * n), 1-based.
             let n = micros.len() as f64;
-            let r = ((p * n).ceil() as usize).clamp(1, micros.len());
-            micros.get(r - 1).copied().map_or(0.0, ms)
+            let r = ((p * n).ceil() as usize).clamp(1, micros.len().max(1));
+            micros.get(r - 1).copied().map(ms)
         };
         let sum: u64 = micros.iter().map(|&v| u64::from(v)).sum();
         Self {
             count: micros.len(),
-            mean_ms: if micros.is_empty() {
-                0.0
-            } else {
-                sum as f64 / micros.len() as f64 / 1000.0
-            },
+            mean_ms: (!micros.is_empty()).then(|| sum as f64 / micros.len() as f64 / 1000.0),
             p50_ms: rank(0.50),
             p90_ms: rank(0.90),
             p99_ms: rank(0.99),
-            max_ms: micros.last().copied().map_or(0.0, ms),
+            max_ms: micros.last().copied().map(ms),
         }
     }
 }
@@ -156,6 +155,9 @@ pub(crate) struct Report {
     pub(crate) bad_nonce_retries: u64,
     pub(crate) requests_per_flow: f64,
     pub(crate) order_polls_per_flow: f64,
+    /// Successful flows that ended at a `processing` finalize answer
+    /// (`--finalize-nowait`), without a download.
+    pub(crate) flows_ended_processing: u64,
     /// http-01 answers served (any time) and requests for unknown tokens.
     pub(crate) validations_served: u64,
     pub(crate) validations_unknown_token: u64,
@@ -163,6 +165,9 @@ pub(crate) struct Report {
     pub(crate) latency_ms: BTreeMap<&'static str, Summary>,
     pub(crate) server: Option<ProcReport>,
     pub(crate) generator: ProcReport,
+    /// The `--backlog` orders left in `processing`; absent without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) backlog: Option<BacklogReport>,
 }
 
 impl Report {
@@ -181,6 +186,13 @@ impl Report {
             "flows          {} ok, {} failed (warm-up failures {}); {} badNonce retries",
             self.flows_ok, self.flows_failed, self.warmup_errors, self.bad_nonce_retries
         );
+        if self.flows_ended_processing > 0 {
+            let _ = writeln!(
+                s,
+                "nowait         {} flows ended at a processing finalize (no download)",
+                self.flows_ended_processing
+            );
+        }
         if self.stopped_by_errors {
             let _ = writeln!(s, "stopped early  --max-errors reached");
         }
@@ -202,8 +214,14 @@ impl Report {
             if let Some(l) = self.latency_ms.get(name) {
                 let _ = writeln!(
                     s,
-                    "{:<16}{:>9}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}",
-                    name, l.count, l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+                    "{:<16}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                    name,
+                    l.count,
+                    cell(l.mean_ms),
+                    cell(l.p50_ms),
+                    cell(l.p90_ms),
+                    cell(l.p99_ms),
+                    cell(l.max_ms)
                 );
             }
         }
@@ -227,7 +245,18 @@ impl Report {
                 );
             }
         }
+        if let Some(b) = &self.backlog {
+            let _ = writeln!(s, "\n{}", b.table_line());
+        }
         s
+    }
+}
+
+/// A latency figure for the table, `-` for an empty series.
+fn cell(ms: Option<f64>) -> String {
+    match ms {
+        Some(v) => format!("{v:.2}"),
+        None => "-".to_owned(),
     }
 }
 
@@ -243,11 +272,21 @@ mod tests {
         assert_eq!(s.count, 100);
         assert_eq!(
             (s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms),
-            (50.0, 90.0, 99.0, 100.0)
+            (Some(50.0), Some(90.0), Some(99.0), Some(100.0))
         );
-        assert!((s.mean_ms - 50.5).abs() < 1e-9);
+        assert!((s.mean_ms.unwrap() - 50.5).abs() < 1e-9);
+        let one = Summary::of(&mut [2500]);
+        assert_eq!((one.p50_ms, one.p99_ms), (Some(2.5), Some(2.5)));
         let empty = Summary::of(&mut []);
-        assert_eq!((empty.count, empty.p99_ms), (0, 0.0));
+        assert_eq!((empty.count, empty.p99_ms, empty.mean_ms), (0, None, None));
+        assert_eq!(cell(empty.p50_ms), "-");
+        assert_eq!(cell(one.max_ms), "2.50");
+        let json = serde_json::to_value(empty).unwrap();
+        assert!(
+            json["p99_ms"].is_null() && json["mean_ms"].is_null(),
+            "{json}"
+        );
+        assert_eq!(json["count"], 0);
     }
 
     #[test]
@@ -264,7 +303,8 @@ mod tests {
         assert_eq!(a.errors.len(), 2);
         let l = a.latencies();
         assert_eq!(l["new_order"].count, 2);
-        assert_eq!(l["new_order"].max_ms, 3.0);
-        assert_eq!(l["flow"].p50_ms, 5.0);
+        assert_eq!(l["new_order"].max_ms, Some(3.0));
+        assert_eq!(l["flow"].p50_ms, Some(5.0));
+        assert_eq!(l["cert_download"].count, 0);
     }
 }
