@@ -73,7 +73,7 @@ fn full_document() -> Value {
     });
     let authority = json!({
         "type": "softcas",
-        "config": {"certlifetime": 90, "name": "Example", "metrics": metrics.clone()},
+        "config": {"certlifetime": 90, "name": "Example", "metrics": metrics.clone(), "signDelay": "0s"},
         "claims": claims,
         "policy": policy,
         "certificateAuthority": "https://ca.example.com",
