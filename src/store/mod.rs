@@ -168,6 +168,21 @@ pub trait Store: Send + Sync + 'static {
     /// On `Ok`, the batch is durable.
     async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError>;
 
+    /// Like [`commit`](Store::commit), atomic and with the same
+    /// preconditions, but it may return before the batch is durable: a later
+    /// [`sync`](Store::sync) or durable commit makes it so. For writes no client
+    /// is told about until a later durable write (DESIGN.md §6). Backends whose
+    /// commits are always durable need not override it.
+    async fn commit_deferred(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.commit(ops).await
+    }
+
+    /// Returns once every batch committed before the call (deferred ones
+    /// included) is durable.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Keys and values of `table` whose key starts with `prefix`, in key order,
     /// starting after `after` (exclusive) when given, at most `limit` entries.
     async fn scan(

@@ -177,6 +177,20 @@ impl Records {
         self.store.commit(batch.ops).await
     }
 
+    /// Applies a batch atomically; it may be durable only after the next
+    /// [`sync`](Records::sync) or durable commit ([`Store::commit_deferred`]).
+    pub async fn commit_deferred(&self, batch: Batch) -> Result<(), StoreError> {
+        if let Some(e) = batch.encode_error {
+            return Err(e);
+        }
+        self.store.commit_deferred(batch.ops).await
+    }
+
+    /// Waits until every batch committed so far is durable.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.store.sync().await
+    }
+
     /// Creates an account and its key index entry. `Conflict` on the
     /// `AccountKeys` table means another account has this key already.
     pub fn account_insert_ops(batch: Batch, account: &AccountRecord) -> Batch {

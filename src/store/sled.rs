@@ -20,16 +20,28 @@
 //! [`SledStore::check_writable`](Store::check_writable) writes the key
 //! `__ready` in the [`Table::Meta`] table.
 //!
-//! # Durability
+//! # Writes and durability
 //!
-//! A batch is applied in one sled transaction, so that its preconditions and
-//! writes are atomic and later ops see the writes of earlier ops of the same
-//! batch. `commit` returns only after a sled flush (which fsyncs) that started
-//! after the transaction completed. Concurrent committers share flushes (a
-//! group commit): each takes a ticket once its transaction is applied, and one
-//! flush covers every ticket handed out before it started. A failed flush is
-//! returned as [`StoreError::Backend`]; the batch may then be applied or not,
-//! as with any database whose commit acknowledgement is lost.
+//! One thread of the store's own (`acmeproxy-store`) applies every write, in
+//! the order the batches arrive: it checks a batch's preconditions (later ops
+//! see the writes of earlier ops of the same batch) and applies it, with a
+//! plain sled insert or remove for one op and an atomic `apply_batch` for
+//! several. Applying on one thread makes check-and-write atomic without sled
+//! transactions, whose process-wide lock also waits for any flush in progress
+//! and stalls readers.
+//!
+//! The same thread then makes the writes durable (group commit): it applies
+//! every batch waiting in its queue, then runs one sled flush (which writes
+//! the log and syncs it), then answers every committer whose batch was in that
+//! group. A committer hears `Ok` only after the flush covering its batch. While
+//! one flush runs, the next group queues, so under load one flush serves many
+//! commits. A failed flush is returned to each committer of its group as
+//! [`StoreError::Backend`]; the batch may then be applied or not, as with any
+//! database whose commit acknowledgement is lost.
+//!
+//! [`Store::commit_deferred`] applies without waiting for a flush, and
+//! [`Store::sync`] waits for one that covers every write applied before it.
+//! Reads run inline on the caller's thread and see applied writes at once.
 //!
 //! # Nonces
 //!
@@ -41,10 +53,9 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 
 use async_trait::async_trait;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use time::OffsetDateTime;
 
 use super::memory::NonceSet;
@@ -53,14 +64,19 @@ use super::{Expect, Op, Store, StoreError, Table};
 /// The embedded store: a sled database in a directory of its own.
 ///
 /// Only one process can open a directory at a time; a second open fails with
-/// an error saying the store is in use.
+/// an error saying the store is in use. Dropping the store stops its writer
+/// thread and releases the directory.
 #[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
-    flushes: GroupFlush,
+    writer: Writer,
     nonces: NonceSet,
 }
+
+/// sled's page cache: enough for the hot records of a busy RA; older records
+/// are read back from the log on demand. (sled's default is 1 GiB.)
+const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 impl SledStore {
     /// Opens (or creates) the store in the directory `path`.
@@ -68,21 +84,26 @@ impl SledStore {
     /// Fails with a message naming the path, and saying so when another
     /// process (another acmeproxy) holds the directory's lock.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| {
-            let context = if is_lock_error(&e) {
-                format!(
-                    "the store at {} is in use by another process (is acmeproxy already running?)",
-                    path.display()
-                )
-            } else {
-                format!("cannot open the sled store at {}", path.display())
-            };
-            StoreError::backend(context, e)
-        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()
+            .map_err(|e| {
+                let context = if is_lock_error(&e) {
+                    format!(
+                        "the store at {} is in use by another process (is acmeproxy already running?)",
+                        path.display()
+                    )
+                } else {
+                    format!("cannot open the sled store at {}", path.display())
+                };
+                StoreError::backend(context, e)
+            })?;
+        let writer = Writer::start(db.clone())?;
         Ok(Self {
             db,
             path: path.to_owned(),
-            flushes: GroupFlush::default(),
+            writer,
             nonces: NonceSet::default(),
         })
     }
@@ -90,41 +111,6 @@ impl SledStore {
     /// The directory the store lives in.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Applies `ops` (each with its sled key) in one sled transaction;
-    /// [`StoreError::Conflict`] naming the first failing op, and nothing
-    /// written, when a precondition does not hold.
-    fn apply(db: &sled::Db, ops: &[(Vec<u8>, &Op)]) -> Result<(), StoreError> {
-        let result = db.transaction(|tx| {
-            for (key, op) in ops {
-                // `tx.get` sees the writes of earlier ops in this transaction.
-                let holds = match &op.expect {
-                    Expect::Any => true,
-                    Expect::Absent => tx.get(key)?.is_none(),
-                    Expect::Present => tx.get(key)?.is_some(),
-                    Expect::Value(want) => tx.get(key)?.is_some_and(|v| v == want.as_slice()),
-                };
-                if !holds {
-                    return Err(ConflictableTransactionError::Abort((
-                        op.table,
-                        op.key.clone(),
-                    )));
-                }
-                match &op.value {
-                    Some(v) => tx.insert(key.as_slice(), v.as_slice())?,
-                    None => tx.remove(key.as_slice())?,
-                };
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort((table, key))) => Err(StoreError::Conflict { table, key }),
-            Err(TransactionError::Storage(e)) => {
-                Err(StoreError::backend("sled transaction failed", e))
-            }
-        }
     }
 
     /// Runs blocking sled work off the async worker threads.
@@ -159,15 +145,23 @@ impl Store for SledStore {
         if ops.is_empty() {
             return Ok(());
         }
-        self.blocking("sled transaction task", move |db| {
-            let keyed: Vec<(Vec<u8>, &Op)> = ops
-                .iter()
-                .map(|op| (db_key(op.table, &op.key), op))
-                .collect();
-            Self::apply(&db, &keyed)
-        })
-        .await?;
-        self.flushes.wait_durable(&self.db).await
+        self.writer.submit(Job::Apply { ops, durable: true }).await
+    }
+
+    async fn commit_deferred(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .submit(Job::Apply {
+                ops,
+                durable: false,
+            })
+            .await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.writer.submit(Job::Sync).await
     }
 
     async fn scan(
@@ -228,60 +222,157 @@ impl Store for SledStore {
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        self.blocking("sled readiness write task", |db| {
-            db.insert(db_key(Table::Meta, READY_KEY), &b"ok"[..])
-                .map(|_| ())
-                .map_err(|e| StoreError::backend("sled readiness write", e))
-        })
-        .await?;
-        self.flushes.wait_durable(&self.db).await
+        self.commit(vec![Op::put(
+            Table::Meta,
+            READY_KEY,
+            b"ok".to_vec(),
+            Expect::Any,
+        )])
+        .await
     }
 }
 
 /// The Meta key [`Store::check_writable`] writes.
 const READY_KEY: &str = "__ready";
 
-/// Shares fsyncs between concurrent committers (group commit), and keeps to
-/// one flush at a time per store.
-///
-/// A committer takes a ticket after its transaction is applied, then waits its
-/// turn for the flush lock. If a flush that began after its ticket was issued
-/// has completed meanwhile, its writes are durable and it is done; otherwise
-/// it flushes itself, covering every ticket issued so far.
-#[derive(Debug, Default)]
-struct GroupFlush {
-    /// Tickets handed out, one per applied write waiting to be durable.
-    issued: AtomicU64,
-    /// Every ticket up to and including this one is durable.
-    durable: AtomicU64,
-    /// One flush at a time; waiters queue in FIFO order.
-    lock: tokio::sync::Mutex<()>,
+/// Batches the writer thread takes at most before it flushes, so that a flood
+/// of commits cannot postpone the flush its first committers wait for.
+const MAX_GROUP: usize = 1024;
+
+/// Work for the writer thread.
+enum Job {
+    /// Check and apply a batch; answer after a flush when `durable`.
+    Apply { ops: Vec<Op>, durable: bool },
+    /// Answer after a flush covering every write applied so far.
+    Sync,
 }
 
-impl GroupFlush {
-    /// Returns once everything written before this call is on disk.
-    async fn wait_durable(&self, db: &sled::Db) -> Result<(), StoreError> {
-        let ticket = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
-        let _turn = self.lock.lock().await;
-        if self.durable.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        // Every ticket up to `covers` belongs to a write already applied, so
-        // the flush below makes it durable too.
-        let covers = self.issued.load(Ordering::SeqCst);
-        // Not `flush_async`: it runs the flush on sled's own I/O pool, where a
-        // flush waits for a buffer write queued on that same pool; enough
-        // concurrent flushes starve the pool and hang forever (sled #1308,
-        // unfixed in 0.34.7; reproduced here with 64 concurrent committers).
-        // A blocking flush on tokio's blocking pool leaves sled's pool free.
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::backend("sled flush task", e))?
-            .map_err(|e| StoreError::backend("sled flush (fsync) failed", e))?;
-        self.durable.fetch_max(covers, Ordering::SeqCst);
-        Ok(())
+type Reply = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
+
+/// The handle of the writer thread (see the module documentation).
+#[derive(Debug)]
+struct Writer {
+    /// `None` once the store is being dropped.
+    queue: Option<mpsc::Sender<(Job, Reply)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(db: sled::Db) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("acmeproxy-store".to_owned())
+            .spawn(move || write_loop(&db, &rx))
+            .map_err(|e| StoreError::backend("starting the store's writer thread", e))?;
+        Ok(Self {
+            queue: Some(tx),
+            thread: Some(thread),
+        })
     }
+
+    async fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let stopped = || StoreError::backend("sled writer", "the store's writer thread stopped");
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queue = self.queue.as_ref().ok_or_else(stopped)?;
+        queue.send((job, reply)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the queue ends the loop once it has answered what is queued;
+        // joining releases the thread's handle on the database (and its lock).
+        self.queue = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The writer thread: apply a group of batches, flush once, answer the group.
+fn write_loop(db: &sled::Db, queue: &mpsc::Receiver<(Job, Reply)>) {
+    let mut waiting: Vec<Reply> = Vec::new();
+    while let Ok(first) = queue.recv() {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some((job, reply)) = next.take() {
+            match job {
+                Job::Apply { ops, durable } => match apply(db, &ops) {
+                    Ok(()) if durable => waiting.push(reply),
+                    result => {
+                        let _ = reply.send(result);
+                    }
+                },
+                Job::Sync => waiting.push(reply),
+            }
+            taken += 1;
+            if taken < MAX_GROUP {
+                next = queue.try_recv().ok();
+            }
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let flushed = db.flush();
+        for reply in waiting.drain(..) {
+            let result = match &flushed {
+                Ok(_) => Ok(()),
+                Err(e) => Err(StoreError::backend("sled flush (fsync) failed", e.clone())),
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Checks the preconditions of `ops` and applies them atomically, or returns
+/// [`StoreError::Conflict`] naming the first failing op with nothing written.
+/// Runs only on the writer thread, so nothing changes between check and write.
+fn apply(db: &sled::Db, ops: &[Op]) -> Result<(), StoreError> {
+    let keyed: Vec<Vec<u8>> = ops.iter().map(|op| db_key(op.table, &op.key)).collect();
+    // What earlier ops of this batch wrote, so later preconditions see it.
+    let mut written: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
+    for (key, op) in keyed.iter().zip(ops) {
+        let current: Option<Vec<u8>> =
+            match written.iter().rev().find(|(k, _)| *k == key.as_slice()) {
+                Some((_, v)) => v.map(<[u8]>::to_vec),
+                None if op.expect == Expect::Any => None,
+                None => db
+                    .get(key)
+                    .map_err(|e| StoreError::backend("sled read for a precondition", e))?
+                    .map(|v| v.to_vec()),
+            };
+        let holds = match &op.expect {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Present => current.is_some(),
+            Expect::Value(want) => current.as_deref() == Some(want.as_slice()),
+        };
+        if !holds {
+            return Err(StoreError::Conflict {
+                table: op.table,
+                key: op.key.clone(),
+            });
+        }
+        written.push((key.as_slice(), op.value.as_deref()));
+    }
+    let result = match (keyed.as_slice(), ops) {
+        ([key], [op]) => match &op.value {
+            Some(v) => db.insert(key.as_slice(), v.as_slice()).map(|_| ()),
+            None => db.remove(key.as_slice()).map(|_| ()),
+        },
+        _ => {
+            let mut batch = sled::Batch::default();
+            for (key, op) in keyed.iter().zip(ops) {
+                match &op.value {
+                    Some(v) => batch.insert(key.as_slice(), v.as_slice()),
+                    None => batch.remove(key.as_slice()),
+                }
+            }
+            db.apply_batch(batch)
+        }
+    };
+    result.map_err(|e| StoreError::backend("sled write failed", e))
 }
 
 /// `<table name> NUL <key>`; see the module documentation.
