@@ -42,10 +42,13 @@ impl Authority {
             // Already started or finished: answer with its state (idempotent).
             return Ok(current.value);
         }
-        let rx = self.events.subscribe();
+        let sub = self.subscribe(Event::Authz(next.id.to_string()));
+        // Deferred: the client is told nothing before the outcome's own durable
+        // write, or the sync below; a crash before either leaves the challenge
+        // pending, and the client may answer it again.
         match self
             .records
-            .commit(Batch::new().replace(&current, &next))
+            .commit_deferred(Batch::new().replace(&current, &next))
             .await
         {
             Ok(()) => {}
@@ -56,13 +59,16 @@ impl Authority {
             Err(e) => return Err(e.into()),
         }
         self.spawn_validation(account, next.clone(), index)?;
-        self.wait_for(
-            rx,
-            Event::Authz(next.id.to_string()),
-            self.opts.challenge_wait,
-        )
-        .await;
-        self.authz(account, authz_id).await
+        let published = self.wait_for(sub, self.opts.challenge_wait).await;
+        let shown = self.authz(account, authz_id).await?;
+        let processing =
+            shown.challenges.get(index).map(|c| c.status) == Some(ChallengeStatus::Processing);
+        if processing || !published {
+            // The outcome's task syncs before it publishes; otherwise make what
+            // we are about to show durable first.
+            self.records.sync().await?;
+        }
+        Ok(shown)
     }
 
     /// Runs the validation of challenge `index` in the background, unless one
@@ -172,9 +178,10 @@ impl Authority {
             if !state::apply_validation(&mut next, index, result.clone(), self.clock.now()) {
                 return Ok(());
             }
+            // One flush for the outcome and the order's change it causes.
             match self
                 .records
-                .commit(Batch::new().replace(&current, &next))
+                .commit_deferred(Batch::new().replace(&current, &next))
                 .await
             {
                 Ok(()) => {
@@ -185,6 +192,7 @@ impl Authority {
                     {
                         self.refresh_order(order).await?;
                     }
+                    self.records.sync().await?;
                     return Ok(());
                 }
                 Err(StoreError::Conflict { .. }) => continue,

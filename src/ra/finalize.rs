@@ -80,12 +80,18 @@ impl Authority {
             upstream_state: None,
             last_error: None,
         };
-        let rx = self.events.subscribe();
-        match self
-            .records
-            .commit(Batch::new().replace(&current, &next).insert(&job))
-            .await
-        {
+        let sub = self.subscribe(Event::Order(order.id.to_string()));
+        let batch = Batch::new().replace(&current, &next).insert(&job);
+        // A local CA's job need not be durable before it runs (see
+        // `signs_locally`): the worker's durable result covers it, and the
+        // sync below covers an answer of `processing`.
+        let deferred = self.upstream.signs_locally();
+        let committed = if deferred {
+            self.records.commit_deferred(batch).await
+        } else {
+            self.records.commit(batch).await
+        };
+        match committed {
             Ok(()) => {}
             Err(StoreError::Conflict { .. }) => {
                 return problem(
@@ -95,14 +101,15 @@ impl Authority {
             }
             Err(e) => return Err(e.into()),
         }
-        self.jobs_ready.notify_one();
-        self.wait_for(
-            rx,
-            Event::Order(order.id.to_string()),
-            self.opts.finalize_wait,
-        )
-        .await;
-        self.order(&account.id, order.id.as_str()).await
+        self.enqueue_job(&order.id);
+        let published = self.wait_for(sub, self.opts.finalize_wait).await;
+        let shown = self.order(&account.id, order.id.as_str()).await?;
+        if !published || (deferred && shown.status == OrderStatus::Processing) {
+            // The worker's result is durable before it publishes; otherwise
+            // make what we are about to show durable first.
+            self.records.sync().await?;
+        }
+        Ok(shown)
     }
 
     /// A certificate chain of `account` (RFC 8555 §7.4.2).

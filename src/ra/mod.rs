@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use time::Duration;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -83,7 +83,7 @@ impl Default for AuthorityOptions {
 
 /// Something changed: an authorization finished validating, or an order
 /// finished finalizing. Request handlers waiting for it wake up.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Event {
     Authz(String),
     Order(String),
@@ -97,8 +97,12 @@ pub struct Authority {
     upstream: Arc<dyn CertificateAuthorityService>,
     provisioners: HashMap<String, Provisioner>,
     opts: AuthorityOptions,
-    events: broadcast::Sender<Event>,
-    jobs_ready: Arc<Notify>,
+    /// Handlers waiting for an event, by event: a publish wakes only its own.
+    waiters: std::sync::Mutex<HashMap<Event, Vec<oneshot::Sender<()>>>>,
+    /// Finalize hands new jobs to the worker here.
+    jobs_tx: mpsc::UnboundedSender<crate::model::OrderId>,
+    /// The worker's end, taken when it starts.
+    jobs_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<crate::model::OrderId>>>,
     /// Authorizations whose validation runs in this process.
     validating: std::sync::Mutex<std::collections::HashSet<crate::model::AuthzId>>,
     tasks: TaskTracker,
@@ -116,7 +120,7 @@ impl Authority {
         opts: AuthorityOptions,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let (events, _) = broadcast::channel(4096);
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             records,
             clock,
@@ -127,8 +131,9 @@ impl Authority {
                 .map(|p| (p.name.clone(), p))
                 .collect(),
             opts,
-            events,
-            jobs_ready: Arc::new(Notify::new()),
+            waiters: std::sync::Mutex::new(HashMap::new()),
+            jobs_tx,
+            jobs_rx: std::sync::Mutex::new(Some(jobs_rx)),
             validating: std::sync::Mutex::new(std::collections::HashSet::new()),
             tasks: TaskTracker::new(),
             shutdown,
@@ -170,28 +175,61 @@ impl Authority {
         self.tasks.wait().await;
     }
 
-    fn publish(&self, event: Event) {
-        // No receivers is fine: nobody is waiting.
-        let _ = self.events.send(event);
+    /// The queue of new finalize jobs, for the one worker that runs.
+    fn take_job_queue(&self) -> Option<mpsc::UnboundedReceiver<crate::model::OrderId>> {
+        self.jobs_rx.lock().ok().and_then(|mut q| q.take())
     }
 
-    /// Waits up to `limit` for `event`, or returns early on shutdown.
-    async fn wait_for(&self, mut rx: broadcast::Receiver<Event>, event: Event, limit: StdDuration) {
-        let wait = async {
-            loop {
-                match rx.recv().await {
-                    Ok(e) if e == event => return,
-                    Ok(_) => {}
-                    // Lagged: we may have missed it; the caller re-reads anyway.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
+    /// Wakes the handlers waiting for `event`.
+    fn publish(&self, event: Event) {
+        let waiting = match self.waiters.lock() {
+            Ok(mut map) => map.remove(&event),
+            Err(_) => None,
         };
-        tokio::select! {
-            () = wait => {}
-            () = tokio::time::sleep(limit) => {}
-            () = self.shutdown.cancelled() => {}
+        for tx in waiting.into_iter().flatten() {
+            // A waiter that gave up has dropped its receiver: nothing to do.
+            let _ = tx.send(());
         }
     }
+
+    /// Registers interest in `event` before the work that publishes it
+    /// starts, so that it cannot be missed; pass the result to
+    /// [`wait_for`](Self::wait_for).
+    fn subscribe(&self, event: Event) -> Subscription {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut map) = self.waiters.lock() {
+            map.entry(event.clone()).or_default().push(tx);
+        }
+        Subscription { event, rx }
+    }
+
+    /// Waits until the subscribed event is published, `limit` passes or the
+    /// server shuts down; true if it was published. The caller re-reads the
+    /// state either way.
+    async fn wait_for(&self, sub: Subscription, limit: StdDuration) -> bool {
+        let Subscription { event, rx } = sub;
+        let published = tokio::select! {
+            r = rx => r.is_ok(),
+            () = tokio::time::sleep(limit) => false,
+            () = self.shutdown.cancelled() => false,
+        };
+        if !published {
+            // Drop our (and any other abandoned) registration for this event.
+            if let Ok(mut map) = self.waiters.lock()
+                && let Some(list) = map.get_mut(&event)
+            {
+                list.retain(|tx| !tx.is_closed());
+                if list.is_empty() {
+                    map.remove(&event);
+                }
+            }
+        }
+        published
+    }
+}
+
+/// A registration made by [`Authority::subscribe`].
+struct Subscription {
+    event: Event,
+    rx: oneshot::Receiver<()>,
 }

@@ -216,9 +216,11 @@ impl Authority {
             if next == order.value {
                 return Ok(next);
             }
+            // Deferred: this status follows from the authorizations and the
+            // clock, so a crash that loses it only means computing it again.
             match self
                 .records
-                .commit(Batch::new().replace(&order, &next))
+                .commit_deferred(Batch::new().replace(&order, &next))
                 .await
             {
                 Ok(()) => {

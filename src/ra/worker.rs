@@ -3,12 +3,12 @@
 //! transient failures with back-off until the order expires (DESIGN.md §3).
 //! Unfinished jobs are resumed after a restart, because they live in the store.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use time::Duration;
+use time::{Duration, OffsetDateTime};
 use tokio::sync::Semaphore;
 
 use super::{Authority, Event, state};
@@ -20,69 +20,145 @@ use crate::store::records::{Batch, Versioned};
 use crate::store::{Records, StoreError};
 use crate::upstream::{Checkpoint, SignRequest, UpstreamError};
 
+/// How often the worker looks through the stored jobs for any it does not
+/// run yet (jobs left by a stopped process are found by the first look, at
+/// start-up). New jobs reach it at once through [`Authority::enqueue_job`].
+const SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs finalize jobs until shutdown.
 pub struct FinalizeWorker {
     authority: Arc<Authority>,
-    in_flight: Arc<Mutex<HashSet<OrderId>>>,
+    /// Every job this process runs or retries, with its creation time.
+    in_flight: Arc<Mutex<HashMap<OrderId, OffsetDateTime>>>,
+    permits: Arc<Semaphore>,
 }
 
 impl FinalizeWorker {
     /// A worker for this Authority.
     pub fn new(authority: Arc<Authority>) -> Self {
+        let permits = Arc::new(Semaphore::new(authority.opts.finalize_concurrency.max(1)));
         Self {
             authority,
-            in_flight: Arc::new(Mutex::new(HashSet::new())),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            permits,
         }
     }
 
-    /// Polls for due jobs (woken at once by finalize, else every second) and
-    /// runs them, a bounded number at a time, until the shutdown token fires.
+    /// Takes new jobs as finalize hands them over, looks through the stored
+    /// ones at start-up and every [`SCAN_EVERY`], and runs each in a task of
+    /// its own (at most `finalize_concurrency` talk to the upstream at once),
+    /// until the shutdown token fires.
     pub async fn run(self) {
         let ra = Arc::clone(&self.authority);
-        let permits = Arc::new(Semaphore::new(ra.opts.finalize_concurrency.max(1)));
+        let Some(mut queue) = ra.take_job_queue() else {
+            tracing::error!("the finalize worker was started twice; this one stops");
+            return;
+        };
+        let mut scan = tokio::time::interval(SCAN_EVERY);
+        let mut gauge = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
-            let notified = ra.jobs_ready.notified();
-            match ra.records.due_jobs(ra.clock.now(), 256).await {
-                Ok(jobs) => {
-                    crate::metrics::finalize_queue(
-                        jobs.len(),
-                        jobs.first().map(|j| j.created_at),
-                        ra.clock.now(),
-                    );
-                    for job in jobs {
-                        if !self.claim(&job.order_id) {
-                            continue;
-                        }
-                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                            return;
-                        };
-                        let ra2 = Arc::clone(&ra);
-                        let in_flight = Arc::clone(&self.in_flight);
-                        ra.tasks.spawn(async move {
-                            let id = job.order_id.clone();
-                            ra2.run_job(job.value).await;
-                            if let Ok(mut set) = in_flight.lock() {
-                                set.remove(&id);
-                            }
-                            drop(permit);
-                        });
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "cannot read finalize jobs"),
-            }
             tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                next = queue.recv() => match next {
+                    Some(id) => self.take(id).await,
+                    None => return,
+                },
+                _ = scan.tick() => self.scan().await,
+                _ = gauge.tick() => self.report_queue(),
                 () = ra.shutdown.cancelled() => return,
             }
         }
     }
 
-    fn claim(&self, id: &OrderId) -> bool {
-        match self.in_flight.lock() {
-            Ok(mut set) => set.insert(id.clone()),
-            Err(_) => false,
+    /// A job finalize just stored.
+    async fn take(&self, id: OrderId) {
+        match self.authority.records.get::<FinalizeJob>(id.as_str()).await {
+            Ok(Some(job)) => self.start(job.value),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(order = %id, error = %e, "cannot read a finalize job; the next scan retries it")
+            }
         }
+    }
+
+    /// Every stored job not running here yet.
+    async fn scan(&self) {
+        let mut after: Option<String> = None;
+        loop {
+            let page = match self
+                .authority
+                .records
+                .list::<FinalizeJob>(after.as_deref(), 512)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read finalize jobs");
+                    return;
+                }
+            };
+            let full = page.len() == 512;
+            after = page.last().map(|j| j.value.order_id.to_string());
+            for job in page {
+                self.start(job.value);
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    fn report_queue(&self) {
+        let (depth, oldest) = match self.in_flight.lock() {
+            Ok(map) => (map.len(), map.values().min().copied()),
+            Err(_) => return,
+        };
+        crate::metrics::finalize_queue(depth, oldest, self.authority.clock.now());
+    }
+
+    /// Runs `job` in a task of its own unless it runs already: it waits for a
+    /// permit and for its next attempt, and retries until the job is done.
+    fn start(&self, job: FinalizeJob) {
+        let id = job.order_id.clone();
+        match self.in_flight.lock() {
+            Ok(mut map) => {
+                if map.contains_key(&id) {
+                    return;
+                }
+                map.insert(id.clone(), job.created_at);
+            }
+            Err(_) => return,
+        }
+        let ra = Arc::clone(&self.authority);
+        let in_flight = Arc::clone(&self.in_flight);
+        let permits = Arc::clone(&self.permits);
+        self.authority.tasks.spawn(async move {
+            let mut next_attempt = job.next_attempt_at;
+            loop {
+                let wait = (next_attempt - ra.clock.now()).max(Duration::ZERO);
+                if wait > Duration::ZERO {
+                    let wait = std::time::Duration::try_from(wait).unwrap_or_default();
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = ra.shutdown.cancelled() => break,
+                    }
+                }
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
+                };
+                if ra.shutdown.is_cancelled() {
+                    break;
+                }
+                let retry_at = ra.run_job(&id).await;
+                drop(permit);
+                match retry_at {
+                    Some(at) => next_attempt = at,
+                    None => break,
+                }
+            }
+            if let Ok(mut map) = in_flight.lock() {
+                map.remove(&id);
+            }
+        });
     }
 }
 
@@ -127,12 +203,44 @@ impl Checkpoint for JobCheckpoint {
 }
 
 impl Authority {
-    async fn run_job(&self, job: FinalizeJob) {
-        let order_id = job.order_id.clone();
-        if let Err(e) = self.try_job(job).await {
-            tracing::error!(order = %order_id, error = %e, source = ?e.source, "finalize job failed to record its outcome; it will be retried");
-        }
+    /// Hands a stored finalize job to the worker.
+    pub(super) fn enqueue_job(&self, order: &OrderId) {
+        // Fails only when no worker runs (it stopped at shutdown); the job is
+        // stored, and the next start finds it.
+        let _ = self.jobs_tx.send(order.clone());
+    }
+
+    /// One attempt at a job, read afresh from the store. Returns when to try
+    /// again if the job stays (a transient failure), `None` once it is done.
+    async fn run_job(&self, order_id: &OrderId) -> Option<OffsetDateTime> {
+        let retry_at = match self.records.get::<FinalizeJob>(order_id.as_str()).await {
+            Ok(None) => None,
+            Ok(Some(job)) => match self.try_job(job.value).await {
+                Ok(()) => self.job_retry_time(order_id).await,
+                Err(e) => {
+                    tracing::error!(order = %order_id, error = %e, source = ?e.source, "finalize job failed to record its outcome; it will be retried");
+                    Some(self.clock.now() + backoff(1, self.opts.max_backoff))
+                }
+            },
+            Err(e) => {
+                tracing::error!(order = %order_id, error = %e, "cannot read a finalize job; it will be retried");
+                Some(self.clock.now() + backoff(1, self.opts.max_backoff))
+            }
+        };
         self.publish(Event::Order(order_id.to_string()));
+        // Never sooner than a second: a job that stays for an unforeseen
+        // reason must not spin.
+        let soonest = self.clock.now() + Duration::seconds(1);
+        retry_at.map(|at| at.max(soonest))
+    }
+
+    /// When a job still stored is due again; `None` if it is gone.
+    async fn job_retry_time(&self, order_id: &OrderId) -> Option<OffsetDateTime> {
+        match self.records.get::<FinalizeJob>(order_id.as_str()).await {
+            Ok(Some(job)) => Some(job.next_attempt_at),
+            Ok(None) => None,
+            Err(_) => Some(self.clock.now() + backoff(1, self.opts.max_backoff)),
+        }
     }
 
     async fn try_job(&self, job: FinalizeJob) -> Result<(), super::RaError> {

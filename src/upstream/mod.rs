@@ -164,6 +164,15 @@ pub trait CertificateAuthorityService: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether signing leaves no trace outside the RA, as with a local CA.
+    /// Then a finalize job need not be durable before it runs: a crash before
+    /// the certificate is stored loses nothing the upstream remembers, and the
+    /// client, told nothing yet, finalizes again. Remote upstreams (the
+    /// default) always get a durable job first.
+    fn signs_locally(&self) -> bool {
+        false
+    }
+
     /// Whether the upstream answers now (for `/ready` and the up metric).
     async fn health(&self) -> Result<(), UpstreamError> {
         Ok(())

@@ -246,6 +246,10 @@ impl CertificateAuthorityService for SoftCas {
         "softcas"
     }
 
+    fn signs_locally(&self) -> bool {
+        true
+    }
+
     async fn create_certificate(
         &self,
         req: &SignRequest,
