@@ -395,3 +395,47 @@ async fn provisioner_policy_refuses_names_with_the_rule() {
     .unwrap();
     assert_eq!(leaf_sans(&chain), vec!["www.team.test"]);
 }
+
+/// A validation that outlasts the challenge POST's wait (1.5 s) is answered
+/// `processing`, stored so, and then becomes valid; a quick one is answered
+/// `valid` by the POST itself.
+#[tokio::test]
+async fn slow_validation_is_answered_processing_then_valid() {
+    let ts = TestServer::start().await;
+    let (account, _) = ts.account().await;
+    let ids = [Identifier::Ip("127.0.0.1".parse().unwrap())];
+    let mut order = account.new_order(&NewOrder::new(&ids)).await.unwrap();
+    let started = std::time::Instant::now();
+    {
+        let mut authzs = order.authorizations();
+        let mut a = authzs.next().await.unwrap().unwrap();
+        let mut ch = a.challenge(ChallengeType::Http01).unwrap();
+        let key_auth = ch.key_authorization();
+        ts.responders.set_http01_slow(
+            &ch.token,
+            key_auth.as_str(),
+            std::time::Duration::from_millis(2500),
+        );
+        ch.set_ready().await.unwrap();
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(1400)
+            && waited < std::time::Duration::from_millis(2400),
+        "the POST waits about 1.5 s, not for the validation: {waited:?}"
+    );
+    // instant-acme caches the authorization: read the order afresh.
+    let url = order.url().to_owned();
+    let mut order = account.order(url).await.unwrap();
+    let mut authzs = order.authorizations();
+    let a = authzs.next().await.unwrap().unwrap();
+    assert_eq!(a.status, AuthorizationStatus::Pending);
+    let ch = a
+        .challenges
+        .iter()
+        .find(|c| c.r#type == ChallengeType::Http01)
+        .unwrap();
+    assert_eq!(ch.status, instant_acme::ChallengeStatus::Processing);
+    let status = order.poll_ready(&RetryPolicy::default()).await.unwrap();
+    assert_eq!(status, OrderStatus::Ready);
+}

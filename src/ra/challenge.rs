@@ -37,38 +37,29 @@ impl Authority {
                 "the authorization has expired; create a new order",
             );
         }
-        let mut next = current.value.clone();
-        if !state::start_validation(&mut next, index) {
+        let mut started = current.value.clone();
+        if !state::start_validation(&mut started, index) {
             // Already started or finished: answer with its state (idempotent).
             return Ok(current.value);
         }
-        let sub = self.subscribe(Event::Authz(next.id.to_string()));
-        // Deferred: the client is told nothing before the outcome's own durable
-        // write, or the sync below; a crash before either leaves the challenge
-        // pending, and the client may answer it again.
-        match self
-            .records
-            .commit_deferred(Batch::new().replace(&current, &next))
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::Conflict { .. }) => {
-                // Someone else started it at the same moment.
-                return self.authz(account, authz_id).await;
+        // The validation starts at once, and `processing` is stored only if it
+        // outlasts the wait: a quick outcome is then the only write, and one
+        // flush. Until either write, a crash leaves the challenge pending, and
+        // the client, told nothing yet, answers it again.
+        let sub = self.subscribe(Event::Authz(current.id.to_string()));
+        self.spawn_validation(account, current.value.clone(), index)?;
+        if !self.wait_for(sub, self.opts.challenge_wait).await {
+            match self
+                .records
+                .commit(Batch::new().replace(&current, &started))
+                .await
+            {
+                // Conflict: the outcome (or another request) got there first.
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
-        self.spawn_validation(account, next.clone(), index)?;
-        let published = self.wait_for(sub, self.opts.challenge_wait).await;
-        let shown = self.authz(account, authz_id).await?;
-        let processing =
-            shown.challenges.get(index).map(|c| c.status) == Some(ChallengeStatus::Processing);
-        if processing || !published {
-            // The outcome's task syncs before it publishes; otherwise make what
-            // we are about to show durable first.
-            self.records.sync().await?;
-        }
-        Ok(shown)
+        self.authz(account, authz_id).await
     }
 
     /// Runs the validation of challenge `index` in the background, unless one
@@ -160,6 +151,8 @@ impl Authority {
         self.publish(Event::Authz(authz.id.to_string()));
     }
 
+    /// Stores the outcome and the order's status it implies (`ready` or
+    /// `invalid`) in one durable commit.
     async fn record_validation(
         &self,
         authz: &AuthzRecord,
@@ -170,29 +163,41 @@ impl Authority {
             let Some(current) = self.records.get::<AuthzRecord>(authz.id.as_str()).await? else {
                 return Ok(());
             };
+            let now = self.clock.now();
             let mut next = current.value.clone();
-            if current.challenges.get(index).map(|c| c.status) != Some(ChallengeStatus::Processing)
-            {
+            if !state::apply_validation(&mut next, index, result.clone(), now) {
                 return Ok(());
             }
-            if !state::apply_validation(&mut next, index, result.clone(), self.clock.now()) {
-                return Ok(());
-            }
-            // One flush for the outcome and the order's change it causes.
-            match self
+            let mut batch = Batch::new().replace(&current, &next);
+            let order = self
                 .records
-                .commit_deferred(Batch::new().replace(&current, &next))
-                .await
-            {
+                .get::<OrderRecord>(next.order_id.as_str())
+                .await?;
+            let mut finished_order = None;
+            if let Some(order) = &order {
+                let authzs: Vec<AuthzRecord> = self
+                    .order_authzs(order)
+                    .await?
+                    .into_iter()
+                    .map(|a| {
+                        if a.id == next.id {
+                            state::authz_at(next.clone(), now)
+                        } else {
+                            a
+                        }
+                    })
+                    .collect();
+                let next_order = state::order_at(order.value.clone(), &authzs, now);
+                if next_order != order.value {
+                    finished_order = Some(next_order.status);
+                    batch = batch.replace(order, &next_order);
+                }
+            }
+            match self.records.commit(batch).await {
                 Ok(()) => {
-                    if let Some(order) = self
-                        .records
-                        .get::<OrderRecord>(next.order_id.as_str())
-                        .await?
-                    {
-                        self.refresh_order(order).await?;
+                    if finished_order == Some(crate::acme::types::OrderStatus::Invalid) {
+                        crate::metrics::order_finished(crate::acme::types::OrderStatus::Invalid);
                     }
-                    self.records.sync().await?;
                     return Ok(());
                 }
                 Err(StoreError::Conflict { .. }) => continue,

@@ -244,7 +244,10 @@ impl Authority {
         )
     }
 
-    async fn order_authzs(&self, order: &OrderRecord) -> Result<Vec<AuthzRecord>, RaError> {
+    pub(super) async fn order_authzs(
+        &self,
+        order: &OrderRecord,
+    ) -> Result<Vec<AuthzRecord>, RaError> {
         let now = self.clock.now();
         let mut out = Vec::with_capacity(order.authz_ids.len());
         for id in &order.authz_ids {

@@ -24,7 +24,9 @@ pub fn authz_at(mut authz: AuthzRecord, now: OffsetDateTime) -> AuthzRecord {
 }
 
 /// Applies a validation outcome to one challenge of an authorization.
-/// Returns false (and changes nothing) if the challenge is not `processing`.
+/// Returns false (and changes nothing) if the authorization is no longer
+/// pending or the challenge is neither `pending` (a quick validation whose
+/// start was never stored) nor `processing`.
 pub fn apply_validation(
     authz: &mut AuthzRecord,
     challenge_index: usize,
@@ -34,7 +36,11 @@ pub fn apply_validation(
     let Some(ch) = authz.challenges.get_mut(challenge_index) else {
         return false;
     };
-    if ch.status != ChallengeStatus::Processing || authz.status != AuthorizationStatus::Pending {
+    if !matches!(
+        ch.status,
+        ChallengeStatus::Pending | ChallengeStatus::Processing
+    ) || authz.status != AuthorizationStatus::Pending
+    {
         return false;
     }
     match outcome {

@@ -12,7 +12,8 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-type Tokens = Arc<Mutex<HashMap<String, String>>>;
+/// token → (key authorization, delay before answering)
+type Tokens = Arc<Mutex<HashMap<String, (String, Option<std::time::Duration>)>>>;
 
 #[derive(Debug, Default)]
 struct AlpnCerts(Mutex<HashMap<String, Arc<CertifiedKey>>>);
@@ -43,10 +44,14 @@ impl Responders {
                 "/.well-known/acme-challenge/{token}",
                 axum::routing::get(
                     |State(t): State<Tokens>, Path(token): Path<String>| async move {
-                        match t.lock().unwrap().get(&token) {
-                            Some(v) => (http::StatusCode::OK, v.clone()),
-                            None => (http::StatusCode::NOT_FOUND, String::new()),
+                        let (answer, delay) = match t.lock().unwrap().get(&token) {
+                            Some((v, d)) => ((http::StatusCode::OK, v.clone()), *d),
+                            None => ((http::StatusCode::NOT_FOUND, String::new()), None),
+                        };
+                        if let Some(d) = delay {
+                            tokio::time::sleep(d).await;
                         }
+                        answer
                     },
                 ),
             )
@@ -106,7 +111,16 @@ impl Responders {
         self.tokens
             .lock()
             .unwrap()
-            .insert(token.to_owned(), key_auth.to_owned());
+            .insert(token.to_owned(), (key_auth.to_owned(), None));
+    }
+
+    /// Like [`set_http01`](Self::set_http01), answering only after `delay`.
+    #[allow(dead_code)]
+    pub fn set_http01_slow(&self, token: &str, key_auth: &str, delay: std::time::Duration) {
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), (key_auth.to_owned(), Some(delay)));
     }
 
     /// Publishes the dns-01 TXT value for `name` (without `_acme-challenge.`).
