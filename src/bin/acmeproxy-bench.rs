@@ -16,6 +16,8 @@ mod backlog;
 mod client;
 #[path = "acmeproxy-bench/flow.rs"]
 mod flow;
+#[path = "acmeproxy-bench/pacer.rs"]
+mod pacer;
 #[path = "acmeproxy-bench/procstat.rs"]
 mod procstat;
 #[path = "acmeproxy-bench/responder.rs"]
@@ -121,6 +123,11 @@ struct Args {
     /// download. A `valid` answer still downloads the certificate.
     #[arg(long)]
     finalize_nowait: bool,
+    /// Start flows at this many per second (open loop), at most
+    /// --concurrency in flight, instead of each worker starting its next flow
+    /// at once (closed loop, the default).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -147,6 +154,8 @@ struct Shared {
     failed_in_window: AtomicU64,
     warmup_errors: AtomicU64,
     errors_shown: AtomicU64,
+    /// `--rate`: the start schedule.
+    pacer: Option<pacer::Pacer>,
 }
 
 fn main() -> ExitCode {
@@ -173,6 +182,9 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of flows per second");
     }
     let tls = tls_config(args.ca_file.as_deref())?;
     let timeout = Duration::from_secs(args.timeout.max(1));
@@ -223,6 +235,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         failed_in_window: AtomicU64::new(0),
         warmup_errors: AtomicU64::new(0),
         errors_shown: AtomicU64::new(0),
+        pacer: args.rate.map(pacer::Pacer::new),
     });
 
     let server_pid = args.server_pid.map(|p| p.to_string());
@@ -313,6 +326,12 @@ async fn worker(shared: Arc<Shared>) -> Stats {
             && shared.measured_started.fetch_add(1, Ordering::SeqCst) >= count
         {
             break;
+        }
+        if let Some(p) = &shared.pacer {
+            p.wait_turn().await;
+            if shared.phase.load(Ordering::SeqCst) == DONE {
+                break;
+            }
         }
         if shared.connection_per_flow {
             http = Http::new(&shared.tls, shared.timeout, 1);
@@ -551,6 +570,7 @@ fn report(
         "max_errors": args.max_errors,
         "backlog": args.backlog,
         "finalize_nowait": args.finalize_nowait,
+        "rate": args.rate,
         "connection": if args.connection_per_flow { "per-flow" } else { "keep-alive per worker" },
         "http01_listen": args.http01_listen.to_string(),
         "client": "acmeproxy-bench (hand-written, HTTP/1.1, ES256 account keys)",
@@ -573,6 +593,7 @@ fn report(
         requests_per_flow: stats.request_count() as f64 / flows,
         order_polls_per_flow: stats.order_polls as f64 / stats.ok.max(1) as f64,
         flows_ended_processing: stats.ended_processing,
+        late_starts: shared.pacer.as_ref().map(pacer::Pacer::late_starts),
         validations_served: shared.responder.served(),
         validations_unknown_token: shared.responder.unknown(),
         latency_ms: stats.latencies(),

@@ -158,6 +158,9 @@ pub(crate) struct Report {
     /// Successful flows that ended at a `processing` finalize answer
     /// (`--finalize-nowait`), without a download.
     pub(crate) flows_ended_processing: u64,
+    /// `--rate`: flow starts that ran over 5 ms behind their slot because
+    /// every worker was busy (null without `--rate`).
+    pub(crate) late_starts: Option<u64>,
     /// http-01 answers served (any time) and requests for unknown tokens.
     pub(crate) validations_served: u64,
     pub(crate) validations_unknown_token: u64,
@@ -192,6 +195,9 @@ impl Report {
                 "nowait         {} flows ended at a processing finalize (no download)",
                 self.flows_ended_processing
             );
+        }
+        if let Some(late) = self.late_starts {
+            let _ = writeln!(s, "paced          {late} flow starts ran over 5 ms late");
         }
         if self.stopped_by_errors {
             let _ = writeln!(s, "stopped early  --max-errors reached");
