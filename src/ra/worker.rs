@@ -364,10 +364,13 @@ impl Authority {
             let Some(job) = self.records.get::<FinalizeJob>(order.id.as_str()).await? else {
                 return Ok(());
             };
-            let mut batch = Batch::new().replace(&order, &next).remove(&job);
+            // The certificate before the order that points to it (readers may
+            // see a batch's first keys a moment before its last).
+            let mut batch = Batch::new();
             if let Some(c) = &cert {
                 batch = Records::cert_insert_ops(batch, c);
             }
+            let batch = batch.replace(&order, &next).remove(&job);
             match self.records.commit(batch).await {
                 Ok(()) => {
                     crate::metrics::order_finished(next.status);

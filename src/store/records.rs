@@ -214,22 +214,22 @@ impl Records {
         self.get::<AccountRecord>(&id).await
     }
 
-    /// Creates an order with its authorizations and the account's list entry.
+    /// Creates an order with its authorizations and the account's list entry,
+    /// in that order: what is pointed to before what points to it.
     pub fn order_insert_ops(
         mut batch: Batch,
         order: &OrderRecord,
         authzs: &[AuthzRecord],
     ) -> Batch {
-        batch = batch.insert(order).op(Op::put(
+        for a in authzs {
+            batch = batch.insert(a);
+        }
+        batch.insert(order).op(Op::put(
             Table::AccountOrders,
             format!("{}/{}", order.account_id, order.id),
             Vec::new(),
             Expect::Absent,
-        ));
-        for a in authzs {
-            batch = batch.insert(a);
-        }
-        batch
+        ))
     }
 
     /// The ids of an account's orders in id order (ids are random, so not by age), after `after`, at most `limit`.

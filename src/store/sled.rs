@@ -24,11 +24,21 @@
 //!
 //! One thread of the store's own (`acmeproxy-store`) applies every write, in
 //! the order the batches arrive: it checks a batch's preconditions (later ops
-//! see the writes of earlier ops of the same batch) and applies it, with a
-//! plain sled insert or remove for one op and an atomic `apply_batch` for
-//! several. Applying on one thread makes check-and-write atomic without sled
-//! transactions, whose process-wide lock also waits for any flush in progress
-//! and stalls readers.
+//! see the writes of earlier ops of the same batch), then applies it with
+//! plain sled inserts and removes. Applying on one thread makes
+//! check-and-write atomic between writers without sled transactions or
+//! `apply_batch`: both take a process-wide lock that waits for any flush in
+//! progress and stalls readers, and `apply_batch` writes out sled's I/O
+//! buffer twice per batch.
+//!
+//! A batch of several keys is made crash-atomic by an intent record: the
+//! whole batch is first written under `__intent\0<seq>` (outside every
+//! table), then applied key by key in the batch's order, then the intent is
+//! removed. sled recovers a prefix of its log, so after a crash either the
+//! intent survives, and [`SledStore::open`] finishes the batch before anything
+//! else runs, or nothing of the batch does. A reader running at the same time
+//! may see the first keys of a batch a few microseconds before the last, so
+//! batches put a new record before the record that points to it.
 //!
 //! The same thread then makes the writes durable (group commit): it applies
 //! every batch waiting in its queue, then runs one sled flush (which writes
@@ -99,6 +109,13 @@ impl SledStore {
                 };
                 StoreError::backend(context, e)
             })?;
+        let replayed = replay_intents(&db)?;
+        if replayed > 0 {
+            tracing::warn!(
+                batches = replayed,
+                "finished batches a crash had interrupted"
+            );
+        }
         let writer = Writer::start(db.clone())?;
         Ok(Self {
             db,
@@ -293,12 +310,14 @@ impl Drop for Writer {
 /// The writer thread: apply a group of batches, flush once, answer the group.
 fn write_loop(db: &sled::Db, queue: &mpsc::Receiver<(Job, Reply)>) {
     let mut waiting: Vec<Reply> = Vec::new();
+    // Intent keys; every intent is gone after `replay_intents` at open.
+    let mut seq: u64 = 0;
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
         let mut taken = 0;
         while let Some((job, reply)) = next.take() {
             match job {
-                Job::Apply { ops, durable } => match apply(db, &ops) {
+                Job::Apply { ops, durable } => match apply(db, &ops, &mut seq) {
                     Ok(()) if durable => waiting.push(reply),
                     result => {
                         let _ = reply.send(result);
@@ -328,7 +347,7 @@ fn write_loop(db: &sled::Db, queue: &mpsc::Receiver<(Job, Reply)>) {
 /// Checks the preconditions of `ops` and applies them atomically, or returns
 /// [`StoreError::Conflict`] naming the first failing op with nothing written.
 /// Runs only on the writer thread, so nothing changes between check and write.
-fn apply(db: &sled::Db, ops: &[Op]) -> Result<(), StoreError> {
+fn apply(db: &sled::Db, ops: &[Op], seq: &mut u64) -> Result<(), StoreError> {
     let keyed: Vec<Vec<u8>> = ops.iter().map(|op| db_key(op.table, &op.key)).collect();
     // What earlier ops of this batch wrote, so later preconditions see it.
     let mut written: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
@@ -356,23 +375,120 @@ fn apply(db: &sled::Db, ops: &[Op]) -> Result<(), StoreError> {
         }
         written.push((key.as_slice(), op.value.as_deref()));
     }
-    let result = match (keyed.as_slice(), ops) {
-        ([key], [op]) => match &op.value {
-            Some(v) => db.insert(key.as_slice(), v.as_slice()).map(|_| ()),
-            None => db.remove(key.as_slice()).map(|_| ()),
-        },
+    let writes: Vec<(&[u8], Option<&[u8]>)> = keyed
+        .iter()
+        .zip(ops)
+        .map(|(k, op)| (k.as_slice(), op.value.as_deref()))
+        .collect();
+    match writes.as_slice() {
+        [(key, value)] => write_one(db, key, *value),
         _ => {
-            let mut batch = sled::Batch::default();
-            for (key, op) in keyed.iter().zip(ops) {
-                match &op.value {
-                    Some(v) => batch.insert(key.as_slice(), v.as_slice()),
-                    None => batch.remove(key.as_slice()),
-                }
+            // Several keys: record the whole batch under an intent key first,
+            // apply it key by key, then drop the intent. sled recovers a
+            // prefix of its log, so after a crash either the intent is there
+            // (and `replay_intents` finishes the batch) or none of it is.
+            let intent = intent_key(*seq);
+            *seq += 1;
+            write_one(db, &intent, Some(&encode_intent(&writes)))?;
+            for (key, value) in &writes {
+                write_one(db, key, *value)?;
             }
-            db.apply_batch(batch)
+            write_one(db, &intent, None)
         }
-    };
-    result.map_err(|e| StoreError::backend("sled write failed", e))
+    }
+}
+
+fn write_one(db: &sled::Db, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+    match value {
+        Some(v) => db.insert(key, v).map(|_| ()),
+        None => db.remove(key).map(|_| ()),
+    }
+    .map_err(|e| StoreError::backend("sled write failed", e))
+}
+
+/// Where intents live: outside every table (table names never start `__`).
+const INTENT_PREFIX: &[u8] = b"__intent\0";
+
+fn intent_key(seq: u64) -> Vec<u8> {
+    let mut k = INTENT_PREFIX.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `count`, then per write: key length, key, 0 (delete) or 1 + value length +
+/// value; lengths as u32 big-endian.
+fn encode_intent(writes: &[(&[u8], Option<&[u8]>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
+    out.extend_from_slice(&len(writes.len()));
+    for (key, value) in writes {
+        out.extend_from_slice(&len(key.len()));
+        out.extend_from_slice(key);
+        match value {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&len(v.len()));
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    out
+}
+
+type IntentWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+fn decode_intent(mut raw: &[u8]) -> Option<IntentWrites> {
+    fn take<'a>(raw: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (raw.get(..n)?, raw.get(n..)?);
+        *raw = rest;
+        Some(head)
+    }
+    fn take_len(raw: &mut &[u8]) -> Option<usize> {
+        let b: [u8; 4] = take(raw, 4)?.try_into().ok()?;
+        usize::try_from(u32::from_be_bytes(b)).ok()
+    }
+    let count = take_len(&mut raw)?;
+    let mut writes = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let klen = take_len(&mut raw)?;
+        let key = take(&mut raw, klen)?.to_vec();
+        let value = match take(&mut raw, 1)?.first()? {
+            0 => None,
+            1 => {
+                let vlen = take_len(&mut raw)?;
+                Some(take(&mut raw, vlen)?.to_vec())
+            }
+            _ => return None,
+        };
+        writes.push((key, value));
+    }
+    raw.is_empty().then_some(writes)
+}
+
+/// Finishes every batch a crash interrupted (see [`apply`]), oldest first,
+/// and makes the result durable. Returns how many there were.
+fn replay_intents(db: &sled::Db) -> Result<usize, StoreError> {
+    let mut done = 0;
+    for item in db.scan_prefix(INTENT_PREFIX) {
+        let (key, raw) = item.map_err(|e| StoreError::backend("sled scan of intents", e))?;
+        let writes = decode_intent(&raw).ok_or_else(|| {
+            StoreError::backend(
+                "replaying an interrupted batch",
+                "the intent record is unreadable",
+            )
+        })?;
+        for (k, v) in &writes {
+            write_one(db, k, v.as_deref())?;
+        }
+        write_one(db, &key, None)?;
+        done += 1;
+    }
+    if done > 0 {
+        db.flush()
+            .map_err(|e| StoreError::backend("sled flush after replaying batches", e))?;
+    }
+    Ok(done)
 }
 
 /// `<table name> NUL <key>`; see the module documentation.
@@ -394,6 +510,64 @@ fn is_lock_error(e: &sled::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intents_round_trip_and_reject_damage() {
+        let writes: Vec<(&[u8], Option<&[u8]>)> =
+            vec![(b"orders\0a", Some(b"{}")), (b"jobs\0a", None)];
+        let raw = encode_intent(&writes);
+        let back = decode_intent(&raw).unwrap();
+        assert_eq!(
+            back,
+            vec![
+                (b"orders\0a".to_vec(), Some(b"{}".to_vec())),
+                (b"jobs\0a".to_vec(), None)
+            ]
+        );
+        assert!(decode_intent(&raw[..raw.len() - 1]).is_none(), "truncated");
+        let mut longer = raw.clone();
+        longer.push(0);
+        assert!(decode_intent(&longer).is_none(), "trailing bytes");
+    }
+
+    /// A crash after the intent and the first of its writes: opening the store
+    /// finishes the batch (the second write here is a delete) and drops the
+    /// intent.
+    #[tokio::test]
+    async fn open_finishes_a_batch_a_crash_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let db = sled::Config::new().path(&path).open().unwrap();
+            db.insert(db_key(Table::Jobs, "o1"), &b"job"[..]).unwrap();
+            let order = db_key(Table::Orders, "o1");
+            let job = db_key(Table::Jobs, "o1");
+            let writes: Vec<(&[u8], Option<&[u8]>)> = vec![(&order, Some(b"valid")), (&job, None)];
+            db.insert(intent_key(7), encode_intent(&writes)).unwrap();
+            db.insert(&order, &b"valid"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(
+            store.get(Table::Orders, "o1").await.unwrap(),
+            Some(b"valid".to_vec())
+        );
+        assert_eq!(store.get(Table::Jobs, "o1").await.unwrap(), None);
+        assert_eq!(store.db.scan_prefix(INTENT_PREFIX).count(), 0);
+        // A batch applied now leaves no intent behind either.
+        store
+            .commit(vec![
+                Op::put(Table::Certs, "c", b"x".to_vec(), Expect::Absent),
+                Op::put(Table::CertSerials, "01", b"c".to_vec(), Expect::Absent),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.db.scan_prefix(INTENT_PREFIX).count(), 0);
+        assert_eq!(
+            store.get(Table::CertSerials, "01").await.unwrap(),
+            Some(b"c".to_vec())
+        );
+    }
 
     #[test]
     fn keys_of_different_tables_never_collide() {
