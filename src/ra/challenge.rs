@@ -4,6 +4,8 @@
 //!
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-7.5.1>
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,9 +48,27 @@ impl Authority {
         // outlasts the wait: a quick outcome is then the only write, and one
         // flush. Until either write, a crash leaves the challenge pending, and
         // the client, told nothing yet, answers it again.
+        //
+        // The validation runs in this request's task, so that its outcome is
+        // answered without a hand-off; if it outlasts the wait, it goes on in
+        // a task of its own. If one already runs for this authorization, wait
+        // for its outcome instead.
         let sub = self.subscribe(Event::Authz(current.id.to_string()));
-        self.spawn_validation(account, current.value.clone(), index)?;
-        if !self.wait_for(sub, self.opts.challenge_wait).await {
+        let finished = match self.validation(account, current.value.clone(), index)? {
+            Some(mut validation) => {
+                let finished = tokio::select! {
+                    () = &mut validation => true,
+                    () = tokio::time::sleep(self.opts.challenge_wait) => false,
+                    () = self.shutdown.cancelled() => false,
+                };
+                if !finished {
+                    self.tasks.spawn(validation);
+                }
+                finished
+            }
+            None => self.wait_for(sub, self.opts.challenge_wait).await,
+        };
+        if !finished {
             match self
                 .records
                 .commit(Batch::new().replace(&current, &started))
@@ -70,8 +90,23 @@ impl Authority {
         authz: AuthzRecord,
         index: usize,
     ) -> Result<(), RaError> {
+        if let Some(validation) = self.validation(account, authz, index)? {
+            self.tasks.spawn(validation);
+        }
+        Ok(())
+    }
+
+    /// The validation of challenge `index` (check, store the outcome, wake
+    /// the waiters), claimed for this process; `None` if one already runs
+    /// here for that authorization.
+    fn validation(
+        self: &Arc<Self>,
+        account: &AccountRecord,
+        authz: AuthzRecord,
+        index: usize,
+    ) -> Result<Option<Validation>, RaError> {
         let Some(ch) = authz.challenges.get(index) else {
-            return Ok(());
+            return Ok(None);
         };
         let jwk = PublicJwk::from_json(&account.jwk)
             .map_err(|e| RaError::internal("reading the account key", e))?;
@@ -79,20 +114,21 @@ impl Authority {
         match self.validating.lock() {
             Ok(mut set) => {
                 if !set.insert(authz.id.clone()) {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(None),
         }
-        let this = Arc::clone(self);
-        self.tasks.spawn(async move {
-            let id = authz.id.clone();
-            this.run_validation(authz, index, key_auth).await;
-            if let Ok(mut set) = this.validating.lock() {
-                set.remove(&id);
-            }
-        });
-        Ok(())
+        // Released when the validation ends or is dropped (a client that
+        // hangs up drops its request, and the validation running in it).
+        let claim = Claim {
+            ra: Arc::clone(self),
+            id: authz.id.clone(),
+        };
+        Ok(Some(Box::pin(async move {
+            claim.ra.run_validation(authz, index, key_auth).await;
+            drop(claim);
+        })))
     }
 
     /// A challenge left `processing` by a process that stopped (crash or
@@ -208,5 +244,22 @@ impl Authority {
             ProblemType::ServerInternal,
             "the authorization changed concurrently too often",
         )
+    }
+}
+
+/// A validation ready to run, inline or in a task of its own.
+type Validation = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// This process's claim on validating one authorization.
+struct Claim {
+    ra: Arc<Authority>,
+    id: crate::model::AuthzId,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.ra.validating.lock() {
+            set.remove(&self.id);
+        }
     }
 }
