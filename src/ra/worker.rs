@@ -45,7 +45,7 @@ impl FinalizeWorker {
     }
 
     /// Takes new jobs as finalize hands them over, looks through the stored
-    /// ones at start-up and every [`SCAN_EVERY`], and runs each in a task of
+    /// ones at start-up and every 30 s, and runs each in a task of
     /// its own (at most `finalize_concurrency` talk to the upstream at once),
     /// until the shutdown token fires.
     pub async fn run(self) {
