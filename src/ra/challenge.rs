@@ -56,6 +56,9 @@ impl Authority {
         let sub = self.subscribe(Event::Authz(current.id.to_string()));
         let finished = match self.validation(account, current.value.clone(), index)? {
             Some(mut validation) => {
+                // Runs here: nothing to wait for (and a validation dropped
+                // with this request would never publish).
+                self.unsubscribe(sub);
                 let finished = tokio::select! {
                     () = &mut validation => true,
                     () = tokio::time::sleep(self.opts.challenge_wait) => false,

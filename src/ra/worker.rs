@@ -142,12 +142,13 @@ impl FinalizeWorker {
                         () = ra.shutdown.cancelled() => break,
                     }
                 }
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    break;
+                let permit = tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = ra.shutdown.cancelled() => break,
                 };
-                if ra.shutdown.is_cancelled() {
-                    break;
-                }
                 let retry_at = ra.run_job(&id).await;
                 drop(permit);
                 match retry_at {
