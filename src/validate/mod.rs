@@ -79,15 +79,60 @@ impl ValidationError {
 }
 
 /// Runs challenge validations.
+///
+/// The network part of each validation runs on a thread and runtime of the
+/// validator's own (`acmeproxy-validate`), not on the runtime that serves
+/// requests. A validation is a handful of sequential steps (connect, write,
+/// read, …); on a busy request runtime each step waited its turn behind every
+/// ready request task, which made validation, and so the challenge POST, the
+/// slowest request under load (docs/performance.md).
 #[derive(Clone)]
 pub struct Validator {
     settings: ValidationSettings,
+    /// `None` if the thread could not be started: validations then run on
+    /// the caller's runtime.
+    io: Option<Arc<IoThread>>,
+}
+
+/// The validator's runtime thread; it ends when the last validator is dropped.
+struct IoThread {
+    handle: tokio::runtime::Handle,
+    /// Dropping it ends the thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl IoThread {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("acmeproxy-validate".to_owned())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Self {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 impl Validator {
     /// A validator with these settings.
     pub fn new(settings: ValidationSettings) -> Self {
-        Self { settings }
+        let io = match IoThread::start() {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the validation thread; validating on the request runtime");
+                None
+            }
+        };
+        Self { settings, io }
     }
 
     /// Validates one challenge for `identifier` (without wildcard label).
@@ -100,26 +145,48 @@ impl Validator {
         token: &str,
         key_authorization: &str,
     ) -> Result<ValidationRecord, ValidationError> {
-        let fut = async {
-            match kind {
-                ChallengeType::Http01 => {
-                    http01::validate(&self.settings, identifier, token, key_authorization).await
-                }
-                ChallengeType::Dns01 => {
-                    dns01::validate(&self.settings, identifier, key_authorization).await
-                }
-                ChallengeType::TlsAlpn01 => {
-                    tls_alpn01::validate(&self.settings, identifier, key_authorization).await
-                }
-            }
+        let settings = self.settings.clone();
+        let identifier = identifier.clone();
+        let (token, key_authorization) = (token.to_owned(), key_authorization.to_owned());
+        let attempt = async move {
+            validate_bounded(&settings, kind, &identifier, &token, &key_authorization).await
         };
-        match tokio::time::timeout(self.settings.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ValidationError::Connection(format!(
-                "{kind} validation of {} timed out after {:?}",
-                identifier.value(),
-                self.settings.timeout
-            ))),
+        match &self.io {
+            Some(io) => io.handle.spawn(attempt).await.unwrap_or_else(|e| {
+                Err(ValidationError::Connection(format!(
+                    "the {kind} validation task ended before its result: {e}"
+                )))
+            }),
+            None => attempt.await,
         }
+    }
+}
+
+/// One validation attempt, bounded by the settings' timeout.
+async fn validate_bounded(
+    settings: &ValidationSettings,
+    kind: ChallengeType,
+    identifier: &Identifier,
+    token: &str,
+    key_authorization: &str,
+) -> Result<ValidationRecord, ValidationError> {
+    let fut = async {
+        match kind {
+            ChallengeType::Http01 => {
+                http01::validate(settings, identifier, token, key_authorization).await
+            }
+            ChallengeType::Dns01 => dns01::validate(settings, identifier, key_authorization).await,
+            ChallengeType::TlsAlpn01 => {
+                tls_alpn01::validate(settings, identifier, key_authorization).await
+            }
+        }
+    };
+    match tokio::time::timeout(settings.timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ValidationError::Connection(format!(
+            "{kind} validation of {} timed out after {:?}",
+            identifier.value(),
+            settings.timeout
+        ))),
     }
 }
