@@ -76,6 +76,7 @@ fn full_document() -> Value {
         "config": {"certlifetime": 90, "name": "Example", "metrics": metrics.clone(), "signDelay": "0s"},
         "claims": claims,
         "policy": policy,
+        "upstreamConcurrency": 32,
         "certificateAuthority": "https://ca.example.com",
         "certificateAuthorityFingerprint": "00",
         "certificateIssuer": {},

@@ -134,7 +134,10 @@ pub async fn start_with(
         validator,
         Arc::clone(&upstream),
         provisioners(&cfg)?,
-        AuthorityOptions::default(),
+        AuthorityOptions {
+            finalize_concurrency: cfg.upstream_concurrency()?,
+            ..AuthorityOptions::default()
+        },
         shutdown.clone(),
     );
     super::admin_socket::serve(

@@ -169,6 +169,9 @@ pub struct AuthorityConfig {
     /// Name policy for every provisioner.
     #[serde(default)]
     pub policy: Option<PolicyConfig>,
+    /// Finalize jobs that talk to the upstream at once (default 32).
+    #[serde(default)]
+    pub upstream_concurrency: Option<u32>,
     // stepcas / vaultcas keys (step-ca RA mode).
     #[serde(default)]
     pub certificate_authority: Option<String>,
@@ -203,6 +206,7 @@ impl std::fmt::Debug for AuthorityConfig {
             .field("provisioners", &self.provisioners)
             .field("claims", &self.claims)
             .field("policy", &self.policy)
+            .field("upstream_concurrency", &self.upstream_concurrency)
             .field("certificate_authority", &self.certificate_authority)
             .field(
                 "certificate_authority_fingerprint",
@@ -400,6 +404,9 @@ impl SoftCasConfig {
     }
 }
 
+/// The largest `authority.upstreamConcurrency`.
+pub const MAX_UPSTREAM_CONCURRENCY: u32 = 4096;
+
 /// The two places a metrics listener can be configured.
 struct MetricsListenSource {
     top: Option<MetricsConfig>,
@@ -565,6 +572,24 @@ impl Config {
                 .map_err(|e| ConfigError::invalid("authority.config", e.to_string()))?,
         };
         Ok(cfg)
+    }
+
+    /// How many finalize jobs talk to the upstream at once
+    /// (`authority.upstreamConcurrency`, default 32, at most
+    /// [`MAX_UPSTREAM_CONCURRENCY`]).
+    pub fn upstream_concurrency(&self) -> Result<usize, ConfigError> {
+        match self.authority.upstream_concurrency {
+            None => Ok(32),
+            Some(n) if (1..=MAX_UPSTREAM_CONCURRENCY).contains(&n) => {
+                Ok(usize::try_from(n).unwrap_or(32))
+            }
+            Some(n) => Err(ConfigError::invalid(
+                "authority.upstreamConcurrency",
+                format!(
+                    "{n} is out of range; give 1 to {MAX_UPSTREAM_CONCURRENCY} (default 32), more for a slow remote CA"
+                ),
+            )),
+        }
     }
 
     /// The softcas settings (`authority.config` when `type` is `softcas`).

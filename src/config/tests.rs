@@ -152,3 +152,19 @@ fn softcas_sign_delay_is_a_go_duration() {
         std::time::Duration::ZERO
     );
 }
+
+#[test]
+fn upstream_concurrency_defaults_to_32_and_is_bounded() {
+    let (cfg, _) = Config::parse(&minimal().to_string()).unwrap();
+    assert_eq!(cfg.upstream_concurrency().unwrap(), 32);
+    let mut v = minimal();
+    v["authority"]["upstreamConcurrency"] = 500.into();
+    let (cfg, _) = Config::parse(&v.to_string()).unwrap();
+    assert_eq!(cfg.upstream_concurrency().unwrap(), 500);
+    for bad in [0, 5000] {
+        v["authority"]["upstreamConcurrency"] = bad.into();
+        let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+        assert!(e.contains("authority.upstreamConcurrency"), "{e}");
+        assert!(e.contains("1 to 4096"), "{e}");
+    }
+}

@@ -172,6 +172,7 @@ impl Config {
                 "define at least one provisioner, e.g. {\"type\": \"ACME\", \"name\": \"acme\"}",
             ));
         }
+        self.upstream_concurrency()?;
         match self.authority.kind.as_str() {
             "softcas" => {
                 self.softcas()?.sign_delay()?;
