@@ -101,7 +101,7 @@ impl Authority {
             }
             Err(e) => return Err(e.into()),
         }
-        self.enqueue_job(&order.id);
+        self.enqueue_job(job);
         let published = self.wait_for(sub, self.opts.finalize_wait).await;
         let shown = self.order(&account.id, order.id.as_str()).await?;
         if !published || (deferred && shown.status == OrderStatus::Processing) {

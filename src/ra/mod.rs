@@ -100,9 +100,9 @@ pub struct Authority {
     /// Handlers waiting for an event, by event: a publish wakes only its own.
     waiters: std::sync::Mutex<HashMap<Event, Vec<oneshot::Sender<()>>>>,
     /// Finalize hands new jobs to the worker here.
-    jobs_tx: mpsc::UnboundedSender<crate::model::OrderId>,
+    jobs_tx: mpsc::UnboundedSender<crate::model::FinalizeJob>,
     /// The worker's end, taken when it starts.
-    jobs_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<crate::model::OrderId>>>,
+    jobs_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<crate::model::FinalizeJob>>>,
     /// Authorizations whose validation runs in this process.
     validating: std::sync::Mutex<std::collections::HashSet<crate::model::AuthzId>>,
     tasks: TaskTracker,
@@ -176,7 +176,7 @@ impl Authority {
     }
 
     /// The queue of new finalize jobs, for the one worker that runs.
-    fn take_job_queue(&self) -> Option<mpsc::UnboundedReceiver<crate::model::OrderId>> {
+    fn take_job_queue(&self) -> Option<mpsc::UnboundedReceiver<crate::model::FinalizeJob>> {
         self.jobs_rx.lock().ok().and_then(|mut q| q.take())
     }
 

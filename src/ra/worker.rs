@@ -22,7 +22,7 @@ use crate::upstream::{Checkpoint, SignRequest, UpstreamError};
 
 /// How often the worker looks through the stored jobs for any it does not
 /// run yet (jobs left by a stopped process are found by the first look, at
-/// start-up). New jobs reach it at once through [`Authority::enqueue_job`].
+/// start-up). New jobs reach it at once through `Authority::enqueue_job`.
 const SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs finalize jobs until shutdown.
@@ -59,7 +59,7 @@ impl FinalizeWorker {
         loop {
             tokio::select! {
                 next = queue.recv() => match next {
-                    Some(id) => self.take(id).await,
+                    Some(job) => self.start(job),
                     None => return,
                 },
                 _ = scan.tick() => self.scan().await,
@@ -69,41 +69,19 @@ impl FinalizeWorker {
         }
     }
 
-    /// A job finalize just stored.
-    async fn take(&self, id: OrderId) {
-        match self.authority.records.get::<FinalizeJob>(id.as_str()).await {
-            Ok(Some(job)) => self.start(job.value),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(order = %id, error = %e, "cannot read a finalize job; the next scan retries it")
-            }
-        }
-    }
-
-    /// Every stored job not running here yet.
+    /// Every stored job due before the next scan and not running here yet
+    /// (jobs a stopped process left; this one's tasks retry their own). A
+    /// job's task waits for its due time.
     async fn scan(&self) {
-        let mut after: Option<String> = None;
-        loop {
-            let page = match self
-                .authority
-                .records
-                .list::<FinalizeJob>(after.as_deref(), 512)
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read finalize jobs");
-                    return;
+        let ra = &self.authority;
+        let horizon = ra.clock.now() + SCAN_EVERY;
+        match ra.records.due_jobs(horizon, usize::MAX).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    self.start(job.value);
                 }
-            };
-            let full = page.len() == 512;
-            after = page.last().map(|j| j.value.order_id.to_string());
-            for job in page {
-                self.start(job.value);
             }
-            if !full {
-                return;
-            }
+            Err(e) => tracing::error!(error = %e, "cannot read finalize jobs"),
         }
     }
 
@@ -205,10 +183,10 @@ impl Checkpoint for JobCheckpoint {
 
 impl Authority {
     /// Hands a stored finalize job to the worker.
-    pub(super) fn enqueue_job(&self, order: &OrderId) {
+    pub(super) fn enqueue_job(&self, job: FinalizeJob) {
         // Fails only when no worker runs (it stopped at shutdown); the job is
         // stored, and the next start finds it.
-        let _ = self.jobs_tx.send(order.clone());
+        let _ = self.jobs_tx.send(job);
     }
 
     /// One attempt at a job, read afresh from the store. Returns when to try
@@ -217,7 +195,7 @@ impl Authority {
         let retry_at = match self.records.get::<FinalizeJob>(order_id.as_str()).await {
             Ok(None) => None,
             Ok(Some(job)) => match self.try_job(job.value).await {
-                Ok(()) => self.job_retry_time(order_id).await,
+                Ok(next) => next,
                 Err(e) => {
                     tracing::error!(order = %order_id, error = %e, source = ?e.source, "finalize job failed to record its outcome; it will be retried");
                     Some(self.clock.now() + backoff(1, self.opts.max_backoff))
@@ -235,27 +213,20 @@ impl Authority {
         retry_at.map(|at| at.max(soonest))
     }
 
-    /// When a job still stored is due again; `None` if it is gone.
-    async fn job_retry_time(&self, order_id: &OrderId) -> Option<OffsetDateTime> {
-        match self.records.get::<FinalizeJob>(order_id.as_str()).await {
-            Ok(Some(job)) => Some(job.next_attempt_at),
-            Ok(None) => None,
-            Err(_) => Some(self.clock.now() + backoff(1, self.opts.max_backoff)),
-        }
-    }
-
-    async fn try_job(&self, job: FinalizeJob) -> Result<(), super::RaError> {
+    /// One attempt. Returns when the job is due again if it stays (a
+    /// transient failure), `None` once it is done.
+    async fn try_job(&self, job: FinalizeJob) -> Result<Option<OffsetDateTime>, super::RaError> {
         let Some(order) = self
             .records
             .get::<OrderRecord>(job.order_id.as_str())
             .await?
         else {
             self.drop_job(&job.order_id).await?;
-            return Ok(());
+            return Ok(None);
         };
         if order.status != OrderStatus::Processing {
             self.drop_job(&job.order_id).await?;
-            return Ok(());
+            return Ok(None);
         }
         let now = self.clock.now();
         if now >= order.expires {
@@ -269,7 +240,7 @@ impl Authority {
                     "the upstream CA did not issue the certificate before the order expired (last error: {why}); create a new order"
                 ),
             );
-            return self.finish(&order, Err(p), None).await;
+            return self.finish(&order, Err(p), None).await.map(|()| None);
         }
         let not_after = order.not_after.unwrap_or_else(|| {
             order.not_before.unwrap_or(now) + self.default_lifetime(&order.provisioner)
@@ -328,17 +299,18 @@ impl Authority {
                 };
                 self.finish(&order, Ok(record.id.clone()), Some(record))
                     .await
+                    .map(|()| None)
             }
             Err(e @ UpstreamError::Rejected { .. }) => {
                 let UpstreamError::Rejected { kind, detail } = &e else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 tracing::warn!(order = %order.id, error = %e, "upstream refused the certificate");
                 let p = Problem::new(
                     *kind,
                     format!("the upstream CA refused the certificate: {detail}"),
                 );
-                self.finish(&order, Err(p), None).await
+                self.finish(&order, Err(p), None).await.map(|()| None)
             }
             Err(e) => {
                 tracing::warn!(order = %order.id, attempt = job.attempts + 1, error = %e, source = ?std::error::Error::source(&e), "upstream failed; will retry");
@@ -395,14 +367,20 @@ impl Authority {
         ))
     }
 
-    async fn retry_later(&self, job: &FinalizeJob, why: &str) -> Result<(), super::RaError> {
+    /// Records the failure and schedules the next attempt; returns its time
+    /// (`None` if the job is gone).
+    async fn retry_later(
+        &self,
+        job: &FinalizeJob,
+        why: &str,
+    ) -> Result<Option<OffsetDateTime>, super::RaError> {
         for _ in 0..8 {
             let Some(current) = self
                 .records
                 .get::<FinalizeJob>(job.order_id.as_str())
                 .await?
             else {
-                return Ok(());
+                return Ok(None);
             };
             let mut next = current.value.clone();
             next.attempts = next.attempts.saturating_add(1);
@@ -413,12 +391,13 @@ impl Authority {
                 .commit(Batch::new().replace(&current, &next))
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Some(next.next_attempt_at)),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        // Changed under us every time: look again after the shortest back-off.
+        Ok(Some(self.clock.now() + backoff(1, self.opts.max_backoff)))
     }
 
     async fn drop_job(&self, order_id: &OrderId) -> Result<(), super::RaError> {
