@@ -53,12 +53,8 @@ impl Authority {
         // answered without a hand-off; if it outlasts the wait, it goes on in
         // a task of its own. If one already runs for this authorization, wait
         // for its outcome instead.
-        let sub = self.subscribe(Event::Authz(current.id.to_string()));
         let finished = match self.validation(account, current.value.clone(), index)? {
             Some(mut validation) => {
-                // Runs here: nothing to wait for (and a validation dropped
-                // with this request would never publish).
-                self.unsubscribe(sub);
                 let finished = tokio::select! {
                     () = &mut validation => true,
                     () = tokio::time::sleep(self.opts.challenge_wait) => false,
@@ -69,7 +65,12 @@ impl Authority {
                 }
                 finished
             }
-            None => self.wait_for(sub, self.opts.challenge_wait).await,
+            None => {
+                // If the other validation ends before this subscribes, the
+                // wait runs out and the stored state is shown anyway.
+                let sub = self.subscribe(Event::Authz(current.id.to_string()));
+                self.wait_for(sub, self.opts.challenge_wait).await
+            }
         };
         if !finished {
             match self

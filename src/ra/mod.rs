@@ -214,28 +214,17 @@ impl Authority {
             () = self.shutdown.cancelled() => false,
         };
         if !published {
-            self.forget_abandoned(&event);
-        }
-        published
-    }
-
-    /// Gives up a subscription without waiting for it.
-    fn unsubscribe(&self, sub: Subscription) {
-        let Subscription { event, rx } = sub;
-        drop(rx);
-        self.forget_abandoned(&event);
-    }
-
-    /// Drops the registrations for `event` whose waiters have gone.
-    fn forget_abandoned(&self, event: &Event) {
-        if let Ok(mut map) = self.waiters.lock()
-            && let Some(list) = map.get_mut(event)
-        {
-            list.retain(|tx| !tx.is_closed());
-            if list.is_empty() {
-                map.remove(event);
+            // Drop our (and any other abandoned) registration for this event.
+            if let Ok(mut map) = self.waiters.lock()
+                && let Some(list) = map.get_mut(&event)
+            {
+                list.retain(|tx| !tx.is_closed());
+                if list.is_empty() {
+                    map.remove(&event);
+                }
             }
         }
+        published
     }
 }
 

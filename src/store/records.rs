@@ -142,6 +142,14 @@ impl Batch {
         self.ops.push(op);
         self
     }
+
+    /// The ops, or the first record that could not be encoded.
+    fn into_ops(self) -> Result<Vec<Op>, StoreError> {
+        match self.encode_error {
+            Some(e) => Err(e),
+            None => Ok(self.ops),
+        }
+    }
 }
 
 /// Typed access to a [`Store`].
@@ -171,19 +179,13 @@ impl Records {
 
     /// Applies a batch atomically and durably.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        if let Some(e) = batch.encode_error {
-            return Err(e);
-        }
-        self.store.commit(batch.ops).await
+        self.store.commit(batch.into_ops()?).await
     }
 
     /// Applies a batch atomically; it may be durable only after the next
     /// [`sync`](Records::sync) or durable commit ([`Store::commit_deferred`]).
     pub async fn commit_deferred(&self, batch: Batch) -> Result<(), StoreError> {
-        if let Some(e) = batch.encode_error {
-            return Err(e);
-        }
-        self.store.commit_deferred(batch.ops).await
+        self.store.commit_deferred(batch.into_ops()?).await
     }
 
     /// Waits until every batch committed so far is durable.
