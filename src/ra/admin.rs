@@ -6,9 +6,7 @@ use super::Authority;
 use super::error::{RaError, problem};
 use crate::acme::ProblemType;
 use crate::acme::types::{AccountStatus, OrderStatus};
-use crate::model::{AccountRecord, CertificateRecord, OrderRecord, Revocation};
-use crate::store::StoreError;
-use crate::store::records::Batch;
+use crate::model::{AccountRecord, CertificateRecord, OrderRecord};
 use crate::upstream::RevokeRequest;
 
 /// At most this many rows per listing.
@@ -161,42 +159,14 @@ impl Authority {
                     "the stored chain is unreadable",
                 )
             })?;
-        self.upstream
-            .revoke_certificate(&RevokeRequest {
+        self.revoke_and_record(
+            &cert.id,
+            RevokeRequest {
                 certificate_der: leaf,
                 serial_hex: cert.serial_hex.clone(),
                 reason,
-            })
-            .await?;
-        for _ in 0..8 {
-            let Some(current) = self
-                .records
-                .get::<CertificateRecord>(cert.id.as_str())
-                .await?
-            else {
-                break;
-            };
-            let mut next = current.value.clone();
-            next.revocation = Some(Revocation {
-                reason,
-                revoked_at: self.clock.now(),
-            });
-            match self
-                .records
-                .commit(Batch::new().replace(&current, &next))
-                .await
-            {
-                Ok(()) => {
-                    crate::metrics::certificate_revoked();
-                    return Ok(next);
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        problem(
-            ProblemType::ServerInternal,
-            "could not record the revocation",
+            },
         )
+        .await
     }
 }

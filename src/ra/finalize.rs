@@ -217,18 +217,41 @@ impl Authority {
                 format!("certificate {} is already revoked", stored.serial_hex),
             );
         }
-        self.upstream
-            .revoke_certificate(&RevokeRequest {
+        self.revoke_and_record(
+            &stored.id,
+            RevokeRequest {
                 certificate_der: cert_der.to_vec(),
                 serial_hex: stored.serial_hex.clone(),
                 reason,
-            })
-            .await?;
-        let mut current = stored;
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Forwards a revocation to the upstream, then records it on the stored
+    /// certificate, retrying on concurrent updates. A revocation recorded
+    /// meanwhile by another request stands. Returns the stored record.
+    pub(super) async fn revoke_and_record(
+        &self,
+        cert_id: &CertId,
+        req: RevokeRequest,
+    ) -> Result<CertificateRecord, RaError> {
+        self.upstream.revoke_certificate(&req).await?;
         for _ in 0..8 {
+            let Some(current) = self
+                .records
+                .get::<CertificateRecord>(cert_id.as_str())
+                .await?
+            else {
+                break;
+            };
+            if current.revocation.is_some() {
+                return Ok(current.value);
+            }
             let mut next = current.value.clone();
             next.revocation = Some(Revocation {
-                reason,
+                reason: req.reason,
                 revoked_at: self.clock.now(),
             });
             match self
@@ -238,18 +261,9 @@ impl Authority {
             {
                 Ok(()) => {
                     crate::metrics::certificate_revoked();
-                    return Ok(());
+                    return Ok(next);
                 }
-                Err(StoreError::Conflict { .. }) => {
-                    match self
-                        .records
-                        .get::<CertificateRecord>(current.id.as_str())
-                        .await?
-                    {
-                        Some(c) if c.revocation.is_none() => current = c,
-                        _ => return Ok(()),
-                    }
-                }
+                Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
