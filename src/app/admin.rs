@@ -160,6 +160,19 @@ fn s(v: &Value, k: &str) -> String {
     }
 }
 
+/// The strings of the array at `k`, comma-separated (empty if none).
+fn joined(v: &Value, k: &str) -> String {
+    v[k].as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 fn print_human(req: &AdminRequest, data: &Value) {
     let rows = data.as_array().cloned().unwrap_or_default();
     match req {
@@ -199,14 +212,7 @@ fn print_human(req: &AdminRequest, data: &Value) {
                     s(&r, "provisioner"),
                     s(&r, "status"),
                     s(&r, "created"),
-                    r["contact"]
-                        .as_array()
-                        .map(|c| c
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(","))
-                        .unwrap_or_default()
+                    joined(&r, "contact")
                 );
             }
         }
@@ -235,14 +241,7 @@ fn print_human(req: &AdminRequest, data: &Value) {
                     s(&r, "account"),
                     s(&r, "status"),
                     s(&r, "created"),
-                    r["identifiers"]
-                        .as_array()
-                        .map(|c| c
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(","))
-                        .unwrap_or_default()
+                    joined(&r, "identifiers")
                 );
             }
         }

@@ -310,6 +310,15 @@ pub(crate) async fn order_status(
     account: &Account,
     order_url: &str,
 ) -> Result<String, FlowError> {
+    Ok(read_order(session, account, order_url).await?.status)
+}
+
+/// One POST-as-GET of the order at `order_url`.
+async fn read_order(
+    session: &mut Session,
+    account: &Account,
+    order_url: &str,
+) -> Result<Order, FlowError> {
     let resp = session
         .post(
             Kind::OrderPoll,
@@ -319,8 +328,7 @@ pub(crate) async fn order_status(
             None,
         )
         .await?;
-    let order: Order = resp.json("order")?;
-    Ok(order.status)
+    resp.json("order")
 }
 
 /// Polls the order (POST-as-GET) while its status is one of `waiting`: once
@@ -335,17 +343,8 @@ async fn poll(
 ) -> Result<Order, FlowError> {
     let deadline = Instant::now() + settings.poll_timeout;
     loop {
-        let resp = session
-            .post(
-                Kind::OrderPoll,
-                order_url,
-                &account.key,
-                Some(&account.kid),
-                None,
-            )
-            .await?;
+        let order = read_order(session, account, order_url).await?;
         *polls += 1;
-        let order: Order = resp.json("order")?;
         if !waiting.contains(&order.status.as_str()) {
             return Ok(order);
         }
