@@ -21,6 +21,18 @@ async fn issue(
     identifiers: &[Identifier],
     kind: ChallengeType,
 ) -> Result<(String, String), String> {
+    issue_with(ts, account, identifiers, kind, None).await
+}
+
+/// [`issue`] with a CSR signed by `csr_key` (instead of instant-acme's
+/// P-256 key); the key returned is then empty.
+async fn issue_with(
+    ts: &TestServer,
+    account: &Account,
+    identifiers: &[Identifier],
+    kind: ChallengeType,
+    csr_key: Option<&rcgen::KeyPair>,
+) -> Result<(String, String), String> {
     let mut order = account
         .new_order(&NewOrder::new(identifiers))
         .await
@@ -71,10 +83,24 @@ async fn issue(
     if status != OrderStatus::Ready {
         return Err(format!("order is {status:?}: {:?}", order.state().error));
     }
-    let key = order
-        .finalize()
-        .await
-        .map_err(|e| format!("finalize: {e}"))?;
+    let key = match csr_key {
+        None => order.finalize().await,
+        Some(csr_key) => {
+            let names: Vec<String> = identifiers
+                .iter()
+                .map(|id| match id {
+                    Identifier::Dns(n) => n.clone(),
+                    Identifier::Ip(ip) => ip.to_string(),
+                    _ => unreachable!("only DNS and IP identifiers are used"),
+                })
+                .collect();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            let csr = params.serialize_request(csr_key).unwrap();
+            order.finalize_csr(csr.der()).await.map(|()| String::new())
+        }
+    }
+    .map_err(|e| format!("finalize: {e}"))?;
     let chain = order
         .poll_certificate(&RetryPolicy::default())
         .await
@@ -438,4 +464,84 @@ async fn slow_validation_is_answered_processing_then_valid() {
     assert_eq!(ch.status, instant_acme::ChallengeStatus::Processing);
     let status = order.poll_ready(&RetryPolicy::default()).await.unwrap();
     assert_eq!(status, OrderStatus::Ready);
+}
+
+/// Every certificate kind the project makes is strict DER, as current Python
+/// `cryptography` (certbot 5) reads it: the softcas root and intermediate,
+/// leaves for each key type and identifier kind, and the RA's own TLS
+/// certificate. Leaves say "not a CA" with a critical, empty
+/// basicConstraints, never an encoded `cA FALSE`.
+#[tokio::test]
+async fn every_certificate_is_strict_der() {
+    use common::raw::Key;
+    use common::strict_der::check_pem;
+
+    let ts = TestServer::start().await;
+    let (account, _) = ts.account().await;
+    let roots = check_pem("/roots.pem", &ts.server.as_ref().unwrap().roots_pem);
+    assert_eq!(roots.len(), 1);
+    assert!(roots[0].self_signed_name);
+    assert_eq!(
+        roots[0].basic_constraints,
+        Some((true, true)),
+        "root is a CA"
+    );
+
+    let rsa = Key::rsa().rcgen();
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let cases: [(&str, Identifier, Option<&rcgen::KeyPair>); 5] = [
+        ("P-256", Identifier::Dns("der.test".into()), None),
+        ("RSA", Identifier::Dns("rsa.der.test".into()), Some(&rsa)),
+        (
+            "P-384",
+            Identifier::Dns("p384.der.test".into()),
+            Some(&p384),
+        ),
+        ("Ed25519", Identifier::Dns("ed.der.test".into()), Some(&ed)),
+        ("IP", Identifier::Ip("127.0.0.1".parse().unwrap()), None),
+    ];
+    for (what, id, key) in cases {
+        let (chain, _) = issue_with(&ts, &account, &[id], ChallengeType::Http01, key)
+            .await
+            .unwrap();
+        let certs = check_pem(what, &chain);
+        assert!(certs.len() >= 2, "{what}: leaf and issuers");
+        assert_eq!(
+            certs[0].basic_constraints,
+            Some((false, true)),
+            "{what} leaf"
+        );
+        for issuer in &certs[1..] {
+            assert_eq!(
+                issuer.basic_constraints,
+                Some((true, true)),
+                "{what} issuer"
+            );
+        }
+    }
+
+    let own = std::fs::read_to_string(ts.data_dir.join("tls/server.crt")).unwrap();
+    let own = check_pem("the RA's own TLS certificate", &own);
+    assert_eq!(own[0].basic_constraints, Some((false, true)));
+}
+
+/// The strict reading refuses what the leaves used to carry: a
+/// basicConstraints that encodes its DEFAULT `cA FALSE`.
+#[test]
+fn strict_der_refuses_an_encoded_default() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["x.test".into()]).unwrap();
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let cert = params.self_signed(&key).unwrap();
+    let err = common::strict_der::check(cert.der()).unwrap_err();
+    assert!(err.contains("DEFAULT"), "{err}");
+    params.is_ca = rcgen::IsCa::NoCa;
+    let cert = params.self_signed(&key).unwrap();
+    assert_eq!(
+        common::strict_der::check(cert.der())
+            .unwrap()
+            .basic_constraints,
+        None
+    );
 }

@@ -18,9 +18,9 @@ use std::{error, fmt};
 use async_trait::async_trait;
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertifiedIssuer, CustomExtension, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::CertificateDer;
@@ -226,7 +226,12 @@ impl SoftCas {
         params.not_before = not_before;
         params.not_after = not_after;
         params.serial_number = Some(random_serial()?);
-        params.is_ca = IsCa::ExplicitNoCa;
+        // Not a CA: a critical basicConstraints holding an empty SEQUENCE,
+        // as Let's Encrypt writes it. rcgen's `ExplicitNoCa` encodes
+        // `cA FALSE`, a DEFAULT value that DER forbids (X.690 11.5) and that
+        // current Python `cryptography` (certbot) refuses to parse.
+        params.is_ca = IsCa::NoCa;
+        params.custom_extensions = vec![not_a_ca()];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if is_rsa {
             params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
@@ -439,6 +444,15 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Resul
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// basicConstraints (RFC 5280 4.2.1.9) with `cA` left at its DEFAULT FALSE,
+/// marked critical: `SEQUENCE {}`.
+fn not_a_ca() -> CustomExtension {
+    const BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
+    let mut ext = CustomExtension::from_oid_content(BASIC_CONSTRAINTS, vec![0x30, 0x00]);
+    ext.set_criticality(true);
+    ext
 }
 
 /// Creates the root and intermediate in `dir` (first start).

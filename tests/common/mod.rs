@@ -10,6 +10,7 @@ pub mod procs;
 pub mod raw;
 pub mod responders;
 pub mod slowproxy;
+pub mod strict_der;
 pub mod vault_standin;
 
 #[allow(unused_imports)]
