@@ -1,5 +1,6 @@
 //! Interop: real ACME (RFC 8555) clients from Debian — certbot, lego, uacme
-//! and dehydrated — against the built `acmeproxy` binary. Each scenario
+//! and dehydrated — and today's certbot from PyPI against the built
+//! `acmeproxy` binary. Each scenario
 //! starts its own server (softcas, fresh temp dir and ports), lets the client
 //! register, issue, renew (forced) and revoke, and checks the certificates
 //! with openssl against the softcas root.
@@ -30,6 +31,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[test]
 fn certbot_http01() {
     scenario(Client::Certbot, Challenge::Http01, "certbot-http.test");
+}
+
+/// Today's certbot (PyPI, certbot 5): its Python `cryptography` reads
+/// certificates strictly (no encoded DEFAULT values) and it asks renewalInfo.
+#[test]
+fn certbot_pypi_http01() {
+    scenario(
+        Client::CertbotPypi,
+        Challenge::Http01,
+        "certbot-pypi-http.test",
+    );
 }
 
 #[test]
@@ -135,12 +147,23 @@ fn attempt(client: Client, challenge: Challenge, name: &str, tmp: &Path) -> Resu
         outcome.revoke_time.as_secs_f64(),
         outcome.logs.display(),
     );
-    if client == Client::Certbot {
+    if let Some(plain) = &outcome.plain_renew {
         println!(
-            "certbot issuance wall time: {:.2}s (certonly), {:.2}s (renew --force-renewal)",
-            outcome.issue_time.as_secs_f64(),
-            outcome.renew_time.as_secs_f64()
+            "{client}: plain `certbot renew` right after issue: asked renewalInfo (ARI): {}, renewed: {}",
+            plain.asked_ari, plain.renewed
         );
+        // A certificate a minute old is not due, whether or not the client
+        // reads ARI: the window starts two thirds into its lifetime.
+        if client == Client::CertbotPypi && !plain.asked_ari {
+            return Err(format!(
+                "{client}: a plain renew did not ask the server's renewalInfo (ARI)"
+            ));
+        }
+        if plain.renewed {
+            return Err(format!(
+                "{client}: a plain renew replaced a fresh certificate"
+            ));
+        }
     }
     Ok(())
 }

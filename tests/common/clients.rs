@@ -17,7 +17,11 @@ use super::{HttpResponder, STEP_TIMEOUT, find_in_path, is_root, run_bounded, scr
 /// An ACME client program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Client {
+    /// Debian's certbot (2.1 on bookworm), on PATH.
     Certbot,
+    /// Today's certbot from PyPI, in the virtualenv that
+    /// tests/interop/install-clients.sh makes.
+    CertbotPypi,
     Dehydrated,
     Lego,
     Uacme,
@@ -28,15 +32,38 @@ impl Client {
     pub(crate) fn binary(self) -> &'static str {
         match self {
             Self::Certbot => "certbot",
+            Self::CertbotPypi => "certbot-pypi",
             Self::Dehydrated => "dehydrated",
             Self::Lego => "lego",
             Self::Uacme => "uacme",
         }
     }
 
+    /// The program to run: a name looked up in PATH, or a path.
+    pub(crate) fn program(self) -> PathBuf {
+        match self {
+            Self::CertbotPypi => std::env::var_os("ACMEPROXY_CERTBOT_VENV")
+                .map_or_else(
+                    || PathBuf::from("/var/tmp/acmeproxy-certbot"),
+                    PathBuf::from,
+                )
+                .join("bin/certbot"),
+            _ => PathBuf::from(self.binary()),
+        }
+    }
+
     /// Why this client cannot run on this machine, if it cannot.
     pub(crate) fn missing_prerequisite(self) -> Option<String> {
-        let mut needed = vec![self.binary(), "openssl"];
+        if self == Self::CertbotPypi && !self.program().is_file() {
+            return Some(format!(
+                "{} is not installed (run tests/interop/install-clients.sh as root)",
+                self.program().display()
+            ));
+        }
+        let mut needed = vec!["openssl"];
+        if self != Self::CertbotPypi {
+            needed.push(self.binary());
+        }
         if self == Self::Uacme {
             needed.extend(["unshare", "mount"]);
         }
@@ -107,6 +134,10 @@ pub(crate) struct Issued {
 #[derive(Debug)]
 pub(crate) struct Outcome {
     pub(crate) issued: Issued,
+    /// What a plain `certbot renew` (no --force-renewal) did right after
+    /// issue, for certbot: whether it asked renewalInfo (ARI, RFC 9773) and
+    /// whether it renewed.
+    pub(crate) plain_renew: Option<PlainRenew>,
     pub(crate) renewed: Issued,
     /// Wall time of the issuing invocation (account already registered for
     /// certbot, uacme and dehydrated; lego registers in the same run).
@@ -115,6 +146,15 @@ pub(crate) struct Outcome {
     pub(crate) revoke_time: Duration,
     /// Per-step logs (`register.log`, `issue.log`, ...).
     pub(crate) logs: PathBuf,
+}
+
+/// What a plain `certbot renew` did.
+#[derive(Debug)]
+pub(crate) struct PlainRenew {
+    /// Its log shows a request to the server's renewal-info resource.
+    pub(crate) asked_ari: bool,
+    /// The certificate changed.
+    pub(crate) renewed: bool,
 }
 
 /// Facts read from a verified certificate.
@@ -130,6 +170,8 @@ pub(crate) struct CertFacts {
 struct Plan {
     register: Option<Command>,
     issue: Command,
+    /// A renewal without force, with the log it writes (certbot).
+    plain_renew: Option<(Command, PathBuf)>,
     renew: Command,
     revoke: Command,
     cert: PathBuf,
@@ -167,7 +209,7 @@ pub(crate) fn run_client(
         dir: &dir,
     };
     let mut plan = match client {
-        Client::Certbot => run.certbot(),
+        Client::Certbot | Client::CertbotPypi => run.certbot(&client.program()),
         Client::Dehydrated => run.dehydrated()?,
         Client::Lego => run.lego(),
         Client::Uacme => run.uacme()?,
@@ -190,6 +232,19 @@ pub(crate) fn run_client(
     }
     let issue_time = step("issue", &mut plan.issue)?;
     let issued = keep(&plan, &out, "issued")?;
+    let plain_renew = match plan.plain_renew.take() {
+        Some((mut cmd, log)) => {
+            step("renew-plain", &mut cmd)?;
+            let after = keep(&plan, &out, "after-plain-renew")?;
+            let read = |p: &Path| fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            let log_text = fs::read_to_string(&log).unwrap_or_default();
+            Some(PlainRenew {
+                asked_ari: log_text.contains("/renewal-info/"),
+                renewed: read(&issued.fullchain)? != read(&after.fullchain)?,
+            })
+        }
+        None => None,
+    };
     // dehydrated and uacme name archived files by the second
     thread::sleep(Duration::from_millis(1100));
     let renew_time = step("renew", &mut plan.renew)?;
@@ -197,6 +252,7 @@ pub(crate) fn run_client(
     let revoke_time = step("revoke", &mut plan.revoke)?;
     Ok(Outcome {
         issued,
+        plain_renew,
         renewed,
         issue_time,
         renew_time,
@@ -277,7 +333,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn certbot(&self) -> Plan {
+    fn certbot(&self, program: &Path) -> Plan {
         let dirs = |cmd: &mut Command| {
             cmd.env("REQUESTS_CA_BUNDLE", self.ca_file)
                 .arg("--non-interactive")
@@ -288,7 +344,7 @@ impl Run<'_> {
                 .arg("--logs-dir")
                 .arg(self.dir.join("logs/certbot"));
         };
-        let mut register = Command::new("certbot");
+        let mut register = Command::new(program);
         register.arg("register");
         dirs(&mut register);
         register.args([
@@ -297,7 +353,7 @@ impl Run<'_> {
             "--agree-tos",
             "--register-unsafely-without-email",
         ]);
-        let mut issue = Command::new("certbot");
+        let mut issue = Command::new(program);
         issue.arg("certonly");
         dirs(&mut issue);
         issue
@@ -313,8 +369,14 @@ impl Run<'_> {
             .args(["--standalone", "--preferred-challenges", "http-01"])
             .args(["--http-01-address", "127.0.0.1", "--http-01-port"])
             .arg(self.ports.http01.to_string());
+        // A plain renew decides by itself whether the certificate is due
+        // (certbot >= 4.1 asks the server's renewalInfo, RFC 9773).
+        let mut plain_renew = Command::new(program);
+        plain_renew.arg("renew");
+        dirs(&mut plain_renew);
+        plain_renew.args(["--cert-name", self.name, "--no-random-sleep-on-renew", "-v"]);
         // renew reads the server and authenticator from the renewal config
-        let mut renew = Command::new("certbot");
+        let mut renew = Command::new(program);
         renew.arg("renew");
         dirs(&mut renew);
         renew.args([
@@ -325,7 +387,7 @@ impl Run<'_> {
         ]);
         let live = self.dir.join("config/live").join(self.name);
         // without --server, revoke looks for an account at Let's Encrypt
-        let mut revoke = Command::new("certbot");
+        let mut revoke = Command::new(program);
         revoke.arg("revoke");
         dirs(&mut revoke);
         revoke
@@ -339,6 +401,7 @@ impl Run<'_> {
         Plan {
             register: Some(register),
             issue,
+            plain_renew: Some((plain_renew, self.dir.join("logs/certbot/letsencrypt.log"))),
             renew,
             revoke,
             cert: live.join("fullchain.pem"),
@@ -390,6 +453,7 @@ impl Run<'_> {
         revoke.args(["revoke", "--keep"]);
         let certs = path.join("certificates");
         Plan {
+            plain_renew: None,
             register: None,
             issue,
             renew,
@@ -435,6 +499,7 @@ impl Run<'_> {
         let mut revoke = base();
         revoke.arg("revoke").arg(&cert);
         Ok(Plan {
+            plain_renew: None,
             register: Some(register),
             issue,
             renew,
@@ -477,6 +542,7 @@ impl Run<'_> {
         let mut revoke = base();
         revoke.arg("--revoke").arg(certs.join("cert.pem"));
         Ok(Plan {
+            plain_renew: None,
             register: Some(register),
             issue,
             renew,
@@ -499,7 +565,9 @@ fn check_inputs(
 ) -> Result<(), String> {
     let supported = match client {
         Client::Lego => true,
-        Client::Certbot | Client::Dehydrated | Client::Uacme => challenge == Challenge::Http01,
+        Client::Certbot | Client::CertbotPypi | Client::Dehydrated | Client::Uacme => {
+            challenge == Challenge::Http01
+        }
     };
     if !supported {
         return Err(format!("the harness drives {client} only with http-01"));

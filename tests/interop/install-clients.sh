@@ -3,9 +3,29 @@
 # tests/interop.rs drives and Pebble, the upstream CA of tests/upstream_pebble.rs (Debian/Ubuntu). Idempotent: runs apt-get only
 # when a package is missing, and `apt-get update` only then. Needs root for
 # that; prints what it did.
+#
+# Besides Debian's certbot 2.1 it installs today's certbot from PyPI into a
+# virtualenv, $ACMEPROXY_CERTBOT_VENV (default /var/tmp/acmeproxy-certbot),
+# pinned to CERTBOT_PYPI_VERSION: users run current clients, whose stricter
+# parsers (Python cryptography >= 42) see what Debian's does not.
 set -eu
 
-PACKAGES="certbot lego uacme dehydrated pebble openssl python3 curl ca-certificates util-linux prometheus shellcheck"
+PACKAGES="certbot lego uacme dehydrated pebble openssl python3 python3-venv curl ca-certificates util-linux prometheus shellcheck"
+CERTBOT_PYPI_VERSION="5.8.0"
+VENV="${ACMEPROXY_CERTBOT_VENV:-/var/tmp/acmeproxy-certbot}"
+
+# Today's certbot in its own virtualenv, after the apt packages (python3-venv).
+install_pypi_certbot() {
+    if [ "$("$VENV/bin/certbot" --version 2>/dev/null)" = "certbot $CERTBOT_PYPI_VERSION" ]; then
+        echo "install-clients: certbot $CERTBOT_PYPI_VERSION (PyPI) already in $VENV"
+        return
+    fi
+    echo "install-clients: certbot $CERTBOT_PYPI_VERSION from PyPI into $VENV"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv "$VENV"
+    timeout 600 "$VENV/bin/pip" install -q --disable-pip-version-check "certbot==$CERTBOT_PYPI_VERSION"
+    "$VENV/bin/certbot" --version
+}
 
 missing=""
 for pkg in $PACKAGES; do
@@ -18,6 +38,7 @@ done
 
 if [ -z "$missing" ]; then
     echo "install-clients: already installed: $PACKAGES"
+    install_pypi_certbot
     exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -35,4 +56,5 @@ timeout 1200 apt-get install -y -q --no-install-recommends $missing
 for bin in certbot lego uacme dehydrated pebble openssl promtool; do
     command -v "$bin" >/dev/null || { echo "install-clients: $bin still missing" >&2; exit 1; }
 done
+install_pypi_certbot
 echo "install-clients: done"
