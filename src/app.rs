@@ -166,15 +166,14 @@ fn provisioner(
         })
         .transpose()
     };
-    let default = claim(|c| c.default_tls_cert_duration.as_ref())?
-        .or(certlifetime)
-        .unwrap_or(Duration::days(90));
+    // Unset: the upstream's own default applies (nothing is sent).
+    let default = claim(|c| c.default_tls_cert_duration.as_ref())?.or(certlifetime);
     let max = claim(|c| c.max_tls_cert_duration.as_ref())?
         .unwrap_or(Duration::days(398))
-        .max(default);
+        .max(default.unwrap_or(Duration::ZERO));
     let min = claim(|c| c.min_tls_cert_duration.as_ref())?
         .unwrap_or(Duration::minutes(5))
-        .min(default);
+        .min(default.unwrap_or(max));
     let mut policies = Vec::new();
     for (level, policy) in [
         ("authority".to_owned(), &cfg.authority.policy),

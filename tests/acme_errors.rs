@@ -831,7 +831,7 @@ async fn server_internal_hides_the_cause() {
             challenges: vec![ChallengeType::Http01],
             require_eab: false,
             policies: Vec::new(),
-            default_lifetime: time::Duration::days(1),
+            default_lifetime: Some(time::Duration::days(1)),
             min_lifetime: time::Duration::minutes(5),
             max_lifetime: time::Duration::days(10),
             terms_of_service: None,

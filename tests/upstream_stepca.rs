@@ -87,7 +87,7 @@ fn startup_errors_name_the_cause() {
 }
 
 fn startup_errors(tmp: &Path) -> Result<(), String> {
-    let ca = StepCa::start(tmp)?;
+    let ca = StepCa::start(tmp, None)?;
     let [acme, free] = free_ports().map_err(|e| e.to_string())?;
     let ports = Ports {
         http01: free,
@@ -150,7 +150,7 @@ fn refusals_and_x5c_lifetime() {
 }
 
 fn refusals(tmp: &Path) -> Result<(), String> {
-    let ca = StepCa::start(tmp)?;
+    let ca = StepCa::start(tmp, Some("8760h"))?;
     // An RA certificate that expires in two days, from the X5C provisioner's root.
     let x5c = ca.dir.join("x5c");
     let short = tmp.join("short");
@@ -264,6 +264,82 @@ fn refusals(tmp: &Path) -> Result<(), String> {
         );
         Ok(())
     })
+}
+
+#[test]
+fn stock_claims_lifetime() {
+    let Some(tmp) = prepare("lifetime against step-ca's default claims", None) else {
+        return;
+    };
+    let result = stock_claims(tmp.path());
+    finish(tmp, result, "lifetime against step-ca's default claims");
+}
+
+/// Against a stock step-ca (24h default and maximum): no notAfter asked
+/// gives step-ca's default; 90 days asked is refused with both durations
+/// and the ca.json key to change.
+fn stock_claims(tmp: &Path) -> Result<(), String> {
+    let ca = StepCa::start(tmp, None)?;
+    let opts = StepCaOptions {
+        ca_url: ca.url.clone(),
+        fingerprint: ca.fingerprint.clone(),
+        issuer: IssuerType::Jwk,
+        provisioner: "ra-jwk".into(),
+        key: Some(ca.dir.join("provisioner/jwk.jwe")),
+        crt: None,
+        password: Some(acmeproxy::config::Secret::new(ca.password.clone())),
+        timeout: Duration::from_secs(10),
+    };
+    runtime().block_on(async {
+        let up = StepCaUpstream::connect(opts)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let chain = up
+            .create_certificate(
+                &sign_request("stock.test", "stock.test", None),
+                &NoCheckpoint,
+            )
+            .await
+            .map_err(|e| format!("sign with no notAfter: {e}"))?;
+        let (_, leaf) =
+            X509Certificate::from_der(&chain.certificates[0]).map_err(|e| e.to_string())?;
+        let v = leaf.validity();
+        let lifetime = v.not_after.to_datetime() - v.not_before.to_datetime();
+        if lifetime > time::Duration::hours(24) + time::Duration::minutes(2) {
+            return Err(format!(
+                "no notAfter asked, but the certificate lives {lifetime}"
+            ));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let long = sign_request(
+            "long.test",
+            "long.test",
+            Some(now + time::Duration::days(90)),
+        );
+        match up.create_certificate(&long, &NoCheckpoint).await {
+            Err(UpstreamError::Rejected {
+                kind: ProblemType::ServerInternal,
+                detail,
+            }) if detail.contains("24h")
+                && detail.contains("2160h")
+                && detail.contains("defaultTLSCertDuration") =>
+            {
+                println!("stepcas, 90 days asked of a stock step-ca: {detail}");
+            }
+            other => return Err(format!("90 days asked of a stock step-ca: {other:?}")),
+        }
+        println!("stepcas, no notAfter asked of a stock step-ca: lifetime {lifetime}");
+        Ok(())
+    })
+}
+
+/// The lifetime of the first certificate in a PEM file.
+fn leaf_lifetime(fullchain: &Path) -> Result<time::Duration, String> {
+    let pem =
+        pem::parse(fs::read(fullchain).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let (_, leaf) = X509Certificate::from_der(pem.contents()).map_err(|e| e.to_string())?;
+    let v = leaf.validity();
+    Ok(v.not_after.to_datetime() - v.not_before.to_datetime())
 }
 
 /// A request for a new P-256 key's CSR naming `csr_name`, for an order of `order_name`.
@@ -384,7 +460,9 @@ fn finish(tmp: tempfile::TempDir, result: Result<(), String>, what: &str) {
 }
 
 fn attempt(client: Client, issuer: Issuer, name: &str, tmp: &Path) -> Result<(), String> {
-    let ca = StepCa::start(tmp)?;
+    // A stock CA (step-ca's default claims: 24h default and maximum) and no
+    // lifetime in the RA's ca.json: the RA must leave the lifetime to step-ca.
+    let ca = StepCa::start(tmp, None)?;
     let records = tmp.join("dns-records");
     fs::create_dir_all(&records).map_err(|e| e.to_string())?;
     let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| e.to_string())?;
@@ -434,6 +512,12 @@ fn attempt(client: Client, issuer: Issuer, name: &str, tmp: &Path) -> Result<(),
             first.serial
         ));
     }
+    let lifetime = leaf_lifetime(&outcome.issued.fullchain)?;
+    if lifetime > time::Duration::hours(24) + time::Duration::minutes(2) {
+        return Err(format!(
+            "the certificate lives {lifetime}, longer than step-ca's default of 24h"
+        ));
+    }
 
     // The revocation reached step-ca: its log names the serial (decimal)...
     let revoked = decimal_serial(&outcome.renewed)?;
@@ -474,7 +558,7 @@ fn attempt(client: Client, issuer: Issuer, name: &str, tmp: &Path) -> Result<(),
     println!(
         "stepcas {client} {issuer:?} {name}: server ready in {:.2}s; issued serial {} (chain of {}), \
          renewed serial {} revoked at step-ca (decimal {revoked}; renew refused 401); \
-         wall time issue {:.2}s, renew {:.2}s, revoke {:.2}s",
+         lifetime {lifetime} (step-ca's default); wall time issue {:.2}s, renew {:.2}s, revoke {:.2}s",
         ready.as_secs_f64(),
         first.serial,
         first.chain_len,
@@ -538,12 +622,15 @@ struct StepCa {
 }
 
 impl StepCa {
-    fn start(tmp: &Path) -> Result<Self, String> {
+    /// A CA with step-ca's default claims (`max_duration` None: 24h default
+    /// and maximum), or with longer ones.
+    fn start(tmp: &Path, max_duration: Option<&str>) -> Result<Self, String> {
         let dir = tmp.join("ca");
         let [port] = free_ports().map_err(|e| e.to_string())?;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stepca/init-ca.sh");
         let mut init = Command::new("sh");
         init.arg(script).arg(&dir).arg(port.to_string());
+        init.args(max_duration);
         run_bounded(&mut init, READY_TIMEOUT, &tmp.join("init-ca.log"))?;
         let env: HashMap<String, String> = fs::read_to_string(dir.join("env"))
             .map_err(|e| format!("init-ca wrote no env: {e}"))?

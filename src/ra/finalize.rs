@@ -325,9 +325,10 @@ impl Authority {
         Ok(needed.is_empty())
     }
 
-    /// The lifetime to ask the upstream for when an order names no notAfter.
-    pub(super) fn default_lifetime(&self, provisioner: &str) -> Duration {
+    /// The lifetime to ask the upstream for when an order names no notAfter;
+    /// `None`: the upstream's own default.
+    pub(super) fn default_lifetime(&self, provisioner: &str) -> Option<Duration> {
         self.provisioner(provisioner)
-            .map_or(Duration::days(90), |p| p.default_lifetime)
+            .and_then(|p| p.default_lifetime)
     }
 }

@@ -40,8 +40,11 @@ pub struct Provisioner {
     pub require_eab: bool,
     /// Name policies every identifier must pass (authority, then provisioner).
     pub policies: Vec<crate::policy::rules::NamePolicy>,
-    /// Certificate lifetime when the order names no notAfter.
-    pub default_lifetime: Duration,
+    /// Certificate lifetime when the order names no notAfter; `None` leaves
+    /// it to the upstream (step-ca's provisioner claims, Vault's role TTL,
+    /// softcas's `certlifetime`), so a stock upstream is never asked for more
+    /// than it allows.
+    pub default_lifetime: Option<Duration>,
     pub min_lifetime: Duration,
     pub max_lifetime: Duration,
     pub terms_of_service: Option<String>,

@@ -242,14 +242,15 @@ impl Authority {
             );
             return self.finish(&order, Err(p), None).await.map(|()| None);
         }
-        let not_after = order.not_after.unwrap_or_else(|| {
-            order.not_before.unwrap_or(now) + self.default_lifetime(&order.provisioner)
+        let not_after = order.not_after.or_else(|| {
+            self.default_lifetime(&order.provisioner)
+                .and_then(|life| order.not_before.unwrap_or(now).checked_add(life))
         });
         let req = SignRequest {
             csr_der: job.csr_der.clone(),
             identifiers: order.identifiers.clone(),
             not_before: order.not_before,
-            not_after: Some(not_after),
+            not_after,
             resume: job.upstream_state.clone(),
             replaces: order.replaces.clone(),
         };
@@ -333,6 +334,11 @@ impl Authority {
             if !state::end_finalize(&mut next, result.clone()) {
                 self.drop_job(&order.id).await?;
                 return Ok(());
+            }
+            // The order shows the validity the upstream actually gave.
+            if let Some(c) = &cert {
+                next.not_before = Some(c.not_before);
+                next.not_after = Some(c.not_after);
             }
             let Some(job) = self.records.get::<FinalizeJob>(order.id.as_str()).await? else {
                 return Ok(());

@@ -247,8 +247,22 @@ impl StepCa {
                 source: Some(Box::new(e)),
             });
         }
-        let message = error_message(status, &bytes);
+        let mut message = error_message(status, &bytes);
         let kind = match status.as_u16() {
+            // 403 "requested duration of 2160h1m0s is more than the
+            // authorized maximum certificate duration of 24h1m0s": a setting
+            // to change, not a fault of the client.
+            400..=499 if path.ends_with("/sign") && message.contains("duration") => {
+                message.truncate(message.trim_end_matches('.').len());
+                message.push_str(
+                    "; the lifetime asked for is the order's notAfter, else \
+                     authority.claims.defaultTLSCertDuration (or the provisioner's claims, or \
+                     certlifetime) in acmeproxy's ca.json: lower it to what step-ca allows, \
+                     remove it to take the step-ca provisioner's default, or raise the step-ca \
+                     provisioner's maxTLSCertDuration",
+                );
+                ProblemType::ServerInternal
+            }
             401 | 403 => ProblemType::Unauthorized,
             400 if path.ends_with("/sign") => ProblemType::BadCsr,
             400 if message.contains("already revoked") => ProblemType::AlreadyRevoked,

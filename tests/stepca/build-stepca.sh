@@ -186,7 +186,7 @@ func main() {
 	passwordFile := flag.String("password-file", "", "password that encrypts the JWK provisioner key")
 	x5cName := flag.String("x5c-provisioner", "ra-x5c", "X5C provisioner name")
 	x5cRoots := flag.String("x5c-roots", "", "PEM roots the X5C provisioner trusts")
-	duration := flag.String("max-duration", "2160h", "longest certificate lifetime")
+	duration := flag.String("max-duration", "", "longest certificate lifetime; empty: no claims, step-ca's defaults (24h default and maximum)")
 	flag.Parse()
 	if *dir == "" || *passwordFile == "" || *x5cRoots == "" {
 		fail("usage: stepca-init -dir DIR -password-file FILE -x5c-roots PEM [-address A] [-dns N,N]")
@@ -268,6 +268,10 @@ func main() {
 			},
 		},
 		"tls": map[string]interface{}{"minVersion": 1.2, "maxVersion": 1.3},
+	}
+	if *duration == "" {
+		// A stock CA, as `step ca init` makes it: no claims at all.
+		delete(config["authority"].(map[string]interface{}), "claims")
 	}
 	out, err := json.MarshalIndent(config, "", "  ")
 	if err != nil {

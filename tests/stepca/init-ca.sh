@@ -1,6 +1,9 @@
 #!/bin/sh
-# init-ca.sh DIR PORT: a fresh step-ca test CA in DIR listening on
-# 127.0.0.1:PORT, built with the binaries of build-stepca.sh:
+# init-ca.sh DIR PORT [MAX_DURATION]: a fresh step-ca test CA in DIR
+# listening on 127.0.0.1:PORT, built with the binaries of build-stepca.sh.
+# Without MAX_DURATION the CA has no claims, as `step ca init` makes it:
+# step-ca's defaults apply (certificates of 24h by default and at most).
+# With it (e.g. 8760h) the claims are min 5m, default 24h, max MAX_DURATION.
 #
 #   DIR/config/ca.json        root + intermediate, badger database, provisioners:
 #                               JWK "ra-jwk" (private key encrypted with
@@ -14,8 +17,9 @@
 # Refuses a DIR that already holds a CA. Only loopback.
 set -eu
 
-dir="${1:?usage: init-ca.sh DIR PORT}"
-port="${2:?usage: init-ca.sh DIR PORT}"
+dir="${1:?usage: init-ca.sh DIR PORT [MAX_DURATION]}"
+port="${2:?usage: init-ca.sh DIR PORT [MAX_DURATION]}"
+max_duration="${3:-}"
 bin="${ACMEPROXY_STEPCA_DIR:-/var/tmp/acmeproxy-stepca}/bin"
 [ -x "$bin/stepca-init" ] || { echo "init-ca: $bin/stepca-init missing; run tests/stepca/build-stepca.sh" >&2; exit 1; }
 [ ! -e "$dir/config/ca.json" ] || { echo "init-ca: $dir already holds a CA" >&2; exit 1; }
@@ -57,7 +61,7 @@ CNF
 
 kid=$(STEPPATH="$dir/steppath" "$bin/stepca-init" -dir "$dir" -address "127.0.0.1:$port" \
     -dns 127.0.0.1,localhost -password-file "$dir/password" -x5c-roots "$dir/x5c/root.crt" \
-    -jwk-provisioner ra-jwk -x5c-provisioner ra-x5c -max-duration 8760h | sed -n 's/^kid=//p')
+    -jwk-provisioner ra-jwk -x5c-provisioner ra-x5c -max-duration "$max_duration" | sed -n 's/^kid=//p')
 fingerprint=$(openssl x509 -in "$dir/certs/root_ca.crt" -outform DER | sha256sum | cut -d' ' -f1)
 
 cat > "$dir/env" <<ENV
