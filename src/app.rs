@@ -59,6 +59,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let (cfg, warnings) = load(&config)?;
             // The parts start-up builds from the configuration, built the same way.
             provisioners(&cfg)?;
+            crate::upstream::roots::read_root_files(&cfg.root_files())?;
             for w in &warnings.0 {
                 eprintln!("warning: {w}");
             }

@@ -23,7 +23,7 @@ use acmeproxy::validate::MockDns;
 use serde_json::json;
 
 use common::clients::{Challenge, Client, Ports, run_client, verify_cert};
-use common::{ChildGuard, free_ports, tail};
+use common::{ChildGuard, fetch_roots_pem, free_ports, tail};
 
 /// How long the server may take to answer its directory (it creates its CA at first start).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -185,7 +185,8 @@ fn start_dns(records: &Path) -> io::Result<MockDns> {
 struct Server {
     _child: ChildGuard,
     directory_url: String,
-    /// The softcas root: trust anchor for the HTTPS endpoint and issued chains.
+    /// What /roots.pem served (the softcas root): the clients' only trust
+    /// anchor, for the HTTPS endpoint and the issued chains.
     root: PathBuf,
 }
 
@@ -218,8 +219,16 @@ impl Server {
         cmd.arg("serve").arg(&config_path);
         let mut child = ChildGuard::spawn("acmeproxy", &mut cmd, &tmp.join("server.log"))?;
         let directory_url = format!("https://127.0.0.1:{port}/acme/acme/directory");
-        let root = data.join("softcas/root.crt");
-        wait_ready(&mut child, &directory_url, &root)?;
+        wait_ready(&mut child, &directory_url, &data.join("softcas/root.crt"))?;
+        // Clients trust only what /roots.pem serves, as the README says.
+        let root = tmp.join("roots.pem");
+        let served = fetch_roots_pem(port, &root)?;
+        let softcas_root = fs::read(data.join("softcas/root.crt")).map_err(|e| e.to_string())?;
+        if pem::parse_many(&served).map_err(|e| e.to_string())?
+            != pem::parse_many(&softcas_root).map_err(|e| e.to_string())?
+        {
+            return Err("/roots.pem does not serve the softcas root".into());
+        }
         Ok(Self {
             _child: child,
             directory_url,

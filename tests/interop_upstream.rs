@@ -17,7 +17,7 @@ mod common;
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use serde_json::json;
 use common::clients::{Challenge, Client, Ports, run_client, verify_cert};
 use common::pebble::{Pebble, PebbleOptions};
 use common::slowproxy::SlowProxy;
-use common::{ChildGuard, free_ports, tail};
+use common::{ChildGuard, fetch_roots_pem, free_ports, tail};
 
 /// How long the server may take to answer its directory (it gets its own
 /// certificate from Pebble first).
@@ -84,6 +84,7 @@ fn certbot_through_a_chain_of_two_ras() {
     let inner = runtime.block_on(common::TestServer::start_with(common::Options {
         db: "sled",
         require_eab: true,
+        root: Some(root.clone()),
         authority: Some(pebble.authority_json()),
         ..common::Options::default()
     }));
@@ -126,7 +127,9 @@ fn certbot_through_a_chain_of_two_ras() {
         },
         "provisioners": [{"type": "ACME", "name": "acme"}]
     });
-    let outer = Server::start_with_authority(tmp.path(), acme, &ports, authority, &root)
+    // No `root` for the outer RA: it finds Pebble's root in its ca_bundle,
+    // as the issuer of the top of its chain.
+    let outer = Server::start_with_authority(tmp.path(), acme, &ports, authority, &root, false)
         .unwrap_or_else(|e| {
             panic!(
                 "outer RA: {e}\n{}",
@@ -138,7 +141,7 @@ fn certbot_through_a_chain_of_two_ras() {
     let outcome = run_client(
         client,
         &outer.directory_url,
-        &root,
+        &outer.roots,
         name,
         Challenge::Http01,
         &ports,
@@ -150,8 +153,8 @@ fn certbot_through_a_chain_of_two_ras() {
             tail(&tmp.path().join("server.log"), 100)
         )
     });
-    let first = verify_cert(&outcome.issued, name, &root).unwrap();
-    let second = verify_cert(&outcome.renewed, name, &root).unwrap();
+    let first = verify_cert(&outcome.issued, name, &outer.roots).unwrap();
+    let second = verify_cert(&outcome.renewed, name, &outer.roots).unwrap();
     assert_ne!(first.serial, second.serial);
     // Pebble: both RAs' own certificates, the issued and the renewed one.
     expect_issued(&pebble, 4, "through the chain").unwrap();
@@ -254,15 +257,15 @@ fn attempt(
     let outcome = run_client(
         client,
         &server.directory_url,
-        &root,
+        &server.roots,
         name,
         Challenge::Http01,
         &ports,
         &tmp.join("clients"),
     )?;
-    let first = verify_cert(&outcome.issued, name, &root)
+    let first = verify_cert(&outcome.issued, name, &server.roots)
         .map_err(|e| format!("issued certificate: {e}"))?;
-    let second = verify_cert(&outcome.renewed, name, &root)
+    let second = verify_cert(&outcome.renewed, name, &server.roots)
         .map_err(|e| format!("renewed certificate: {e}"))?;
     if first.serial == second.serial {
         return Err(format!(
@@ -346,6 +349,9 @@ fn expect_issued(pebble: &Pebble, want: usize, when: &str) -> Result<(), String>
 struct Server {
     _child: ChildGuard,
     directory_url: String,
+    /// What the RA's /roots.pem served (Pebble's root): the clients' only
+    /// trust anchor.
+    roots: PathBuf,
 }
 
 impl Server {
@@ -363,18 +369,21 @@ impl Server {
         authority["config"]["ca_url"] = json!(ca_url);
         // a slow upstream needs more than the default 20 s per attempt
         authority["config"]["cert_obtain_timeout"] = json!(90);
-        Self::start_with_authority(tmp, port, ports, authority, root)
+        Self::start_with_authority(tmp, port, ports, authority, root, true)
     }
 
-    /// Like [`Server::start`] with any `authority` block.
+    /// Like [`Server::start`] with any `authority` block; `root` is the
+    /// root the RA's chains lead to, also set as ca.json's `root` when
+    /// `configure_root`.
     fn start_with_authority(
         tmp: &Path,
         port: u16,
         ports: &Ports,
         authority: serde_json::Value,
         root: &Path,
+        configure_root: bool,
     ) -> Result<Self, String> {
-        let config = json!({
+        let mut config = json!({
             "address": format!("127.0.0.1:{port}"),
             "dnsNames": ["localhost", "127.0.0.1"],
             "dataDir": tmp.join("data"),
@@ -389,6 +398,9 @@ impl Server {
                 "timeoutSeconds": 10,
             },
         });
+        if configure_root {
+            config["root"] = json!(root);
+        }
         let config_path = tmp.join("ca.json");
         let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
         fs::write(&config_path, text).map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -398,9 +410,21 @@ impl Server {
         let mut child = ChildGuard::spawn("acmeproxy", &mut cmd, &tmp.join("server.log"))?;
         let directory_url = format!("https://127.0.0.1:{port}/acme/acme/directory");
         wait_ready(&mut child, &directory_url, root)?;
+        let roots = tmp.join("roots.pem");
+        let served = fetch_roots_pem(port, &roots)?;
+        let want = fs::read(root).map_err(|e| e.to_string())?;
+        if pem::parse_many(&served).map_err(|e| e.to_string())?
+            != pem::parse_many(&want).map_err(|e| e.to_string())?
+        {
+            return Err(format!(
+                "/roots.pem serves something other than Pebble's root:\n{}",
+                String::from_utf8_lossy(&served)
+            ));
+        }
         Ok(Self {
             _child: child,
             directory_url,
+            roots,
         })
     }
 }

@@ -32,6 +32,7 @@ fn pebble_or_skip() -> bool {
 async fn ra_for(pebble: &Pebble) -> TestServer {
     TestServer::start_with(Options {
         db: "sled",
+        root: Some(pebble.root_file().await),
         authority: Some(pebble.authority_json()),
         ..Options::default()
     })
@@ -103,6 +104,8 @@ async fn issues_through_pebble_with_eab_and_forwards_revocation() {
     let chain = issue(&ts, &account, "upstream.test").await;
     let root = pebble.root_pem().await;
     assert_chains_to(&chain, &root);
+    // /roots.pem serves the configured root, not Pebble's intermediate.
+    assert_eq!(ders(&ts.server.as_ref().unwrap().roots_pem), ders(&root));
     // The RA's own HTTPS certificate came from Pebble too (one issuance at start).
     let serial = serial_hex(&chain);
     assert_eq!(pebble.cert_status(&serial).await, "Valid");
@@ -226,4 +229,32 @@ async fn an_upstream_refusal_makes_the_order_invalid_with_its_reason() {
         "{detail}"
     );
     assert_eq!(order.state().status, OrderStatus::Invalid);
+}
+
+/// Without ca.json's `root`, an RA in front of Pebble (which sends no root
+/// and whose root is in no trust store) knows no root: /roots.pem answers a
+/// 404 problem that says how to configure one, and never the intermediate.
+#[tokio::test]
+async fn roots_pem_without_a_known_root_is_a_404_problem() {
+    if !pebble_or_skip() {
+        return;
+    }
+    let pebble = Pebble::start(PebbleOptions::default()).await;
+    let ts = TestServer::start_with(Options {
+        authority: Some(pebble.authority_json()),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(ts.server.as_ref().unwrap().roots_pem, "");
+    let root = reqwest::Certificate::from_pem(pebble.root_pem().await.as_bytes()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
+    let rsp = http.get(ts.url("/roots.pem")).send().await.unwrap();
+    assert_eq!(rsp.status(), 404);
+    assert_eq!(rsp.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = rsp.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("\"root\""), "{detail}");
 }

@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use common::clients::{Challenge, Client, Issued, Ports, run_client, verify_cert};
-use common::{ChildGuard, free_ports, run_bounded, tail};
+use common::{ChildGuard, fetch_roots_pem, free_ports, run_bounded, tail};
 
 /// How long step-ca and acmeproxy may take to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -492,19 +492,25 @@ fn attempt(client: Client, issuer: Issuer, name: &str, tmp: &Path) -> Result<(),
     let directory = format!("https://127.0.0.1:{acme}/acme/acme/directory");
     wait_for(&mut server, &directory, &ca.root, 200)?;
     let ready = started.elapsed();
+    // The clients trust only what /roots.pem serves: step-ca's root.
+    let roots = tmp.join("roots.pem");
+    let served = pem::parse_many(fetch_roots_pem(acme, &roots)?).map_err(|e| e.to_string())?;
+    if served != pem::parse_many(fs::read(&ca.root).unwrap()).map_err(|e| e.to_string())? {
+        return Err("/roots.pem does not serve step-ca's root".into());
+    }
 
     let outcome = run_client(
         client,
         &directory,
-        &ca.root,
+        &roots,
         name,
         Challenge::Http01,
         &ports,
         &tmp.join("clients"),
     )?;
-    let first = verify_cert(&outcome.issued, name, &ca.root)
+    let first = verify_cert(&outcome.issued, name, &roots)
         .map_err(|e| format!("issued certificate: {e}"))?;
-    let second = verify_cert(&outcome.renewed, name, &ca.root)
+    let second = verify_cert(&outcome.renewed, name, &roots)
         .map_err(|e| format!("renewed certificate: {e}"))?;
     if first.serial == second.serial {
         return Err(format!(

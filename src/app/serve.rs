@@ -35,7 +35,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The metrics listener's address, if enabled.
     pub metrics_addr: Option<SocketAddr>,
-    /// The roots (PEM) that the server's own certificate and issued chains lead to.
+    /// The roots (PEM) that the server's own certificate and issued chains
+    /// lead to; empty when none is known (`/roots.pem` answers 404).
     pub roots_pem: String,
     authority: Arc<Authority>,
     shutdown: CancellationToken,
@@ -183,7 +184,8 @@ pub async fn start_with(
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
-    let roots_pem = ra.roots_pem();
+    find_roots(&cfg, &ra, &identity).await?;
+    let roots_pem = ra.roots_pem().unwrap_or_default();
     let token = shutdown.clone();
     let authority = Arc::clone(&ra);
     let join = tokio::spawn(async move {
@@ -213,6 +215,45 @@ pub async fn start_with(
         shutdown,
         join,
     })
+}
+
+/// Finds the roots for `/roots.pem` ([`crate::upstream::roots`]) from
+/// ca.json's `root`, the upstream, the server's own chain, `ca_bundle`, the
+/// system trust store and AIA, and hands them to the Authority.
+async fn find_roots(cfg: &Config, ra: &Authority, identity: &ServerIdentity) -> anyhow::Result<()> {
+    use crate::upstream::roots::{self, RootSources};
+    let configured = roots::read_root_files(&cfg.root_files())?;
+    let mut trust_store = roots::system_trust_store();
+    if cfg.authority.kind == "externalcas" {
+        if let Some(bundle) = cfg.externalcas()?.ca_bundle {
+            trust_store.extend(roots::bundle_certificates(&bundle));
+        }
+    }
+    let chain = roots::pem_certificates(identity.chain_pem().as_bytes())
+        .map_err(|e| anyhow::anyhow!("the server's own certificate chain {e}"))?;
+    let found = roots::resolve(
+        &RootSources {
+            configured,
+            upstream: ra.upstream().roots(),
+            trust_store,
+            fetch_aia: true,
+            timeout: StdDuration::from_secs(10),
+        },
+        &chain,
+    )
+    .await;
+    if let Some(w) = &found.warning {
+        tracing::warn!("/roots.pem: {w}");
+    }
+    if let Some(source) = found.source {
+        tracing::info!(
+            roots = found.roots.len(),
+            ?source,
+            "/roots.pem serves the root(s) found"
+        );
+    }
+    ra.set_roots(found.roots);
+    Ok(())
 }
 
 /// The upstream CA that `authority.type` names.

@@ -79,9 +79,11 @@ pub struct Config {
     /// Metrics listener; `authority.config.metrics` (Go plugin) is read too.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
-    // step-ca keys that acmeproxy does not use: accepted, warned about.
+    /// step-ca's `root`: the root certificate file(s), PEM, that the RA's
+    /// chains lead to; served at `/roots.pem`. A path or a list of paths.
     #[serde(default)]
-    root: Option<Value>,
+    pub root: Option<OneOrMany<PathBuf>>,
+    // step-ca keys that acmeproxy does not use: accepted, warned about.
     #[serde(default)]
     federated_roots: Option<Value>,
     #[serde(default)]
@@ -102,6 +104,24 @@ pub struct Config {
     crl: Option<Value>,
     #[serde(default)]
     password: Option<Value>,
+}
+
+/// A value or a list of values, as step-ca's `MultiString` keys take.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// The values, in order.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            Self::One(v) => vec![v.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
 }
 
 fn default_address() -> String {
@@ -562,6 +582,14 @@ impl Config {
                     })
             })
             .collect()
+    }
+
+    /// The root certificate files of `root` (none when unset).
+    pub fn root_files(&self) -> Vec<PathBuf> {
+        self.root
+            .as_ref()
+            .map(OneOrMany::to_vec)
+            .unwrap_or_default()
     }
 
     /// The external ACME upstream's settings (`authority.type: "externalcas"`).

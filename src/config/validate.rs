@@ -13,7 +13,6 @@ impl Config {
         let mut warnings = Vec::new();
         let mut ignored = BTreeSet::new();
         for (name, present) in [
-            ("root", self.root.is_some()),
             ("federatedRoots", self.federated_roots.is_some()),
             ("crt", self.crt.is_some()),
             ("key", self.key.is_some()),

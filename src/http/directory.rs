@@ -79,14 +79,24 @@ pub(super) async fn not_found(uri: Uri) -> HttpError {
     .status(404)
 }
 
-/// GET /roots.pem: the roots the upstream chains to (as step-ca serves).
-pub(super) async fn roots(State(st): State<AppState>) -> Response {
-    let mut resp = st.ra.roots_pem().into_response();
+/// GET /roots.pem: the self-signed roots the RA's chains lead to (as step-ca
+/// serves); a 404 problem saying how to configure one when none is known.
+pub(super) async fn roots(State(st): State<AppState>) -> Result<Response, HttpError> {
+    let Some(pem) = st.ra.roots_pem() else {
+        return Err(HttpError::new(
+            ProblemType::Malformed,
+            "this RA does not know the root certificate its upstream CA chains to; the \
+             administrator sets it with \"root\" (a PEM file of the root) in ca.json"
+                .to_owned(),
+        )
+        .status(404));
+    };
+    let mut resp = pem.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-pem-file"),
     );
-    resp
+    Ok(resp)
 }
 
 /// GET /health: the process is alive.

@@ -108,6 +108,8 @@ pub struct Authority {
     jobs_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<crate::model::FinalizeJob>>>,
     /// Authorizations whose validation runs in this process.
     validating: std::sync::Mutex<std::collections::HashSet<crate::model::AuthzId>>,
+    /// The roots found at start-up ([`crate::upstream::roots::resolve`]).
+    roots: std::sync::RwLock<Vec<Vec<u8>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -138,6 +140,7 @@ impl Authority {
             jobs_tx,
             jobs_rx: std::sync::Mutex::new(Some(jobs_rx)),
             validating: std::sync::Mutex::new(std::collections::HashSet::new()),
+            roots: std::sync::RwLock::new(Vec::new()),
             tasks: TaskTracker::new(),
             shutdown,
         })
@@ -163,13 +166,40 @@ impl Authority {
         &self.clock
     }
 
-    /// The roots the upstream chains to, PEM, for `/roots.pem`.
-    pub fn roots_pem(&self) -> String {
-        self.upstream
-            .roots()
-            .into_iter()
-            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der)))
-            .collect()
+    /// Sets the roots (self-signed, DER) that the RA's chains lead to.
+    pub fn set_roots(&self, roots: Vec<Vec<u8>>) {
+        *self
+            .roots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = roots;
+    }
+
+    /// The self-signed roots the RA's chains lead to, PEM, for `/roots.pem`:
+    /// those found at start-up, else the upstream's self-signed ones (an
+    /// upstream may learn its root only at its first issuance); `None` when
+    /// there is none.
+    pub fn roots_pem(&self) -> Option<String> {
+        let set = self
+            .roots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let roots = if set.is_empty() {
+            crate::upstream::roots::self_signed_only(&self.upstream.roots())
+        } else {
+            set
+        };
+        (!roots.is_empty()).then(|| {
+            roots
+                .into_iter()
+                .map(|der| {
+                    pem::encode_config(
+                        &pem::Pem::new("CERTIFICATE", der),
+                        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+                    )
+                })
+                .collect()
+        })
     }
 
     /// Waits for background work (validations) to end, after shutdown.

@@ -67,8 +67,8 @@ pub struct AcmeUpstream {
     http: HttpsClient,
     state: Arc<dyn UpstreamState>,
     account: Mutex<Option<Account>>,
-    /// The top of the last chain the upstream returned (its root, or the
-    /// highest intermediate when it sends no root), for `/roots.pem`.
+    /// The top of the last chain the upstream returned; `/roots.pem` takes
+    /// it only when it is a self-signed root ([`super::roots`]).
     top_of_chain: std::sync::RwLock<Vec<Vec<u8>>>,
 }
 

@@ -4,6 +4,7 @@
 
 pub mod acme;
 mod pinning;
+pub mod roots;
 pub mod softcas;
 pub mod stepca;
 pub mod vault;

@@ -45,6 +45,8 @@ pub struct Options {
     /// Serve metrics on 127.0.0.1 (a free port; see `Server::metrics_addr`)
     /// instead of turning them off.
     pub metrics: bool,
+    /// ca.json's `root`: the root file the upstream's chains lead to.
+    pub root: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             provisioner_extra: serde_json::json!({}),
             authority: None,
             metrics: false,
+            root: None,
         }
     }
 }
@@ -102,7 +105,7 @@ impl TestServer {
                 prov[k] = v.clone();
             }
         }
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "address": "127.0.0.1:0",
             "dnsNames": ["localhost", "127.0.0.1"],
             "dataDir": data_dir,
@@ -128,6 +131,9 @@ impl TestServer {
                 "timeoutSeconds": 5
             }
         });
+        if let Some(root) = &opts.root {
+            doc["root"] = serde_json::json!(root);
+        }
         let (config, _) = Config::parse(&doc.to_string()).unwrap();
         acmeproxy::telemetry::init(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -174,6 +174,14 @@ impl Pebble {
             .unwrap()
     }
 
+    /// Pebble's issuing root, written to a file in Pebble's directory (for
+    /// ca.json's `root`).
+    pub async fn root_file(&self) -> PathBuf {
+        let path = self.dir.path().join("issuing-root.pem");
+        std::fs::write(&path, self.root_pem().await).unwrap();
+        path
+    }
+
     /// Pebble's issuing root (PEM), from the management interface.
     pub async fn root_pem(&self) -> String {
         self.http()

@@ -272,3 +272,38 @@ fn serve_token(mut conn: TcpStream, webroot: &Path, log: &Path) {
         let _ = writeln!(f, "{} -> {status}", request_line.trim_end());
     }
 }
+
+/// Fetches `https://127.0.0.1:<port>/roots.pem` without checking the
+/// server's certificate, as a user fetches it once (`curl -k`) before
+/// pinning it, and writes it to `out`. Clients in the tests then trust only
+/// these bytes, so a root that does not work as a trust anchor fails them.
+pub(crate) fn fetch_roots_pem(port: u16, out: &Path) -> Result<Vec<u8>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let url = format!("https://127.0.0.1:{port}/roots.pem");
+    let body = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let rsp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = rsp.status();
+        let body = rsp.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "GET {url}: {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        Ok(body.to_vec())
+    })?;
+    fs::write(out, &body).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(body)
+}
