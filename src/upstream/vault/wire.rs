@@ -225,6 +225,15 @@ pub(super) fn pem_certificates(v: &Value) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The last self-signed certificate of `chain` (its root), if any.
+pub(super) fn self_signed_root(chain: &[Vec<u8>]) -> Option<&[u8]> {
+    chain
+        .iter()
+        .rev()
+        .find(|c| is_self_signed(c))
+        .map(Vec::as_slice)
+}
+
 /// Whether `der` is a certificate that signs itself (a root).
 pub(super) fn is_self_signed(der: &[u8]) -> bool {
     X509Certificate::from_der(der).is_ok_and(|(_, c)| {
@@ -413,6 +422,15 @@ mod tests {
             .unwrap()
             .signed_by(&rcgen::KeyPair::generate().unwrap(), &int)
             .unwrap();
+        assert_eq!(
+            self_signed_root(&[int.der().to_vec(), root.der().to_vec()]),
+            Some(root.der().as_ref())
+        );
+        assert_eq!(
+            self_signed_root(&[leaf.der().to_vec(), int.der().to_vec()]),
+            None,
+            "a chain without its root has none: the intermediate is no root"
+        );
         let data = json!({"certificate": leaf.pem(), "issuing_ca": int.pem(), "ca_chain": [int.pem(), root.pem()]});
         let signed = issued_chain(&data, "signing").unwrap();
         assert_eq!(signed.served, [leaf.der().to_vec(), int.der().to_vec()]);
