@@ -512,7 +512,29 @@ impl CertificateAuthorityService for VaultCas {
         let (role, body) = wire::sign_body(req, s)?;
         let path = format!("{}/sign/{role}", s.pki_mount_path);
         let what = format!("signing with PKI role {role:?}");
-        let reply = self.inner.authed(Method::POST, &path, &body, &what).await?;
+        let reply = match self.inner.authed(Method::POST, &path, &body, &what).await {
+            Err(e) if wire::requires_common_name(&e) => {
+                // IP addresses only, and a role with require_cn=true.
+                let Some(body) = wire::with_ip_common_name(&body) else {
+                    return Err(e);
+                };
+                tracing::debug!(
+                    role,
+                    "the PKI role requires a common name; sending the IP address as one"
+                );
+                self.inner
+                    .authed(Method::POST, &path, &body, &what)
+                    .await
+                    .map_err(|e| match e {
+                        UpstreamError::Rejected { kind, detail } => UpstreamError::Rejected {
+                            kind,
+                            detail: format!("{detail} ({})", wire::IP_ONLY_HINT),
+                        },
+                        other => other,
+                    })?
+            }
+            other => other?,
+        };
         let signed = wire::issued_chain(&reply["data"], &what)?;
         self.inner.note_chain(&signed.issuers);
         Ok(IssuedChain {
