@@ -279,6 +279,49 @@ async fn dns_orders_chain_to_the_openbao_root_and_revocation_reaches_it() {
     );
 }
 
+/// A `pki_int` that holds its intermediate but not the root (signed with
+/// `format=pem`): `/roots.pem` stays empty rather than serving the
+/// intermediate, which no client can use as a trust anchor; issuance works.
+#[tokio::test]
+async fn without_the_root_in_vault_roots_pem_serves_no_intermediate() {
+    if openbao::skip("intermediate-only OpenBao") {
+        return;
+    }
+    let bao = OpenBao::start(OpenBaoOptions {
+        intermediate_only: true,
+        ..OpenBaoOptions::default()
+    })
+    .await;
+    let ts = ra_for(&bao, bao.approle_config(), json!({})).await;
+    assert_eq!(ts.server.as_ref().unwrap().roots_pem, "");
+    // The test's client trusts OpenBao's root, known out of band.
+    std::fs::copy(&bao.root_file, &ts.root_file).unwrap();
+    let (account, _) = ts.account().await;
+    let chain = try_issue(&ts, &account, &[dns("noroot.bao.test")], &PKCS_ED25519)
+        .await
+        .unwrap();
+    assert_chains_to(&chain, &bao.root_der);
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&bao.root_file).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let roots = http
+        .get(ts.url("/roots.pem"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !ders(&roots).contains(&bao.intermediate_der),
+        "/roots.pem after an issuance: {roots}"
+    );
+}
+
 /// IP identifiers against three roles: one that takes any name (the address
 /// goes as common_name, after Vault asked for one), one with
 /// `require_cn=false` (no common name), and one limited to DNS domains with
@@ -445,6 +488,7 @@ async fn a_short_lived_token_is_renewed_then_replaced_at_its_max_ttl() {
     let bao = OpenBao::start(OpenBaoOptions {
         token_ttl: Some(Duration::from_secs(3)),
         token_max_ttl: Some(Duration::from_secs(8)),
+        ..OpenBaoOptions::default()
     })
     .await;
     let ts = ra_for(&bao, bao.approle_config(), json!({})).await;
@@ -507,6 +551,7 @@ async fn a_wrapped_secret_id_is_unwrapped_once_and_serves_every_login() {
     let bao = OpenBao::start(OpenBaoOptions {
         token_ttl: Some(Duration::from_secs(2)),
         token_max_ttl: Some(Duration::from_secs(2)),
+        ..OpenBaoOptions::default()
     })
     .await;
     let file = bao.path().join("wrapped-secret-id");

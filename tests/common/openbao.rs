@@ -57,6 +57,9 @@ pub struct OpenBaoOptions {
     /// 768 h, when `None`).
     pub token_ttl: Option<Duration>,
     pub token_max_ttl: Option<Duration>,
+    /// Import only the intermediate into `pki_int` (`sign-intermediate`
+    /// with `format=pem`), so that its `cert/ca_chain` lacks the root.
+    pub intermediate_only: bool,
 }
 
 /// A running, set-up OpenBao dev server.
@@ -296,7 +299,8 @@ impl OpenBao {
             .ok(
                 Method::POST,
                 "pki/root/sign-intermediate",
-                json!({"csr": csr["data"]["csr"], "format": "pem_bundle", "ttl": "43800h"}),
+                json!({"csr": csr["data"]["csr"], "ttl": "43800h",
+                       "format": if opts.intermediate_only { "pem" } else { "pem_bundle" }}),
             )
             .await;
         let bundle = signed["data"]["certificate"].as_str().unwrap().to_owned();
