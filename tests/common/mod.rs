@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod crash_support;
+pub mod openbao;
 pub mod pebble;
 pub mod procs;
 pub mod raw;

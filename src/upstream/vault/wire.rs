@@ -86,6 +86,35 @@ pub(super) fn sign_body(
     Ok((role.clone(), body))
 }
 
+/// Whether Vault refused a sign request for lack of a common name (a role
+/// with Vault's default `require_cn=true`, and an order without DNS names).
+pub(super) fn requires_common_name(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Rejected { detail, .. } if detail.contains("common_name field is required"))
+}
+
+/// A sign body without `common_name` again, with its first IP address as
+/// the common name, for a role that requires one. Vault checks that CN
+/// against the role's names, so only roles that accept any name
+/// (`allow_any_name`, or `cn_validations=disabled`) take it; a role with
+/// `require_cn=false` takes the first body as it is. Vault would also copy
+/// a CN that looks like a host name into the DNS SANs (`192.0.2.7` as a DNS
+/// name); the address is an IP SAN already, so the CN stays out of them.
+pub(super) fn with_ip_common_name(body: &Value) -> Option<Value> {
+    if body.get("common_name").is_some() {
+        return None;
+    }
+    let ip = body["ip_sans"].as_str()?.split(',').next()?;
+    let mut amended = body.clone();
+    amended["common_name"] = ip.into();
+    amended["exclude_cn_from_sans"] = true.into();
+    Some(amended)
+}
+
+/// What the operator can change when Vault refuses an IP-only order.
+pub(super) const IP_ONLY_HINT: &str = "for an order of IP addresses only, set the PKI role's \
+    require_cn=false, or let it take the address as common name (allow_any_name=true or \
+    cn_validations=disabled), with allow_ip_sans=true";
+
 /// The certificates (DER) in a sign answer.
 pub(super) struct Signed {
     /// What the RA serves: leaf first, then the issuers without the root.
@@ -223,6 +252,15 @@ pub(super) fn pem_certificates(v: &Value) -> Vec<Vec<u8>> {
         .filter(|p| p.tag() == "CERTIFICATE")
         .map(pem::Pem::into_contents)
         .collect()
+}
+
+/// The last self-signed certificate of `chain` (its root), if any.
+pub(super) fn self_signed_root(chain: &[Vec<u8>]) -> Option<&[u8]> {
+    chain
+        .iter()
+        .rev()
+        .find(|c| is_self_signed(c))
+        .map(Vec::as_slice)
 }
 
 /// Whether `der` is a certificate that signs itself (a root).
@@ -393,6 +431,62 @@ mod tests {
     }
 
     #[test]
+    fn an_ip_only_request_can_send_the_address_as_common_name() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["192.0.2.7".into(), "2001:db8::1".into()]).unwrap();
+        let req = SignRequest {
+            csr_der: params.serialize_request(&key).unwrap().der().to_vec(),
+            identifiers: vec![
+                Identifier::Ip("192.0.2.7".parse().unwrap()),
+                Identifier::Ip("2001:db8::1".parse().unwrap()),
+            ],
+            not_before: None,
+            not_after: None,
+            resume: None,
+            replaces: None,
+        };
+        let (role, body) = sign_body(&req, &settings()).unwrap();
+        assert_eq!(role, "ec");
+        assert!(
+            body.get("common_name").is_none(),
+            "first without: a role with require_cn=false takes it as it is: {body}"
+        );
+        assert_eq!(body["ip_sans"], "192.0.2.7,2001:db8::1");
+        assert!(body.get("alt_names").is_none(), "{body}");
+        assert!(
+            body.get("ttl").is_none(),
+            "no lifetime asked: the role's default applies: {body}"
+        );
+
+        let refused = vault_error(
+            StatusCode::BAD_REQUEST,
+            &json!({"errors": ["the common_name field is required, or must be provided in a CSR with \"use_csr_common_name\" set to true, unless \"require_cn\" is set to false"]}),
+            "signing",
+        );
+        assert!(requires_common_name(&refused), "{refused}");
+        assert!(!requires_common_name(&vault_error(
+            StatusCode::BAD_REQUEST,
+            &json!({"errors": ["common name 192.0.2.7 not allowed by this role"]}),
+            "signing",
+        )));
+        let again = with_ip_common_name(&body).unwrap();
+        assert_eq!(again["common_name"], "192.0.2.7");
+        assert_eq!(again["exclude_cn_from_sans"], true);
+        assert_eq!(again["ip_sans"], body["ip_sans"]);
+        assert_eq!(again["csr"], body["csr"]);
+
+        // With a DNS name the CN is that name, and there is nothing to amend.
+        let (_, body) = sign_body(
+            &request(&rcgen::PKCS_ECDSA_P256_SHA256, "b.test"),
+            &settings(),
+        )
+        .unwrap();
+        assert_eq!(body["common_name"], "b.test");
+        assert!(with_ip_common_name(&body).is_none());
+    }
+
+    #[test]
     fn the_served_chain_leaves_out_the_root() {
         let ca = |name: &str| {
             let mut p = rcgen::CertificateParams::default();
@@ -413,6 +507,15 @@ mod tests {
             .unwrap()
             .signed_by(&rcgen::KeyPair::generate().unwrap(), &int)
             .unwrap();
+        assert_eq!(
+            self_signed_root(&[int.der().to_vec(), root.der().to_vec()]),
+            Some(root.der().as_ref())
+        );
+        assert_eq!(
+            self_signed_root(&[leaf.der().to_vec(), int.der().to_vec()]),
+            None,
+            "a chain without its root has none: the intermediate is no root"
+        );
         let data = json!({"certificate": leaf.pem(), "issuing_ca": int.pem(), "ca_chain": [int.pem(), root.pem()]});
         let signed = issued_chain(&data, "signing").unwrap();
         assert_eq!(signed.served, [leaf.der().to_vec(), int.der().to_vec()]);
