@@ -444,9 +444,6 @@ async fn a_configured_lifetime_is_sent_as_the_ttl() {
 /// ca.json sets no lifetime: the RA must send no `ttl`, so that the role's
 /// default (72 h here; its max_ttl is 720 h) applies.
 #[tokio::test]
-#[ignore = "the finalize worker (src/ra/worker.rs) always sends notAfter = now + 90 days, \
-            which OpenBao caps at the role's max_ttl (720 h); needs SignRequest.not_after = None \
-            when no lifetime is configured"]
 async fn without_a_configured_lifetime_the_roles_ttl_applies() {
     if openbao::skip("role default lifetime via OpenBao") {
         return;
