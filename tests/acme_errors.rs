@@ -870,3 +870,142 @@ async fn server_internal_hides_the_cause() {
     );
     assert!(d.contains("log"), "{d}");
 }
+
+/// Client-chosen notBefore/notAfter lie within [now - 1 h, now + the
+/// provisioner's maximum lifetime]; anything else is `malformed` at newOrder,
+/// naming the field (a far-future notBefore used to pass and then panic the
+/// finalize worker on every start).
+#[tokio::test]
+async fn order_times_out_of_range_are_malformed_at_new_order() {
+    let (_ts, raw) = server().await;
+    let acct = raw.register(Key::es256()).await;
+    let now = OffsetDateTime::now_utc();
+    let at = |d: time::Duration| {
+        (now + d)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    for (field, value) in [
+        ("notBefore", "9999-12-31T00:00:00Z".to_owned()),
+        ("notAfter", "9999-12-31T00:00:00Z".to_owned()),
+        ("notBefore", at(-time::Duration::hours(2))),
+        ("notBefore", "0001-01-01T00:00:00Z".to_owned()),
+    ] {
+        let doc = raw
+            .post_kid(
+                &acct,
+                &raw.url("newOrder"),
+                Some(&json!({"identifiers": [dns("t.test")], field: value})),
+            )
+            .await
+            .problem(400, "malformed");
+        let d = detail(&doc);
+        assert!(
+            d.contains(field) && d.contains("out of range") && d.contains("maximum lifetime"),
+            "{field} {value}: {d}"
+        );
+    }
+    // Inside the range: accepted.
+    raw.post_kid(
+        &acct,
+        &raw.url("newOrder"),
+        Some(&json!({"identifiers": [dns("t.test")],
+            "notBefore": at(time::Duration::minutes(-30)), "notAfter": at(time::Duration::days(30))})),
+    )
+    .await
+    .ok(201);
+}
+
+/// Panics when asked to sign for `panic.test`; signs everything else with
+/// softcas (the RA's own certificate included).
+struct PanickingUpstream(SoftCas);
+
+#[async_trait::async_trait]
+impl CertificateAuthorityService for PanickingUpstream {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+
+    async fn create_certificate(
+        &self,
+        req: &acmeproxy::upstream::SignRequest,
+        checkpoint: &dyn acmeproxy::upstream::Checkpoint,
+    ) -> Result<acmeproxy::upstream::IssuedChain, acmeproxy::upstream::UpstreamError> {
+        if req
+            .identifiers
+            .iter()
+            .any(|i| i.to_string().contains("panic.test"))
+        {
+            panic!("a bug in the upstream adapter");
+        }
+        self.0.create_certificate(req, checkpoint).await
+    }
+
+    async fn revoke_certificate(
+        &self,
+        req: &acmeproxy::upstream::RevokeRequest,
+    ) -> Result<(), acmeproxy::upstream::UpstreamError> {
+        self.0.revoke_certificate(req).await
+    }
+
+    fn roots(&self) -> Vec<Vec<u8>> {
+        self.0.roots()
+    }
+}
+
+/// A finalize job that panics ends its order `invalid` with
+/// `serverInternal`, once: it is not retried, and the worker goes on.
+#[tokio::test]
+async fn a_panicking_finalize_job_ends_its_order_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let softcas = SoftCas::open(SoftCasOptions {
+        dir: dir.path().join("softcas"),
+        name: "panics".to_owned(),
+        default_lifetime: Duration::from_secs(86_400),
+        sign_delay: Duration::ZERO,
+    })
+    .unwrap();
+    let ts =
+        TestServer::start_with_upstream(Options::default(), Arc::new(PanickingUpstream(softcas)))
+            .await;
+    let raw = Raw::new(&ts).await;
+    let acct = raw.register(Key::es256()).await;
+    for (name, want) in [("panic.test", "invalid"), ("fine.test", "valid")] {
+        let (order_url, order) = raw.new_order(&acct, &[dns(name)]).await;
+        let authz_url = order["authorizations"][0].as_str().unwrap();
+        let authz = raw.fetch(&acct, authz_url).await;
+        let ch = Raw::challenge(&authz, "http-01");
+        Raw::publish(&ts.responders, &acct, &authz, &ch);
+        raw.answer(&acct, &ch).await.ok(200);
+        raw.poll(&acct, &order_url, |o| o["status"] == "ready")
+            .await;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let resp = raw
+            .post_kid(
+                &acct,
+                order["finalize"].as_str().unwrap(),
+                Some(&json!({"csr": b64(&csr(&[name], &key))})),
+            )
+            .await;
+        assert!(resp.status == 200, "finalize: {}", resp.status);
+        let done = raw
+            .poll(&acct, &order_url, |o| {
+                o["status"] == "valid" || o["status"] == "invalid"
+            })
+            .await;
+        assert_eq!(done["status"], want, "{name}: {done}");
+        if want == "invalid" {
+            assert_eq!(
+                done["error"]["type"],
+                "urn:ietf:params:acme:error:serverInternal"
+            );
+            assert!(
+                !done["error"]["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("adapter"),
+                "the panic message stays in the log: {done}"
+            );
+        }
+    }
+}

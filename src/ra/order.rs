@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
 
 use super::error::{RaError, problem};
 use super::{Authority, state};
@@ -49,6 +49,25 @@ impl Authority {
         let now = self.clock.now();
         let not_before = parse_time("notBefore", req.not_before.as_deref())?;
         let not_after = parse_time("notAfter", req.not_after.as_deref())?;
+        // Client-chosen times stay within [now - 1 h, now + max lifetime], so
+        // no later computation on them can overflow.
+        let earliest = now - Duration::hours(1);
+        let latest = now.checked_add(prov.max_lifetime).unwrap_or(now);
+        for (field, value) in [("notBefore", not_before), ("notAfter", not_after)] {
+            if let Some(t) = value.filter(|t| *t < earliest || *t > latest) {
+                return problem(
+                    ProblemType::Malformed,
+                    format!(
+                        "{field} {} is out of range: it must lie between {} (an hour ago) and {} \
+                         (now plus this provisioner's maximum lifetime of {} h)",
+                        rfc3339(t),
+                        rfc3339(earliest),
+                        rfc3339(latest),
+                        prov.max_lifetime.whole_hours()
+                    ),
+                );
+            }
+        }
         if let (Some(nb), Some(na)) = (not_before, not_after) {
             if na <= nb {
                 return problem(ProblemType::Malformed, "notAfter must be after notBefore");
@@ -376,6 +395,11 @@ pub(super) fn not_found(what: &str) -> RaError {
         format!("no such {what} for this account"),
     )
     .with_status(404)
+}
+
+/// `t` as RFC 3339, for messages.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 fn parse_time(field: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, RaError> {

@@ -191,16 +191,37 @@ impl Authority {
 
     /// One attempt at a job, read afresh from the store. Returns when to try
     /// again if the job stays (a transient failure), `None` once it is done.
-    async fn run_job(&self, order_id: &OrderId) -> Option<OffsetDateTime> {
+    ///
+    /// The attempt runs in a task of its own: a panic in it (a bug, or input
+    /// nobody foresaw) is caught here and ends the order `invalid` with
+    /// `serverInternal`, instead of leaving it `processing` and panicking
+    /// again after every restart.
+    async fn run_job(self: &Arc<Self>, order_id: &OrderId) -> Option<OffsetDateTime> {
         let retry_at = match self.records.get::<FinalizeJob>(order_id.as_str()).await {
             Ok(None) => None,
-            Ok(Some(job)) => match self.try_job(job.value).await {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::error!(order = %order_id, error = %e, source = ?e.source, "finalize job failed to record its outcome; it will be retried");
-                    Some(self.clock.now() + backoff(1, self.opts.max_backoff))
+            Ok(Some(job)) => {
+                let ra = Arc::clone(self);
+                match tokio::spawn(async move { ra.try_job(job.value).await }).await {
+                    Ok(Ok(next)) => next,
+                    Ok(Err(e)) => {
+                        tracing::error!(order = %order_id, error = %e, source = ?e.source, "finalize job failed to record its outcome; it will be retried");
+                        Some(self.clock.now() + backoff(1, self.opts.max_backoff))
+                    }
+                    Err(join) if join.is_panic() => {
+                        let panic = join.into_panic();
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic".to_owned());
+                        tracing::error!(order = %order_id, panic = %what, "finalize job panicked; the order is made invalid");
+                        self.abandon_job(order_id).await
+                    }
+                    // Cancelled: the runtime is shutting down; the job stays
+                    // stored and resumes at the next start.
+                    Err(_) => None,
                 }
-            },
+            }
             Err(e) => {
                 tracing::error!(order = %order_id, error = %e, "cannot read a finalize job; it will be retried");
                 Some(self.clock.now() + backoff(1, self.opts.max_backoff))
@@ -211,6 +232,29 @@ impl Authority {
         // reason must not spin.
         let soonest = self.clock.now() + Duration::seconds(1);
         retry_at.map(|at| at.max(soonest))
+    }
+
+    /// Ends a job whose attempt failed unexpectedly: its order becomes
+    /// `invalid` with `serverInternal`. Returns when to try again if even
+    /// that cannot be stored.
+    async fn abandon_job(&self, order_id: &OrderId) -> Option<OffsetDateTime> {
+        let p = Problem::new(
+            ProblemType::ServerInternal,
+            "the server failed while issuing this certificate (the details are in its log); \
+             create a new order",
+        );
+        let outcome = match self.records.get::<OrderRecord>(order_id.as_str()).await {
+            Ok(Some(order)) => self.finish(&order, Err(p), None).await,
+            Ok(None) => self.drop_job(order_id).await,
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(order = %order_id, error = %e, "cannot end a failed finalize job; it will be retried");
+                Some(self.clock.now() + backoff(1, self.opts.max_backoff))
+            }
+        }
     }
 
     /// One attempt. Returns when the job is due again if it stays (a

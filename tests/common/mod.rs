@@ -91,6 +91,27 @@ impl TestServer {
 
     /// Starts a server that validates against existing responders.
     pub async fn start_with_responders(opts: Options, responders: Responders) -> Self {
+        Self::start_inner(opts, responders, acmeproxy::app::Overrides::default()).await
+    }
+
+    /// Starts a server that signs with `upstream` (its own TLS certificate
+    /// included) instead of softcas.
+    pub async fn start_with_upstream(
+        opts: Options,
+        upstream: Arc<dyn acmeproxy::upstream::CertificateAuthorityService>,
+    ) -> Self {
+        let overrides = acmeproxy::app::Overrides {
+            upstream: Some(upstream),
+            ..Default::default()
+        };
+        Self::start_inner(opts, Responders::start().await, overrides).await
+    }
+
+    async fn start_inner(
+        opts: Options,
+        responders: Responders,
+        overrides: acmeproxy::app::Overrides,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = opts
             .data_dir
@@ -139,9 +160,10 @@ impl TestServer {
         acmeproxy::telemetry::init(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let shutdown = CancellationToken::new();
-        let server = acmeproxy::app::start(config.clone(), listener, shutdown.clone())
-            .await
-            .unwrap();
+        let server =
+            acmeproxy::app::start_with(config.clone(), listener, shutdown.clone(), overrides)
+                .await
+                .unwrap();
         let root_file = dir.path().join("root.pem");
         std::fs::write(&root_file, &server.roots_pem).unwrap();
         Self {
