@@ -1009,3 +1009,62 @@ async fn a_panicking_finalize_job_ends_its_order_invalid() {
         }
     }
 }
+
+/// The name policy of an EAB key stays with the account bound with it when
+/// the key is removed, and the key's MAC key is erased once it is bound.
+#[tokio::test]
+async fn eab_policy_survives_key_removal_and_the_mac_key_is_erased() {
+    let ts = TestServer::start_with(Options {
+        require_eab: true,
+        ..Options::default()
+    })
+    .await;
+    let raw = Raw::new(&ts).await;
+    let ra = ts.server.as_ref().unwrap().authority();
+    let policy = acmeproxy::model::EabPolicy {
+        allow_dns: vec![".team.test".into()],
+        ..Default::default()
+    };
+    let record = ra
+        .create_eab_key("acme", Some("team".into()), Some(policy))
+        .await
+        .unwrap();
+    let key = Key::es256();
+    let binding = eab(
+        &record.kid,
+        &record.hmac_key,
+        &key.jwk(),
+        &raw.url("newAccount"),
+    );
+    let resp = raw
+        .new_account(
+            &key,
+            &json!({"termsOfServiceAgreed": true, "externalAccountBinding": binding}),
+        )
+        .await;
+    resp.ok(201);
+    let acct = Account {
+        key,
+        kid: resp.location(),
+    };
+    let stored = acmeproxy::ra::eab::list_keys(ra.records()).await.unwrap();
+    assert!(stored[0].bound_account.is_some());
+    assert!(
+        stored[0].hmac_key.is_empty(),
+        "the bound key's MAC key is erased"
+    );
+
+    acmeproxy::ra::eab::remove_key(ra.records(), "team")
+        .await
+        .unwrap();
+    let doc = raw
+        .post_kid(
+            &acct,
+            &raw.url("newOrder"),
+            Some(&json!({"identifiers": [dns("www.other.test")]})),
+        )
+        .await
+        .problem(400, "rejectedIdentifier");
+    assert!(detail(&doc).contains("team"), "{doc}");
+    raw.new_order(&acct, &[dns("www.team.test")]).await;
+}

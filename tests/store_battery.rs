@@ -546,6 +546,7 @@ fn at(minutes: i64) -> OffsetDateTime {
 
 fn account(thumbprint: &str) -> AccountRecord {
     AccountRecord {
+        eab_policy: None,
         id: AccountId::random(),
         provisioner: "acme".to_owned(),
         jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": thumbprint}),

@@ -30,6 +30,11 @@ pub struct AccountRecord {
     pub terms_of_service_agreed: bool,
     /// The EAB key id the account was bound with, if any.
     pub eab_kid: Option<String>,
+    /// The name policy of that key, copied when the account was bound, so
+    /// that removing the key does not lift it. `None` with an `eab_kid`: an
+    /// account bound before the copy was made (the key is looked up).
+    #[serde(default)]
+    pub eab_policy: Option<Box<EabPolicy>>,
     /// The externalAccountBinding JWS as the client sent it, echoed back.
     pub eab_jws: Option<serde_json::Value>,
     #[serde(with = "time::serde::rfc3339")]

@@ -64,6 +64,7 @@ impl Authority {
         let id = AccountId::random();
         let mut batch = Batch::new();
         let mut eab_kid = None;
+        let mut eab_policy = None;
         match (&req.external_account_binding, prov.require_eab) {
             (None, true) => {
                 return problem(
@@ -79,6 +80,8 @@ impl Authority {
                     .check_eab(provisioner, eab, jwk, new_account_url, &id)
                     .await?;
                 eab_kid = Some(record.kid.clone());
+                // An empty policy records that the key had none.
+                eab_policy = Some(Box::new(record.policy.clone().unwrap_or_default()));
                 batch = batch.replace(&record, &bound);
             }
         }
@@ -91,6 +94,7 @@ impl Authority {
             contact,
             terms_of_service_agreed: req.terms_of_service_agreed.unwrap_or(false),
             eab_kid: eab_kid.clone(),
+            eab_policy,
             eab_jws: req.external_account_binding.clone(),
             created_at: self.clock.now(),
         };
@@ -165,9 +169,12 @@ impl Authority {
         binding
             .verify_mac(&record.hmac_key)
             .map_err(|e| eab_problem(&e))?;
-        // Bound to the new account in the same transaction that creates it.
+        // Bound to the new account in the same transaction that creates it;
+        // a key binds one account only, so its MAC key is of no further use
+        // and is erased.
         let mut bound = record.value.clone();
         bound.bound_account = Some(account.clone());
+        bound.hmac_key = Vec::new();
         Ok((record, bound))
     }
 

@@ -68,7 +68,8 @@ pub async fn list_keys(records: &Records) -> Result<Vec<EabKeyRecord>, RaError> 
         .collect())
 }
 
-/// Removes a key. Accounts bound with it keep working.
+/// Removes a key. Accounts bound with it keep working, under the key's name
+/// policy (copied into the account when it was bound).
 pub async fn remove_key(records: &Records, kid: &str) -> Result<(), RaError> {
     let Some(k) = records.get::<EabKeyRecord>(kid).await? else {
         return problem(
@@ -102,14 +103,30 @@ impl Authority {
         let Some(kid) = &account.eab_kid else {
             return Ok((None, false));
         };
-        let Some(key) = self.records.get::<EabKeyRecord>(kid).await? else {
-            return Ok((None, false));
+        let policy = match &account.eab_policy {
+            Some(p) => (**p).clone(),
+            // Bound before accounts kept a copy: the key must still exist,
+            // or its policy would be lifted by removing it.
+            None => match self.records.get::<EabKeyRecord>(kid).await? {
+                Some(key) => key.value.policy.clone().unwrap_or_default(),
+                None => {
+                    return problem(
+                        ProblemType::Unauthorized,
+                        format!(
+                            "this account was bound with External Account Binding key {kid:?}, which \
+                             has been removed, and the account predates the copy of the key's name \
+                             policy; register a new account with a new EAB key"
+                        ),
+                    );
+                }
+            },
         };
-        let Some(p) = &key.policy else {
+        if policy == EabPolicy::default() {
             return Ok((None, false));
-        };
-        let rules = key_policy(kid, p).map_err(|m| RaError::new(ProblemType::ServerInternal, m))?;
-        Ok((Some(rules), p.prevalidated))
+        }
+        let rules =
+            key_policy(kid, &policy).map_err(|m| RaError::new(ProblemType::ServerInternal, m))?;
+        Ok((Some(rules), policy.prevalidated))
     }
 
     /// Creates an EAB key for a configured provisioner.
