@@ -1,6 +1,5 @@
 # acmeproxy: build, run on the embedded default, test, lint.
 CARGO ?= cargo
-RUN_DIR ?= run
 PREFIX ?= /usr/local
 DESTDIR ?=
 
@@ -9,10 +8,10 @@ DESTDIR ?=
 build:
 	$(CARGO) build --release --locked
 
-# Runs the server on the embedded default (softcas + sled) on https://127.0.0.1:8443.
+# Runs the server on the embedded default, the top-level ca.json (softcas +
+# sled, data in run/data), on https://127.0.0.1:8443.
 run: build
-	@test -f $(RUN_DIR)/ca.json || ./target/release/acmeproxy init --dir $(RUN_DIR)
-	./target/release/acmeproxy $(RUN_DIR)/ca.json
+	./target/release/acmeproxy ca.json
 
 # Installs the release binary, a starter /etc/acmeproxy/ca.json, the data
 # directory and the systemd unit (see ./install.sh --help); as root unless

@@ -105,6 +105,47 @@ fn scenario(client: Client, challenge: Challenge, name: &str) {
 }
 
 fn attempt(client: Client, challenge: Challenge, name: &str, tmp: &Path) -> Result<(), String> {
+    attempt_with(client, challenge, name, tmp, false)
+}
+
+/// The top-level `ca.json` (the embedded default: softcas, sled, data under
+/// `run/`) serves a real client.
+#[test]
+fn top_level_ca_json_serves_certbot() {
+    let client = Client::Certbot;
+    if let Some(why) = client.missing_prerequisite() {
+        assert!(std::env::var_os("CI").is_none(), "{why} (CI is set)");
+        eprintln!("SKIPPED top-level ca.json: {why}");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("acmeproxy-top-level-")
+        .tempdir()
+        .unwrap();
+    if let Err(e) = attempt_with(
+        client,
+        Challenge::Http01,
+        "top-level.test",
+        tmp.path(),
+        true,
+    ) {
+        let kept = tmp.keep();
+        eprintln!("{}", tail(&kept.join("server.log"), 200));
+        panic!("top-level ca.json: {e} (state kept in {})", kept.display());
+    }
+    assert!(
+        tmp.path().join("run/data/softcas/root.crt").is_file(),
+        "the relative dataDir is taken beside ca.json"
+    );
+}
+
+fn attempt_with(
+    client: Client,
+    challenge: Challenge,
+    name: &str,
+    tmp: &Path,
+    top_level: bool,
+) -> Result<(), String> {
     let records = tmp.join("dns-records");
     fs::create_dir_all(&records).map_err(|e| format!("{}: {e}", records.display()))?;
     let dns = start_dns(&records).map_err(|e| format!("mock DNS: {e}"))?;
@@ -115,7 +156,11 @@ fn attempt(client: Client, challenge: Challenge, name: &str, tmp: &Path) -> Resu
         dns: dns.addr(),
         dns_records: records,
     };
-    let server = Server::start(tmp, acme, &ports)?;
+    let server = if top_level {
+        Server::start_top_level(tmp, acme, &ports)?
+    } else {
+        Server::start(tmp, acme, &ports)?
+    };
 
     let outcome = run_client(
         client,
@@ -211,12 +256,40 @@ impl Server {
                 "timeoutSeconds": 10,
             },
         });
+        Self::spawn(tmp, port, &config, &data)
+    }
+
+    /// The repository's top-level `ca.json` as it is, but for the ports and
+    /// the DNS server the test machine gives it; its relative `dataDir`
+    /// lands beside the copy, whatever the working directory.
+    fn start_top_level(tmp: &Path, port: u16, ports: &Ports) -> Result<Self, String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ca.json");
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config["address"] = json!(format!("127.0.0.1:{port}"));
+        config["metrics"] = json!({"enabled": false});
+        config["validation"]["httpPort"] = json!(ports.http01);
+        config["validation"]["tlsAlpnPort"] = json!(ports.tls_alpn01);
+        config["validation"]["resolvers"] = json!([ports.dns.to_string()]);
+        let data = tmp.join(config["dataDir"].as_str().ok_or("ca.json has no dataDir")?);
+        Self::spawn(tmp, port, &config, &data)
+    }
+
+    /// Writes `config` to `<tmp>/ca.json`, starts `acmeproxy serve` on it
+    /// from `/`, and waits for the directory.
+    fn spawn(
+        tmp: &Path,
+        port: u16,
+        config: &serde_json::Value,
+        data: &Path,
+    ) -> Result<Self, String> {
         let config_path = tmp.join("ca.json");
         let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
         fs::write(&config_path, text).map_err(|e| format!("{}: {e}", config_path.display()))?;
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_acmeproxy"));
-        cmd.arg("serve").arg(&config_path);
+        cmd.arg("serve").arg(&config_path).current_dir("/");
         let mut child = ChildGuard::spawn("acmeproxy", &mut cmd, &tmp.join("server.log"))?;
         let directory_url = format!("https://127.0.0.1:{port}/acme/acme/directory");
         wait_ready(&mut child, &directory_url, &data.join("softcas/root.crt"))?;

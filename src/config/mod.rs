@@ -450,13 +450,23 @@ pub enum StoreChoice {
 pub struct MetricsListen(pub Option<SocketAddr>);
 
 impl Config {
-    /// Reads, parses and validates a `ca.json`.
+    /// Reads, parses and validates a `ca.json`. A relative `dataDir` is
+    /// taken relative to the directory that holds the file (not the working
+    /// directory, which is `/` under systemd).
     pub fn load(path: &Path) -> Result<(Self, Warnings), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text)
+        let (mut cfg, warnings) = Self::parse(&text)?;
+        if let Some(dir) = cfg.data_dir.as_ref().filter(|d| d.is_relative()) {
+            let base = std::path::absolute(path)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_default();
+            cfg.data_dir = Some(base.join(dir));
+        }
+        Ok((cfg, warnings))
     }
 
     /// Parses and validates a document.
