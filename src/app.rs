@@ -64,7 +64,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("warning: {w}");
             }
             println!(
-                "{}: valid (upstream {}, store {:?}, {} provisioner(s))",
+                "{}: valid (upstream {}, store {}, {} provisioner(s))",
                 config.display(),
                 cfg.authority.kind,
                 cfg.store()?,

@@ -5,7 +5,6 @@
 //!
 //! ACME is served over HTTPS only: <https://www.rfc-editor.org/rfc/rfc8555#section-6.1>
 
-use std::error::Error as _;
 use std::fmt;
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -528,7 +527,7 @@ async fn obtain(
         source: io::Error::other(e),
     })??;
     let (upstream, not_after) = (upstream.name(), loaded.not_after);
-    tracing::info!(upstream, %not_after, "obtained a TLS certificate");
+    tracing::info!(upstream = %upstream, %not_after, "obtained a TLS certificate");
     Ok(loaded)
 }
 
@@ -609,14 +608,7 @@ fn to_std(span: time::Duration) -> Duration {
 
 /// An error and its causes on one line, for logs.
 fn chain(e: &TlsError) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::telemetry::causes(e)
 }
 
 #[cfg(test)]

@@ -137,6 +137,28 @@ fn top_level_ca_json_serves_certbot() {
         tmp.path().join("run/data/softcas/root.crt").is_file(),
         "the relative dataDir is taken beside ca.json"
     );
+    // The log an operator reads: plain text (stderr is a file), one line for
+    // what was loaded, and one per account, issuance and revocation.
+    let log = fs::read_to_string(tmp.path().join("server.log")).unwrap();
+    assert!(!log.contains('\x1b'), "no colour codes in a log file");
+    for needle in [
+        "loaded: ACME on https://127.0.0.1:",
+        "upstream softcas in",
+        "store sled in",
+        "account created",
+        "certificate issued",
+        "names=dns:top-level.test ",
+        "certificate revoked",
+    ] {
+        assert!(
+            log.contains(needle),
+            "no {needle:?} in the server log:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("Some("),
+        "Debug text in the server log:\n{log}"
+    );
 }
 
 fn attempt_with(

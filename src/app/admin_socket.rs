@@ -62,6 +62,35 @@ pub enum AdminRequest {
     },
 }
 
+impl AdminRequest {
+    /// The action and its target, for the log (no secrets: requests carry
+    /// none).
+    pub fn describe(&self) -> String {
+        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "any".to_owned());
+        match self {
+            Self::EabAdd {
+                provisioner, kid, ..
+            } => format!(
+                "eab add: kid {} for provisioner {provisioner}",
+                kid.as_deref().unwrap_or("(random)")
+            ),
+            Self::EabList => "eab list".to_owned(),
+            Self::EabRemove { kid } => format!("eab remove: kid {kid}"),
+            Self::AccountsList => "accounts list".to_owned(),
+            Self::AccountShow { id } => format!("accounts show: {id}"),
+            Self::AccountDeactivate { id } => format!("accounts deactivate: {id}"),
+            Self::OrdersList { account, status } => format!(
+                "orders list: account {}, status {}",
+                opt(account),
+                status.map_or_else(|| "any".to_owned(), |s| format!("{s:?}").to_lowercase())
+            ),
+            Self::CertsList { account } => format!("certs list: account {}", opt(account)),
+            Self::CertShow { id } => format!("certs show: {id}"),
+            Self::CertRevoke { id, reason } => format!("certs revoke: {id}, reason {reason}"),
+        }
+    }
+}
+
 /// The answer: `{"ok": true, "data": …}` or `{"ok": false, "error": "…"}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AdminResponse {
@@ -124,7 +153,7 @@ async fn handle(stream: UnixStream, ra: &Authority) -> std::io::Result<()> {
         .await?;
     let response = match serde_json::from_str::<AdminRequest>(&line) {
         Ok(req) => {
-            tracing::info!(cmd = ?std::mem::discriminant(&req), "admin request");
+            tracing::info!(action = %req.describe(), "admin request");
             match execute(ra, req).await {
                 Ok(data) => AdminResponse {
                     ok: true,
@@ -133,7 +162,7 @@ async fn handle(stream: UnixStream, ra: &Authority) -> std::io::Result<()> {
                 },
                 Err(e) => {
                     if e.is_internal() {
-                        tracing::error!(error = %e, source = ?e.source, "admin request failed");
+                        tracing::error!(error = %crate::telemetry::causes(&e), "admin request failed");
                     }
                     AdminResponse {
                         ok: false,

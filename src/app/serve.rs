@@ -38,6 +38,8 @@ pub struct Server {
     /// The roots (PEM) that the server's own certificate and issued chains
     /// lead to; empty when none is known (`/roots.pem` answers 404).
     pub roots_pem: String,
+    /// What was loaded, in one line for the start-up log.
+    pub summary: String,
     authority: Arc<Authority>,
     shutdown: CancellationToken,
     join: JoinHandle<anyhow::Result<()>>,
@@ -69,6 +71,7 @@ pub(super) async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
     let token = shutdown_on_signals();
     let server = start(cfg, listener, token).await?;
     tracing::info!(address = %server.addr, "acmeproxy is serving");
+    tracing::info!("{}", server.summary);
     server.wait().await
 }
 
@@ -185,6 +188,7 @@ pub async fn start_with(
         .local_addr()
         .context("reading the listen address")?;
     find_roots(&cfg, &ra, &identity).await?;
+    let summary = summary(&cfg, &listener, metrics_addr, &identity)?;
     let roots_pem = ra.roots_pem().unwrap_or_default();
     let token = shutdown.clone();
     let authority = Arc::clone(&ra);
@@ -211,10 +215,46 @@ pub async fn start_with(
         addr,
         metrics_addr,
         roots_pem,
+        summary,
         authority,
         shutdown,
         join,
     })
+}
+
+/// One line saying what the server loaded: listeners, upstream, store,
+/// provisioners and its own certificate.
+fn summary(
+    cfg: &Config,
+    listener: &TcpListener,
+    metrics: Option<SocketAddr>,
+    identity: &ServerIdentity,
+) -> anyhow::Result<String> {
+    let upstream = match cfg.authority.kind.as_str() {
+        "externalcas" => format!("externalcas at {}", cfg.externalcas()?.ca_url.trim()),
+        "stepcas" => format!("stepcas at {}", cfg.stepcas()?.ca_url),
+        "vaultcas" => format!("vaultcas at {}", cfg.vaultcas()?.address),
+        "softcas" => format!("softcas in {}", cfg.data_dir().join("softcas").display()),
+        other => other.to_owned(),
+    };
+    let provisioners: Vec<&str> = cfg
+        .authority
+        .provisioners
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    Ok(format!(
+        "loaded: ACME on https://{}, metrics {}, upstream {upstream}, store {}, provisioners {}, \
+         own certificate for {} until {}",
+        listener
+            .local_addr()
+            .context("reading the listen address")?,
+        metrics.map_or_else(|| "off".to_owned(), |a| format!("on http://{a}/metrics")),
+        cfg.store()?,
+        provisioners.join(", "),
+        cfg.dns_names.join(", "),
+        identity.not_after()
+    ))
 }
 
 /// Finds the roots for `/roots.pem` ([`crate::upstream::roots`]) from
@@ -248,7 +288,7 @@ async fn find_roots(cfg: &Config, ra: &Authority, identity: &ServerIdentity) -> 
     if let Some(source) = found.source {
         tracing::info!(
             roots = found.roots.len(),
-            ?source,
+            source = source.describe(),
             "/roots.pem serves the root(s) found"
         );
     }

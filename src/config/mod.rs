@@ -445,6 +445,18 @@ pub enum StoreChoice {
     Postgres(Secret),
 }
 
+impl std::fmt::Display for StoreChoice {
+    /// For people: the kind and where, never a connection URL (it may hold a
+    /// password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory (nothing kept on disk)"),
+            Self::Sled(path) => write!(f, "sled in {}", path.display()),
+            Self::Postgres(_) => f.write_str("postgresql"),
+        }
+    }
+}
+
 /// The metrics listener, if enabled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsListen(pub Option<SocketAddr>);

@@ -100,10 +100,18 @@ impl Authority {
         };
         let batch = Records::account_insert_ops(batch, &account);
         match self.records.commit(batch).await {
-            Ok(()) => Ok(NewAccountOutcome {
-                account,
-                created: true,
-            }),
+            Ok(()) => {
+                tracing::info!(
+                    account = %account.id,
+                    provisioner = %provisioner,
+                    eab_kid = %account.eab_kid.as_deref().unwrap_or("-"),
+                    "account created"
+                );
+                Ok(NewAccountOutcome {
+                    account,
+                    created: true,
+                })
+            }
             Err(StoreError::Conflict {
                 table: Table::AccountKeys,
                 ..
@@ -273,7 +281,12 @@ impl Authority {
                 .commit(Batch::new().replace(&current, &next))
                 .await
             {
-                Ok(()) => return Ok(next),
+                Ok(()) => {
+                    if next.status != current.value.status {
+                        tracing::info!(account = %next.id, "account deactivated");
+                    }
+                    return Ok(next);
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }

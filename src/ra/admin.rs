@@ -166,6 +166,7 @@ impl Authority {
                 serial_hex: cert.serial_hex.clone(),
                 reason,
             },
+            "the administrator",
         )
         .await
     }

@@ -174,7 +174,8 @@ impl Authority {
         let result = match &outcome {
             Ok(record) => {
                 tracing::info!(authz = %authz.id, %kind, identifier = %authz.identifier,
-                    address = ?record.address_used, "challenge valid");
+                    address = %record.address_used.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                    "challenge valid");
                 Ok(())
             }
             Err(e) => {

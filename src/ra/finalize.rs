@@ -217,6 +217,10 @@ impl Authority {
                 format!("certificate {} is already revoked", stored.serial_hex),
             );
         }
+        let by = match signer {
+            RevocationSigner::Account(acct) => format!("account {}", acct.id),
+            RevocationSigner::CertificateKey(_) => "the certificate's key".to_owned(),
+        };
         self.revoke_and_record(
             &stored.id,
             RevokeRequest {
@@ -224,6 +228,7 @@ impl Authority {
                 serial_hex: stored.serial_hex.clone(),
                 reason,
             },
+            &by,
         )
         .await
         .map(|_| ())
@@ -236,6 +241,7 @@ impl Authority {
         &self,
         cert_id: &CertId,
         req: RevokeRequest,
+        by: &str,
     ) -> Result<CertificateRecord, RaError> {
         self.upstream.revoke_certificate(&req).await?;
         for _ in 0..8 {
@@ -261,6 +267,14 @@ impl Authority {
             {
                 Ok(()) => {
                     crate::metrics::certificate_revoked();
+                    tracing::info!(
+                        serial = %next.serial_hex,
+                        reason = req.reason,
+                        by = %by,
+                        account = %next.account_id,
+                        upstream = %next.upstream,
+                        "certificate revoked"
+                    );
                     return Ok(next);
                 }
                 Err(StoreError::Conflict { .. }) => continue,

@@ -204,7 +204,7 @@ impl Authority {
                 match tokio::spawn(async move { ra.try_job(job.value).await }).await {
                     Ok(Ok(next)) => next,
                     Ok(Err(e)) => {
-                        tracing::error!(order = %order_id, error = %e, source = ?e.source, "finalize job failed to record its outcome; it will be retried");
+                        tracing::error!(order = %order_id, error = %crate::telemetry::causes(&e), "finalize job failed to record its outcome; it will be retried");
                         Some(self.clock.now() + backoff(1, self.opts.max_backoff))
                     }
                     Err(join) if join.is_panic() => {
@@ -342,9 +342,26 @@ impl Authority {
                     upstream: self.upstream.name().to_owned(),
                     revocation: None,
                 };
+                let (serial, not_after) = (record.serial_hex.clone(), record.not_after);
                 self.finish(&order, Ok(record.id.clone()), Some(record))
-                    .await
-                    .map(|()| None)
+                    .await?;
+                let names = order
+                    .identifiers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                tracing::info!(
+                    order = %order.id,
+                    account = %order.account_id,
+                    names = %names,
+                    serial = %serial,
+                    upstream = %self.upstream.name(),
+                    not_after = %not_after,
+                    seconds = format_args!("{:.3}", (self.clock.now() - job.created_at).as_seconds_f64()),
+                    "certificate issued"
+                );
+                Ok(None)
             }
             Err(e @ UpstreamError::Rejected { .. }) => {
                 let UpstreamError::Rejected { kind, detail } = &e else {
@@ -358,7 +375,7 @@ impl Authority {
                 self.finish(&order, Err(p), None).await.map(|()| None)
             }
             Err(e) => {
-                tracing::warn!(order = %order.id, attempt = job.attempts + 1, error = %e, source = ?std::error::Error::source(&e), "upstream failed; will retry");
+                tracing::warn!(order = %order.id, attempt = job.attempts + 1, error = %crate::telemetry::causes(&e), "upstream failed; will retry");
                 self.retry_later(&job, &e.to_string()).await
             }
         }

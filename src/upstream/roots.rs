@@ -53,6 +53,19 @@ pub enum RootSource {
     Aia,
 }
 
+impl RootSource {
+    /// Where the roots came from, for the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Configured => "ca.json root",
+            Self::Upstream => "the upstream's root",
+            Self::Chain => "the top of the server's chain",
+            Self::TrustStore => "ca_bundle or the system trust store",
+            Self::Aia => "the AIA caIssuers URL",
+        }
+    }
+}
+
 /// What [`resolve`] found.
 #[derive(Debug)]
 pub struct Resolved {

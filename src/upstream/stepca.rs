@@ -191,7 +191,7 @@ impl StepCa {
         }
         match load_x5c(&self.opts) {
             Ok(fresh) => {
-                tracing::info!(crt = ?self.opts.crt, not_after = %fresh.not_after, "reloaded the x5c certificate");
+                tracing::info!(crt = %self.opts.crt.as_deref().unwrap_or_else(|| Path::new("-")).display(), not_after = %fresh.not_after, "reloaded the x5c certificate");
                 let fresh = Arc::new(fresh);
                 if let Ok(mut c) = cell.lock() {
                     *c = Arc::clone(&fresh);

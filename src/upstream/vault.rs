@@ -489,7 +489,7 @@ async fn keep_token_fresh(inner: Arc<Inner>, stop: CancellationToken) {
         } else {
             (left / 4).clamp(Duration::from_millis(200), Duration::from_secs(30))
         };
-        tracing::warn!(error = %e, retry_in = ?delay, "keeping the Vault token alive failed");
+        tracing::warn!(error = %e, retry_in_seconds = delay.as_secs(), "keeping the Vault token alive failed");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return,
