@@ -348,3 +348,138 @@ fn dockerfile_shape() {
     let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target"));
 }
+
+/// Every broken configuration that `serve` used to refuse late, crash on or
+/// run with to no good end: `check-config` (the unit's ExecStartPre) exits
+/// non-zero and names the key, and what is allowed.
+#[test]
+fn check_config_refuses_each_broken_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let base = || {
+        json!({
+            "address": "127.0.0.1:28443",
+            "dnsNames": ["localhost"],
+            "dataDir": dir.path().join("data"),
+            "authority": {"type": "softcas", "provisioners": [{"type": "ACME", "name": "acme"}]}
+        })
+    };
+    let external = |config: Value| {
+        let mut doc = base();
+        doc["authority"]["type"] = json!("externalcas");
+        doc["authority"]["config"] = config;
+        doc
+    };
+    let with = |key: &str, value: Value| {
+        let mut doc = base();
+        doc[key] = value;
+        doc
+    };
+    let mut cases: Vec<(&str, Value, &[&str])> = vec![
+        (
+            "ca_url without a host",
+            external(json!({"ca_url": "https://"})),
+            &["authority.config.ca_url", "with a host"],
+        ),
+        (
+            "dataDir is a file",
+            with("dataDir", json!(a_file)),
+            &["dataDir", "not a directory"],
+        ),
+        (
+            "certlifetime 0",
+            {
+                let mut d = base();
+                d["authority"]["config"] = json!({"certlifetime": 0});
+                d
+            },
+            &["authority.config.certlifetime", "1 to 3650 days", "line"],
+        ),
+        (
+            "certlifetime negative",
+            external(json!({"ca_url": "https://ca.test/dir", "certlifetime": -5})),
+            &[
+                "authority.config.certlifetime",
+                "-5",
+                "1 to 3650 days",
+                "line",
+            ],
+        ),
+        (
+            "bad dnsNames",
+            with("dnsNames", json!(["localhost", "bad name!"])),
+            &["dnsNames[1]", "bad name!"],
+        ),
+        (
+            "claims min above max",
+            {
+                let mut d = base();
+                d["authority"]["claims"] =
+                    json!({"minTLSCertDuration": "48h", "maxTLSCertDuration": "24h"});
+                d
+            },
+            &[
+                "authority.claims.minTLSCertDuration",
+                "above maxTLSCertDuration",
+            ],
+        ),
+        (
+            "default outside the claims",
+            {
+                let mut d = base();
+                d["authority"]["provisioners"][0]["claims"] =
+                    json!({"maxTLSCertDuration": "24h", "defaultTLSCertDuration": "720h"});
+                d
+            },
+            &[
+                "authority.provisioners[0].claims.defaultTLSCertDuration",
+                "outside",
+            ],
+        ),
+        (
+            "logger format",
+            with("logger", json!({"format": "jsn"})),
+            &["logger.format", "\"text\" or \"json\""],
+        ),
+        (
+            "cert_obtain_timeout 0",
+            external(json!({"ca_url": "https://ca.test/dir", "cert_obtain_timeout": 0})),
+            &["authority.config.cert_obtain_timeout", "1 to 3600 seconds"],
+        ),
+        (
+            "a host name as address",
+            with("address", json!("localhost:28443")),
+            &["address", "names a host", "127.0.0.1:28443"],
+        ),
+        (
+            "no port",
+            with("address", json!("127.0.0.1")),
+            &["address", "give an IP and a port"],
+        ),
+    ];
+    cases.push((
+        "root that is not a root",
+        with("root", json!(a_file)),
+        &["root", "a-file"],
+    ));
+    let mut failures = Vec::new();
+    for (what, doc, needles) in cases {
+        let path = dir.path().join("ca.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = text(&out);
+        if out.status.success() {
+            failures.push(format!("{what}: check-config passed:\n{said}"));
+        } else if let Some(n) = needles.iter().find(|n| !said.contains(**n)) {
+            failures.push(format!("{what}: no {n:?} in:\n{said}"));
+        } else {
+            println!("{what}: {}", said.trim());
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -4,6 +4,7 @@
 //! step-ca defines and acmeproxy does not use are accepted with one warning.
 //! `acmeproxy check-config` runs exactly [`Config::load`].
 
+mod checks;
 mod duration;
 mod externalcas;
 mod policy;
@@ -488,7 +489,16 @@ impl Config {
             path: e.path().to_string(),
             message: e.inner().to_string(),
         })?;
-        let warnings = cfg.validate()?;
+        let warnings = cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => {
+                let message = match checks::line_of(text, &key) {
+                    Some(line) => format!("{message} (line {line})"),
+                    None => message,
+                };
+                ConfigError::Invalid { key, message }
+            }
+            other => other,
+        })?;
         Ok((cfg, warnings))
     }
 
@@ -616,12 +626,7 @@ impl Config {
 
     /// The external ACME upstream's settings (`authority.type: "externalcas"`).
     pub fn externalcas(&self) -> Result<ExternalCasConfig, ConfigError> {
-        let cfg: ExternalCasConfig = match &self.authority.config {
-            None => ExternalCasConfig::default(),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| ConfigError::invalid("authority.config", e.to_string()))?,
-        };
-        Ok(cfg)
+        self.sub_config()
     }
 
     /// How many finalize jobs talk to the upstream at once
@@ -644,11 +649,7 @@ impl Config {
 
     /// The softcas settings (`authority.config` when `type` is `softcas`).
     pub fn softcas(&self) -> Result<SoftCasConfig, ConfigError> {
-        match &self.authority.config {
-            None => Ok(SoftCasConfig::default()),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| ConfigError::invalid("authority.config", e.to_string())),
-        }
+        self.sub_config()
     }
 }
 
@@ -658,8 +659,23 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     } else {
         s.to_owned()
     };
-    full.parse::<SocketAddr>()
-        .map_err(|_| format!("{s:?} is not a listen address like \":443\" or \"127.0.0.1:8443\""))
+    full.parse::<SocketAddr>().map_err(|_| {
+        match full.rsplit_once(':') {
+            Some((host, port))
+                if port.parse::<u16>().is_ok()
+                    && host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_err() =>
+            {
+                format!(
+                    "{s:?} names a host; acmeproxy binds one address and does not resolve names \
+                     (a name may stand for several addresses, or change): give an IP address, \
+                     e.g. \"127.0.0.1:{port}\" or \"[::1]:{port}\", or \":{port}\" for every interface"
+                )
+            }
+            _ => format!(
+                "{s:?} is not a listen address: give an IP and a port, like \":443\" or \"127.0.0.1:8443\""
+            ),
+        }
+    })
 }
 
 impl ProvisionerConfig {

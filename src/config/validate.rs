@@ -171,6 +171,7 @@ impl Config {
                 "define at least one provisioner, e.g. {\"type\": \"ACME\", \"name\": \"acme\"}",
             ));
         }
+        self.check_values()?;
         self.upstream_concurrency()?;
         match self.authority.kind.as_str() {
             "softcas" => {
