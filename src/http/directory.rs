@@ -70,8 +70,24 @@ fn nonce_response(st: &AppState, prov: &str, status: StatusCode) -> Result<Respo
     Ok(resp)
 }
 
-/// Anything else under /acme: a 404 problem.
-pub(super) async fn not_found(uri: Uri) -> HttpError {
+/// Reads and drops what is left of a request body (at most
+/// [`super::MAX_BODY`]) before an early error answer: over HTTP/2 an answer
+/// that ends while the client still sends makes the stream end in a reset,
+/// which clients (curl) report as a framing error instead of the answer.
+async fn drain(body: axum::body::Body) {
+    let _ = axum::body::to_bytes(body, super::MAX_BODY).await;
+}
+
+/// A known resource asked with a method it does not take: 405 (the
+/// problem document and its Allow header are added by the ACME layer).
+pub(super) async fn method_not_allowed(body: axum::body::Body) -> StatusCode {
+    drain(body).await;
+    StatusCode::METHOD_NOT_ALLOWED
+}
+
+/// Anything else: a 404 problem.
+pub(super) async fn not_found(uri: Uri, body: axum::body::Body) -> HttpError {
+    drain(body).await;
     HttpError::new(
         ProblemType::Malformed,
         format!("{} is not an ACME resource of this server", uri.path()),

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
             get(directory::renewal_info),
         )
         .fallback(directory::not_found)
+        .method_not_allowed_fallback(directory::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), acme_headers));
     Router::new()
         .route("/roots.pem", get(directory::roots))

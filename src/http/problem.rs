@@ -101,9 +101,13 @@ pub async fn ensure_problem(resp: Response) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => {
             format!("the request body is larger than {} bytes", super::MAX_BODY)
         }
-        StatusCode::METHOD_NOT_ALLOWED => {
-            "this method is not allowed here; ACME resources take POST (RFC 8555 §6.3)".to_owned()
-        }
+        StatusCode::METHOD_NOT_ALLOWED => match allow.as_ref().and_then(|a| a.to_str().ok()) {
+            Some(methods) if !methods.is_empty() => {
+                format!("this method is not allowed here; this resource takes {methods}")
+            }
+            _ => "this method is not allowed here; the Allow header lists the methods this resource takes"
+                .to_owned(),
+        },
         _ if text.is_empty() => status
             .canonical_reason()
             .unwrap_or("request refused")
