@@ -56,6 +56,11 @@ pub struct TlsOptions {
     pub min_version: Option<f32>,
     /// Highest TLS version: 1.2 or 1.3 (default 1.3).
     pub max_version: Option<f32>,
+    /// With no usable stored certificate and an unreachable upstream, wait
+    /// and retry (back-off up to a minute) until the upstream answers or
+    /// this token is cancelled, instead of failing at once: a service
+    /// manager restarting the process would only make it flap.
+    pub wait_for_upstream: Option<CancellationToken>,
 }
 
 /// Why the RA's certificate could not be loaded, obtained or served.
@@ -138,7 +143,13 @@ impl ServerIdentity {
             (None, None) => {
                 let names = parse_names(&opts.dns_names)?;
                 let dir = opts.data_dir.join("tls");
-                let loaded = stored_or_obtain(upstream.as_ref(), &names, &dir).await?;
+                let loaded = stored_or_obtain(
+                    upstream.as_ref(),
+                    &names,
+                    &dir,
+                    opts.wait_for_upstream.as_ref(),
+                )
+                .await?;
                 (
                     Source::Upstream {
                         upstream,
@@ -433,20 +444,44 @@ async fn stored_or_obtain(
     upstream: &dyn CertificateAuthorityService,
     names: &[Identifier],
     dir: &Path,
+    wait: Option<&CancellationToken>,
 ) -> Result<Loaded, TlsError> {
     let now = OffsetDateTime::now_utc();
-    let stale = match stored(dir, names) {
+    let mut stale = match stored(dir, names) {
         Some(stored) if stored.renew_at() > now => return Ok(stored),
         stale => stale,
     };
-    match (obtain(upstream, names, dir).await, stale) {
-        (Ok(loaded), _) => Ok(loaded),
-        (Err(e), Some(stale)) if stale.not_after > now => {
-            let error = chain(&e);
-            tracing::warn!(%error, "cannot renew the stored TLS certificate yet; serving it");
-            Ok(stale)
+    let mut delay = Duration::from_secs(2);
+    loop {
+        match (obtain(upstream, names, dir).await, stale.take()) {
+            (Ok(loaded), _) => return Ok(loaded),
+            (Err(e), Some(stale)) if stale.not_after > now => {
+                let error = chain(&e);
+                tracing::warn!(%error, "cannot renew the stored TLS certificate yet; serving it");
+                return Ok(stale);
+            }
+            (Err(e @ TlsError::Upstream(UpstreamError::Unavailable { .. })), _) => {
+                let Some(token) = wait else { return Err(e) };
+                tracing::warn!(
+                    error = %chain(&e),
+                    retry_in_seconds = delay.as_secs(),
+                    upstream = %upstream.name(),
+                    "the upstream cannot be reached, so the server cannot get its own certificate \
+                     yet; it waits and retries (nothing is served meanwhile)"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = token.cancelled() => {
+                        return Err(TlsError::Config(
+                            "stopped while waiting for the upstream to issue the server's certificate"
+                                .to_owned(),
+                        ));
+                    }
+                }
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+            (Err(e), _) => return Err(e),
         }
-        (Err(e), _) => Err(e),
     }
 }
 

@@ -166,6 +166,7 @@ pub async fn start_with(
             key_file: tls.key_file.clone(),
             min_version: tls.min_version,
             max_version: tls.max_version,
+            wait_for_upstream: Some(shutdown.clone()),
         },
         Arc::clone(&upstream),
     )

@@ -329,3 +329,62 @@ fn versions_follow_step_ca_settings() {
     assert!(v(Some(1.4), None).unwrap_err().contains("minVersion 1.4"));
     assert!(v(None, Some(1.1)).unwrap_err().contains("below TLS 1.2"));
 }
+
+/// First start with the upstream down: with `wait_for_upstream` the server
+/// waits and retries until the upstream answers (or it is told to stop);
+/// without it, the first failure is returned.
+#[tokio::test(start_paused = true)]
+async fn a_first_start_waits_for_an_unreachable_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = counting(dir.path(), None);
+    upstream.fail.store(true, Ordering::SeqCst);
+    let err =
+        ServerIdentity::load_or_obtain(&options(dir.path(), &["localhost"]), upstream.clone())
+            .await
+            .err()
+            .unwrap();
+    assert!(matches!(err, TlsError::Upstream(_)), "{err}");
+
+    let token = CancellationToken::new();
+    let opts = TlsOptions {
+        wait_for_upstream: Some(token.clone()),
+        ..options(dir.path(), &["localhost"])
+    };
+    let up = upstream.clone();
+    let healer = tokio::spawn(async move {
+        // Three refused attempts (at 0, 2 and 6 s), then the upstream is back.
+        while up.calls.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        up.fail.store(false, Ordering::SeqCst);
+    });
+    let identity = ServerIdentity::load_or_obtain(&opts, upstream.clone())
+        .await
+        .unwrap();
+    healer.await.unwrap();
+    assert!(identity.not_after() > OffsetDateTime::now_utc());
+    assert!(calls(&upstream) >= 5, "retried: {}", calls(&upstream));
+
+    // Told to stop while waiting: it gives up with a message.
+    let other = tempfile::tempdir().unwrap();
+    let down = counting(other.path(), None);
+    down.fail.store(true, Ordering::SeqCst);
+    let token = CancellationToken::new();
+    let opts = TlsOptions {
+        wait_for_upstream: Some(token.clone()),
+        ..options(other.path(), &["localhost"])
+    };
+    let stopper = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            token.cancel();
+        })
+    };
+    let err = ServerIdentity::load_or_obtain(&opts, down.clone())
+        .await
+        .err()
+        .unwrap();
+    stopper.await.unwrap();
+    assert!(err.to_string().contains("stopped while waiting"), "{err}");
+}
