@@ -173,6 +173,31 @@ async fn admin_commands_through_the_socket() {
     assert_eq!(orders[0]["identifiers"][0], "dns:admin.test");
     let certs = json(&["certs", "list", &cfg, "--account", &account_id, "--json"]);
     let serial = certs[0]["serial"].as_str().unwrap().to_owned();
+    assert_eq!(certs[0]["names"][0], "admin.test");
+    // Tables: names shown, times to the second, columns aligned under their
+    // headers.
+    let (ok, table, _) = cli(&["certs", "list", &cfg, "--account", &account_id]);
+    assert!(ok && table.contains("admin.test"), "{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    let col = lines[0].find("NOT AFTER").unwrap();
+    let at = lines[1].find(&serial).unwrap() + serial.len();
+    assert!(
+        lines[1][..col].len() > at && lines[1][col..].starts_with("20"),
+        "NOT AFTER column misaligned:\n{table}"
+    );
+    assert!(
+        !lines[1].contains('.') || !lines[1][col..col + 25].contains('.'),
+        "{table}"
+    );
+    let (_, table, _) = cli(&["accounts", "list", &cfg]);
+    let created = table.lines().next().unwrap().find("CREATED").unwrap();
+    assert!(
+        table
+            .lines()
+            .skip(1)
+            .all(|l| l[created..].starts_with("20") && l[created..created + 20].ends_with('Z')),
+        "CREATED to the second, aligned:\n{table}"
+    );
     let (ok, shown, _) = cli(&["certs", "show", &cfg, &serial]);
     assert!(ok && shown.contains("BEGIN CERTIFICATE"), "{shown}");
     let (ok, out, err) = cli(&["certs", "revoke", &cfg, &serial, "--reason", "4"]);

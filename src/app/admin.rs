@@ -173,6 +173,43 @@ fn joined(v: &Value, k: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Prints `rows` under `headers` with each column as wide as its widest cell.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    (*c).to_owned()
+                } else {
+                    format!("{c:<width$}", width = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", text.join("  "));
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// An RFC 3339 time cut to whole seconds, for tables.
+fn secs(ts: &str) -> String {
+    match (ts.find('.'), ts.rfind(['Z', '+'])) {
+        (Some(dot), Some(end)) if dot < end => format!("{}{}", &ts[..dot], &ts[end..]),
+        _ => ts.to_owned(),
+    }
+}
+
 fn print_human(req: &AdminRequest, data: &Value) {
     let rows = data.as_array().cloned().unwrap_or_default();
     match req {
@@ -185,37 +222,35 @@ fn print_human(req: &AdminRequest, data: &Value) {
             );
         }
         AdminRequest::EabRemove { .. } => println!("removed {}", s(data, "removed")),
-        AdminRequest::EabList => {
-            println!(
-                "{:<24} {:<12} {:<22} BOUND ACCOUNT",
-                "KID", "PROVISIONER", "CREATED"
-            );
-            for r in rows {
-                println!(
-                    "{:<24} {:<12} {:<22} {}",
-                    s(&r, "kid"),
-                    s(&r, "provisioner"),
-                    s(&r, "created"),
-                    s(&r, "bound_account")
-                );
-            }
-        }
-        AdminRequest::AccountsList => {
-            println!(
-                "{:<24} {:<12} {:<12} {:<22} CONTACT",
-                "ID", "PROVISIONER", "STATUS", "CREATED"
-            );
-            for r in rows {
-                println!(
-                    "{:<24} {:<12} {:<12} {:<22} {}",
-                    s(&r, "id"),
-                    s(&r, "provisioner"),
-                    s(&r, "status"),
-                    s(&r, "created"),
-                    joined(&r, "contact")
-                );
-            }
-        }
+        AdminRequest::EabList => table(
+            &["KID", "PROVISIONER", "CREATED", "BOUND ACCOUNT"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(r, "kid"),
+                        s(r, "provisioner"),
+                        secs(&s(r, "created")),
+                        s(r, "bound_account"),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+        AdminRequest::AccountsList => table(
+            &["ID", "PROVISIONER", "STATUS", "CREATED", "CONTACT"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(r, "id"),
+                        s(r, "provisioner"),
+                        s(r, "status"),
+                        secs(&s(r, "created")),
+                        joined(r, "contact"),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
         AdminRequest::AccountShow { .. } | AdminRequest::AccountDeactivate { .. } => {
             for k in [
                 "id",
@@ -229,38 +264,37 @@ fn print_human(req: &AdminRequest, data: &Value) {
                 println!("{k:<15} {}", s(data, k));
             }
         }
-        AdminRequest::OrdersList { .. } => {
-            println!(
-                "{:<24} {:<24} {:<11} {:<22} IDENTIFIERS",
-                "ID", "ACCOUNT", "STATUS", "CREATED"
-            );
-            for r in rows {
-                println!(
-                    "{:<24} {:<24} {:<11} {:<22} {}",
-                    s(&r, "id"),
-                    s(&r, "account"),
-                    s(&r, "status"),
-                    s(&r, "created"),
-                    joined(&r, "identifiers")
-                );
-            }
-        }
-        AdminRequest::CertsList { .. } => {
-            println!(
-                "{:<24} {:<42} {:<22} {:<8} ACCOUNT",
-                "ID", "SERIAL", "NOT AFTER", "REVOKED"
-            );
-            for r in rows {
-                println!(
-                    "{:<24} {:<42} {:<22} {:<8} {}",
-                    s(&r, "id"),
-                    s(&r, "serial"),
-                    s(&r, "not_after"),
-                    if r["revoked"].is_null() { "no" } else { "yes" },
-                    s(&r, "account")
-                );
-            }
-        }
+        AdminRequest::OrdersList { .. } => table(
+            &["ID", "ACCOUNT", "STATUS", "CREATED", "IDENTIFIERS"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(r, "id"),
+                        s(r, "account"),
+                        s(r, "status"),
+                        secs(&s(r, "created")),
+                        joined(r, "identifiers"),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+        AdminRequest::CertsList { .. } => table(
+            &["ID", "SERIAL", "NOT AFTER", "REVOKED", "ACCOUNT", "NAMES"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(r, "id"),
+                        s(r, "serial"),
+                        secs(&s(r, "not_after")),
+                        if r["revoked"].is_null() { "no" } else { "yes" }.to_owned(),
+                        s(r, "account"),
+                        joined(r, "names"),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
         AdminRequest::CertShow { .. } | AdminRequest::CertRevoke { .. } => {
             for k in [
                 "id",

@@ -281,10 +281,45 @@ fn order_view(o: &OrderRecord) -> Value {
     })
 }
 
+/// The DNS names and IP addresses of the chain's leaf.
+fn leaf_names(chain_pem: &str) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Some(der) = pem::parse_many(chain_pem)
+        .ok()
+        .and_then(|blocks| blocks.into_iter().next())
+    else {
+        return Vec::new();
+    };
+    let Ok((_, leaf)) = X509Certificate::from_der(der.contents()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = leaf.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 fn cert_view(c: &CertificateRecord, with_chain: bool) -> Value {
     let mut v = json!({
         "id": c.id,
         "serial": c.serial_hex,
+        "names": leaf_names(&c.chain_pem),
         "account": c.account_id,
         "order": c.order_id,
         "not_before": t(c.not_before),
