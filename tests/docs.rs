@@ -335,3 +335,66 @@ fn example_ca_json_covers_the_main_sections() {
         "examples/ca.json should show an EAB provisioner"
     );
 }
+
+/// The keys of the upstreams' own sections (step-ca's `certificateIssuer`,
+/// Vault's `authority.config` and its `authOptions`, the external ACME
+/// upstream's `authority.config`) are named in docs/configuration.md too.
+#[test]
+fn configuration_doc_names_every_upstream_key() {
+    let base = |authority: Value| {
+        json!({
+            "address": "127.0.0.1:8443",
+            "dnsNames": ["localhost"],
+            "authority": authority
+        })
+    };
+    let stepcas = base(json!({
+        "type": "stepcas",
+        "certificateAuthority": "https://ca.example.com",
+        "certificateAuthorityFingerprint": "ab".repeat(32),
+        "certificateIssuer": {"type": "jwk", "provisioner": "ra"},
+        "provisioners": [{"type": "ACME", "name": "acme"}]
+    }));
+    let vault = base(json!({
+        "type": "vaultcas",
+        "certificateAuthority": "https://vault.example.com:8200",
+        "config": {"authType": "approle", "authOptions": {"roleID": "r", "secretID": "s"}},
+        "provisioners": [{"type": "ACME", "name": "acme"}]
+    }));
+    let external = base(json!({
+        "type": "externalcas",
+        "config": {"ca_url": "https://ca.example.com/dir"},
+        "provisioners": [{"type": "ACME", "name": "acme"}]
+    }));
+    let doc_path = repo().join("docs/configuration.md");
+    let doc = fs::read_to_string(&doc_path).unwrap();
+    let mut checked = 0;
+    for (what, document, pointer, prefix) in [
+        (
+            "stepcas",
+            &stepcas,
+            "/authority/certificateIssuer",
+            "certificateIssuer.",
+        ),
+        ("vaultcas", &vault, "/authority/config", ""),
+        (
+            "vaultcas",
+            &vault,
+            "/authority/config/authOptions",
+            "authOptions.",
+        ),
+        ("externalcas", &external, "/authority/config", ""),
+    ] {
+        let keys = accepted_keys(document, pointer)
+            .unwrap_or_else(|| panic!("{what} {pointer} takes any key"));
+        for key in keys {
+            checked += 1;
+            let named = format!("`{prefix}{key}`");
+            assert!(
+                doc.contains(&named),
+                "docs/configuration.md does not name {what}'s {named}"
+            );
+        }
+    }
+    assert!(checked > 25, "only {checked} keys were checked");
+}
