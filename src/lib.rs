@@ -2,7 +2,7 @@
 //! inside a private network and asks an upstream CA to sign.
 //!
 //! The library holds everything; `main.rs` only parses the command line and calls
-//! [`app`]. Dependencies point one way (see STYLE.md): `app` picks concrete types,
+//! [`app`]. Dependencies point one way: `app` picks concrete types,
 //! `http` talks to `ra`, and `ra` reaches the store, validators and upstream through
 //! their seams.
 

@@ -1,4 +1,4 @@
-//! Every Prometheus instrument, defined once (DESIGN.md §7). Prefix
+//! Every Prometheus instrument, defined once. Prefix
 //! `acmeproxy_`; labels are bounded: routes, statuses, challenge types,
 //! upstream names and results — never names, serials or account ids.
 

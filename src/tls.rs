@@ -1,4 +1,4 @@
-//! The RA's own HTTPS identity (DESIGN.md §4): a certificate and key from files,
+//! The RA's own HTTPS identity: a certificate and key from files,
 //! or one obtained from the upstream for `dnsNames` and kept in `<dataDir>/tls/`,
 //! reused across restarts and renewed at two thirds of its lifetime without a
 //! restart. rustls asks [`ServerIdentity`] for the certificate on every handshake.

@@ -1,4 +1,4 @@
-//! Crash safety (DESIGN.md §3, §6): what the server acknowledged survives a
+//! Crash safety: what the server acknowledged survives a
 //! SIGKILL of a real process, a finalize interrupted between the `processing`
 //! order (RFC 8555 §7.4) and the stored certificate is completed after a
 //! restart, and a graceful stop (SIGTERM) answers the request in flight, exits

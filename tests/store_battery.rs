@@ -1,5 +1,4 @@
-//! One test battery for every `Store` backend (STYLE.md (d) 9, after hickory's
-//! `*_battery!`): the same suite runs against the memory reference and sled.
+//! One test battery for every `Store` backend: the same suite runs against the memory reference and sled.
 //! A backend is added with one line, `store_battery!(name, fixture_expr)`, where
 //! `fixture_expr` is evaluated inside each async test returning `Result` (so it
 //! may `.await`, use `?`, or `return Ok(())` to skip when, say,

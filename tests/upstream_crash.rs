@@ -1,5 +1,5 @@
-//! Crash safety of the external ACME upstream (DESIGN.md §3 step 6; RFC 8555
-//! section 7.4): acmeproxy is SIGKILLed after the upstream order was created
+//! Crash safety of the external ACME upstream (RFC 8555 section 7.4):
+//! acmeproxy is SIGKILLed after the upstream order was created
 //! and before the certificate was stored; after a restart on the same data
 //! directory the client's order completes, and Pebble has issued ONE
 //! certificate for it, not two.

@@ -118,7 +118,7 @@ pub struct CertificateRecord {
     pub revocation: Option<Revocation>,
 }
 
-/// A durable unit of finalize work (DESIGN.md §3 step 5–7). Written in the same
+/// A durable unit of finalize work. Written in the same
 /// transaction that moves the order to `processing`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinalizeJob {

@@ -1,6 +1,6 @@
 //! The finalize worker: takes due finalize jobs, asks the upstream to sign,
 //! stores the chain and makes the order `valid` in one transaction, or retries
-//! transient failures with back-off until the order expires (DESIGN.md §3).
+//! transient failures with back-off until the order expires.
 //! Unfinished jobs are resumed after a restart, because they live in the store.
 
 use std::collections::HashMap;

@@ -5,7 +5,7 @@
 //! [`records`] builds accounts, orders, jobs and their indexes on top, once.
 //!
 //! Writes are durable before `commit` returns: nothing a client was told
-//! succeeded is lost in a crash (DESIGN.md §6).
+//! succeeded is lost in a crash.
 
 pub mod memory;
 pub mod records;
@@ -171,7 +171,7 @@ pub trait Store: Send + Sync + 'static {
     /// Like [`commit`](Store::commit), atomic and with the same
     /// preconditions, but it may return before the batch is durable: a later
     /// [`sync`](Store::sync) or durable commit makes it so. For writes no client
-    /// is told about until a later durable write (DESIGN.md §6). Backends whose
+    /// is told about until a later durable write. Backends whose
     /// commits are always durable need not override it.
     async fn commit_deferred(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         self.commit(ops).await

@@ -1,5 +1,5 @@
 //! The embedded default store, on sled 0.34: one process, one directory, no
-//! server to run (DESIGN.md §2 `db.type: sled`, §5, §6).
+//! server to run.
 //!
 //! # Key layout
 //!
@@ -57,7 +57,7 @@
 //!
 //! Replay-Nonces are kept in memory ([`NonceSet`]), not in sled: a sled
 //! directory is locked by one process, so only one replica can use it
-//! (DESIGN.md §5) and no other replica could redeem them anyway. Writing each
+//! and no other replica could redeem them anyway. Writing each
 //! nonce would cost an fsync per request for nothing; after a restart clients
 //! get `badNonce` and retry with a fresh one (RFC 8555 §6.5).
 

@@ -5,8 +5,7 @@
 //! the RA's store, reused across requests, restarts and replicas. Each client
 //! order becomes one upstream order whose URL is saved with the finalize job
 //! (through [`Checkpoint`]) before the upstream finalize, so a crash, restart
-//! or slow upstream resumes that same order and never issues twice
-//! (DESIGN.md §3 step 6).
+//! or slow upstream resumes that same order and never issues twice.
 //!
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4>
 

@@ -58,7 +58,7 @@ pub struct RevokeRequest {
 }
 
 /// Lets an upstream persist its progress on one order before a step that must
-/// not be repeated (DESIGN.md §3 step 6), so a crash resumes instead of
+/// not be repeated, so a crash resumes instead of
 /// issuing twice.
 #[async_trait]
 pub trait Checkpoint: Send + Sync {

@@ -1,6 +1,6 @@
 //! softcas: a local two-level CA (root and intermediate, EC P-256, rcgen) kept in
 //! the data directory — the embedded default upstream for a first run and for
-//! tests (DESIGN.md §1, §2). It issues RFC 5280 server certificates for the
+//! tests. It issues RFC 5280 server certificates for the
 //! identifiers the RA validated (RFC 8555 §7.4, IP addresses per RFC 8738) and
 //! records revocations (RFC 8555 §7.6).
 //!
