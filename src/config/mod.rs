@@ -4,6 +4,7 @@
 //! step-ca defines and acmeproxy does not use are accepted with one warning.
 //! `acmeproxy check-config` runs exactly [`Config::load`].
 
+mod connections;
 mod duration;
 mod externalcas;
 mod policy;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 use crate::acme::types::ChallengeType;
 
+pub use connections::{ConnectionLimits, ConnectionsConfig};
 pub use duration::parse_go_duration;
 pub use externalcas::ExternalCasConfig;
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
@@ -79,6 +81,9 @@ pub struct Config {
     /// Metrics listener; `authority.config.metrics` (Go plugin) is read too.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Timeouts and caps of the ACME listener's client connections.
+    #[serde(default)]
+    pub connections: Option<ConnectionsConfig>,
     /// step-ca's `root`: the root certificate file(s), PEM, that the RA's
     /// chains lead to; served at `/roots.pem`. A path or a list of paths.
     #[serde(default)]
@@ -561,6 +566,11 @@ impl Config {
             top: self.metrics.clone(),
             plugin,
         })
+    }
+
+    /// The connection limits of the ACME listener (`connections`).
+    pub fn connection_limits(&self) -> Result<ConnectionLimits, ConfigError> {
+        self.connections.clone().unwrap_or_default().limits()
     }
 
     /// The validation resolvers as socket addresses.

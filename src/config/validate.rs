@@ -274,6 +274,7 @@ impl Config {
             ));
         }
         self.metrics_listen()?;
+        self.connection_limits()?;
         self.resolvers()?;
         if self.validation.timeout_seconds == 0 {
             return Err(ConfigError::invalid(
