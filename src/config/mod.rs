@@ -533,12 +533,16 @@ impl Config {
     }
 
     /// The metrics listener: top-level `metrics`, else `authority.config.metrics`,
-    /// else port 9123 on all interfaces.
+    /// else port 9123 on 127.0.0.1. Only `address` listens beyond loopback:
+    /// the metrics need no credentials, so exposing them is a choice.
     pub fn metrics_listen(&self) -> Result<MetricsListen, ConfigError> {
         let MetricsListenSource { top, plugin } = self.metrics_sources()?;
         let m = top.or(plugin);
         let Some(m) = m else {
-            return Ok(MetricsListen(Some(SocketAddr::from(([0, 0, 0, 0], 9123)))));
+            return Ok(MetricsListen(Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                9123,
+            )))));
         };
         if !m.enabled {
             return Ok(MetricsListen(None));
@@ -547,10 +551,23 @@ impl Config {
             (Some(a), _) => {
                 parse_listen(a).map_err(|e| ConfigError::invalid("metrics.address", e))?
             }
-            (None, Some(p)) => SocketAddr::from(([0, 0, 0, 0], p)),
-            (None, None) => SocketAddr::from(([0, 0, 0, 0], 9123)),
+            (None, Some(p)) => SocketAddr::from(([127, 0, 0, 1], p)),
+            (None, None) => SocketAddr::from(([127, 0, 0, 1], 9123)),
         };
         Ok(MetricsListen(Some(addr)))
+    }
+
+    /// A warning when `metrics.port` is given without `address`: the Go
+    /// plugin listened on every interface there, acmeproxy on 127.0.0.1.
+    fn metrics_port_warning(&self) -> Option<String> {
+        let MetricsListenSource { top, plugin } = self.metrics_sources().ok()?;
+        let m = top.or(plugin)?;
+        match (m.enabled, &m.address, m.port) {
+            (true, None, Some(p)) => Some(format!(
+                "metrics.port {p} listens on 127.0.0.1 only; set metrics.address to \"0.0.0.0:{p}\" if Prometheus scrapes from another host"
+            )),
+            _ => None,
+        }
     }
 
     fn metrics_sources(&self) -> Result<MetricsListenSource, ConfigError> {

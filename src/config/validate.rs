@@ -274,6 +274,7 @@ impl Config {
             ));
         }
         self.metrics_listen()?;
+        warnings.extend(self.metrics_port_warning());
         self.connection_limits()?;
         self.resolvers()?;
         if self.validation.timeout_seconds == 0 {
