@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -170,4 +171,75 @@ async fn ready_is_cached_and_bounded() {
     assert!(acmeproxy::metrics::render().contains("acmeproxy_upstream_up 1"));
     shutdown.cancel();
     server.wait().await.unwrap();
+}
+
+/// A connection from a user that is neither root nor the server's own is
+/// refused, even when the file permissions let it connect; root is served.
+/// Needs root (to run the client as another uid) and perl (the client);
+/// skipped, saying so, without them.
+#[tokio::test]
+async fn the_admin_socket_refuses_other_users() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    let ts = common::TestServer::start().await;
+    let socket = ts.data_dir.join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o600, "the admin socket is private");
+    let leftovers: Vec<_> = std::fs::read_dir(&ts.data_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".admin-sock"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Root (the server's user here) is served.
+    let ok = app::admin_socket::call(&socket, &app::admin_socket::AdminRequest::EabList).await;
+    assert!(ok.is_ok(), "{ok:?}");
+
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    if me != 0 || Command::new("perl").arg("-v").output().is_err() {
+        eprintln!("skipped the other-uid part: needs root and perl (uid {me})");
+        return;
+    }
+    // Open the way for uid 65534: every directory down to the socket, and
+    // the socket itself, so that only SO_PEERCRED stands in the way.
+    let mut dir = ts.data_dir.clone();
+    loop {
+        if dir == Path::new("/") || dir == Path::new("/tmp") {
+            break;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if !dir.pop() {
+            break;
+        }
+    }
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = r#"use IO::Socket::UNIX;
+        my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "connect: $!\n";
+        print $s "{\"cmd\":\"eab_list\"}\n";
+        my $line = <$s>;
+        print defined $line ? $line : "EOF\n";"#;
+    let socket_arg = socket.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("perl")
+            .arg("-e")
+            .arg(script)
+            .arg(&socket_arg)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "perl failed: {stdout} {stderr}");
+    assert!(
+        stdout.contains("\"ok\":false") && stdout.contains("permission denied"),
+        "uid 65534 was not refused: {stdout} {stderr}"
+    );
+    assert!(stdout.contains("uid 65534"), "{stdout}");
 }
