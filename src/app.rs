@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod admin_socket;
+mod connections;
 mod serve;
 mod upstream_state;
 

@@ -109,6 +109,15 @@ fn full_document() -> Value {
             "timeoutSeconds": 15
         },
         "metrics": metrics,
+        "connections": {
+            "handshakeTimeout": "10s",
+            "headerReadTimeout": "10s",
+            "idleTimeout": "60s",
+            "requestTimeout": "60s",
+            "maxConnections": 4096,
+            "maxConnectionsWait": "1s",
+            "http2MaxConcurrentStreams": 128
+        },
         "root": "root_ca.crt",
         "federatedRoots": [],
         "crt": "intermediate_ca.crt",

@@ -2,6 +2,11 @@
 //! that the `acmeproxy eab|accounts|orders|certs` commands talk to while the
 //! server runs (the embedded store admits one process). One JSON request
 //! line in, one JSON response line out.
+//!
+//! The socket is private from the moment it exists: it is bound inside a
+//! fresh 0700 directory, made 0600 there, and only then renamed into place.
+//! Every connection's peer is checked with `SO_PEERCRED`: only root and the
+//! server's own user are served; anyone else gets a refusal, and is logged.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,13 +119,13 @@ pub(super) async fn serve(
         std::fs::remove_file(&path)
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {}", path.display()))?;
-    }
+    let listener = bind_private(&path)?;
+    let own_uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&path)
+            .with_context(|| format!("reading the owner of {}", path.display()))?
+            .uid()
+    };
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -133,6 +138,23 @@ pub(super) async fn serve(
                 },
                 () = shutdown.cancelled() => break,
             };
+            match stream.peer_cred() {
+                Ok(cred) if peer_allowed(cred.uid(), own_uid) => {}
+                Ok(cred) => {
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        pid = ?cred.pid(),
+                        own_uid,
+                        "admin socket: refused a connection from a user that is neither root nor the server's"
+                    );
+                    tokio::spawn(refuse(stream, cred.uid(), own_uid));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket: cannot read the peer's credentials; connection refused");
+                    continue;
+                }
+            }
             let ra = Arc::clone(&ra);
             tokio::spawn(async move {
                 if let Err(e) = handle(stream, &ra).await {
@@ -143,6 +165,73 @@ pub(super) async fn serve(
         let _ = std::fs::remove_file(&path);
     });
     Ok(())
+}
+
+/// Binds the socket at `path` so that it is never reachable by others: in a
+/// new 0700 directory beside it, made 0600 there, then renamed into place.
+fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    let private = parent.join(format!(".admin-sock.{}", std::process::id()));
+    if private.exists() {
+        // Left by an earlier process with our pid (a crash, a container
+        // restart): ours to remove.
+        let _ = std::fs::remove_file(private.join(SOCKET_NAME));
+        std::fs::remove_dir(&private)
+            .with_context(|| format!("removing the stale directory {}", private.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let bound = (|| {
+        let tmp = private.join(SOCKET_NAME);
+        let listener =
+            UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("moving the socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    if bound.is_err() {
+        let _ = std::fs::remove_file(private.join(SOCKET_NAME));
+    }
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
+/// Whether a peer with `peer_uid` may use the admin socket of a server
+/// running as `own_uid`: root, or the same user.
+pub(crate) fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == 0 || peer_uid == own_uid
+}
+
+/// Tells a refused peer why, then closes. Its request line is read (and
+/// ignored) first, so that a client writing it does not meet a closed socket
+/// instead of the answer.
+async fn refuse(stream: UnixStream, uid: u32, own_uid: u32) {
+    let response = AdminResponse {
+        ok: false,
+        data: None,
+        error: Some(format!(
+            "permission denied: the admin socket serves root and the server's user (uid {own_uid}), not uid {uid}"
+        )),
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let (read, mut write) = stream.into_split();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut ignored = Vec::new();
+        BufReader::new(read.take(MAX_REQUEST))
+            .read_until(b'\n', &mut ignored)
+            .await?;
+        write.write_all(&out).await?;
+        write.shutdown().await
+    })
+    .await;
 }
 
 async fn handle(stream: UnixStream, ra: &Authority) -> std::io::Result<()> {
@@ -466,5 +555,44 @@ impl crate::cli::AdminCommand {
                 false,
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_and_the_servers_user_are_served() {
+        assert!(peer_allowed(0, 1000));
+        assert!(peer_allowed(1000, 1000));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(!peer_allowed(65534, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(1000, 0));
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_bound_private_and_moved_into_place() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        // A data directory others may enter, as an existing one can be.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let listener = bind_private(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        // Nothing else is left in the directory.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from(SOCKET_NAME)]);
+        // The renamed socket still answers.
+        let client = UnixStream::connect(&path).await;
+        assert!(client.is_ok(), "{client:?}");
+        let (server_end, _) = listener.accept().await.unwrap();
+        let cred = server_end.peer_cred().unwrap();
+        assert!(peer_allowed(cred.uid(), meta.uid()));
     }
 }

@@ -5,10 +5,6 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -184,6 +180,7 @@ pub async fn start_with(
         None => None,
     };
 
+    let limits = cfg.connection_limits()?;
     let worker = tokio::spawn(FinalizeWorker::new(Arc::clone(&ra)).run());
     let addr = listener
         .local_addr()
@@ -194,7 +191,8 @@ pub async fn start_with(
     let token = shutdown.clone();
     let authority = Arc::clone(&ra);
     let join = tokio::spawn(async move {
-        serve_tls(listener, TlsAcceptor::from(tls_config), app, token).await;
+        super::connections::serve_tls(listener, TlsAcceptor::from(tls_config), app, limits, token)
+            .await;
         let _ = worker.await;
         let _ = renewal.await;
         // Validations and upstream calls get the grace period; a stuck upstream
@@ -364,60 +362,6 @@ async fn build_upstream(
             ))
         }
         other => anyhow::bail!("upstream {other:?} is not available in this build"),
-    }
-}
-
-async fn serve_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: axum::Router,
-    shutdown: CancellationToken,
-) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(StdDuration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(StdDuration::from_secs(10), acceptor.accept(tcp))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!("some connections did not finish within the grace period");
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! `acmeproxy check-config` runs exactly [`Config::load`].
 
 mod checks;
+mod connections;
 mod duration;
 mod externalcas;
 mod policy;
@@ -21,6 +22,7 @@ use serde_json::Value;
 
 use crate::acme::types::ChallengeType;
 
+pub use connections::{ConnectionLimits, ConnectionsConfig};
 pub use duration::parse_go_duration;
 pub use externalcas::ExternalCasConfig;
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
@@ -80,6 +82,9 @@ pub struct Config {
     /// Metrics listener; `authority.config.metrics` (Go plugin) is read too.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Timeouts and caps of the ACME listener's client connections.
+    #[serde(default)]
+    pub connections: Option<ConnectionsConfig>,
     /// step-ca's `root`: the root certificate file(s), PEM, that the RA's
     /// chains lead to; served at `/roots.pem`. A path or a list of paths.
     #[serde(default)]
@@ -560,12 +565,16 @@ impl Config {
     }
 
     /// The metrics listener: top-level `metrics`, else `authority.config.metrics`,
-    /// else port 9123 on all interfaces.
+    /// else port 9123 on 127.0.0.1. Only `address` listens beyond loopback:
+    /// the metrics need no credentials, so exposing them is a choice.
     pub fn metrics_listen(&self) -> Result<MetricsListen, ConfigError> {
         let MetricsListenSource { top, plugin } = self.metrics_sources()?;
         let m = top.or(plugin);
         let Some(m) = m else {
-            return Ok(MetricsListen(Some(SocketAddr::from(([0, 0, 0, 0], 9123)))));
+            return Ok(MetricsListen(Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                9123,
+            )))));
         };
         if !m.enabled {
             return Ok(MetricsListen(None));
@@ -574,10 +583,23 @@ impl Config {
             (Some(a), _) => {
                 parse_listen(a).map_err(|e| ConfigError::invalid("metrics.address", e))?
             }
-            (None, Some(p)) => SocketAddr::from(([0, 0, 0, 0], p)),
-            (None, None) => SocketAddr::from(([0, 0, 0, 0], 9123)),
+            (None, Some(p)) => SocketAddr::from(([127, 0, 0, 1], p)),
+            (None, None) => SocketAddr::from(([127, 0, 0, 1], 9123)),
         };
         Ok(MetricsListen(Some(addr)))
+    }
+
+    /// A warning when `metrics.port` is given without `address`: the Go
+    /// plugin listened on every interface there, acmeproxy on 127.0.0.1.
+    fn metrics_port_warning(&self) -> Option<String> {
+        let MetricsListenSource { top, plugin } = self.metrics_sources().ok()?;
+        let m = top.or(plugin)?;
+        match (m.enabled, &m.address, m.port) {
+            (true, None, Some(p)) => Some(format!(
+                "metrics.port {p} listens on 127.0.0.1 only; set metrics.address to \"0.0.0.0:{p}\" if Prometheus scrapes from another host"
+            )),
+            _ => None,
+        }
     }
 
     fn metrics_sources(&self) -> Result<MetricsListenSource, ConfigError> {
@@ -593,6 +615,11 @@ impl Config {
             top: self.metrics.clone(),
             plugin,
         })
+    }
+
+    /// The connection limits of the ACME listener (`connections`).
+    pub fn connection_limits(&self) -> Result<ConnectionLimits, ConfigError> {
+        self.connections.clone().unwrap_or_default().limits()
     }
 
     /// The validation resolvers as socket addresses.

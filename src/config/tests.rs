@@ -20,8 +20,30 @@ fn minimal_config_has_safe_defaults() {
     );
     assert_eq!(
         cfg.metrics_listen().unwrap(),
+        MetricsListen(Some("127.0.0.1:9123".parse().unwrap()))
+    );
+}
+
+#[test]
+fn metrics_listen_beyond_loopback_only_by_address() {
+    let mut v = minimal();
+    v["metrics"] = serde_json::json!({"port": 9200});
+    let (cfg, warnings) = Config::parse(&v.to_string()).unwrap();
+    assert_eq!(
+        cfg.metrics_listen().unwrap(),
+        MetricsListen(Some("127.0.0.1:9200".parse().unwrap()))
+    );
+    assert!(
+        warnings.0.iter().any(|w| w.contains("0.0.0.0:9200")),
+        "{warnings:?}"
+    );
+    v["metrics"] = serde_json::json!({"address": "0.0.0.0:9123"});
+    let (cfg, warnings) = Config::parse(&v.to_string()).unwrap();
+    assert_eq!(
+        cfg.metrics_listen().unwrap(),
         MetricsListen(Some("0.0.0.0:9123".parse().unwrap()))
     );
+    assert!(warnings.0.is_empty(), "{warnings:?}");
 }
 
 #[test]
@@ -84,10 +106,16 @@ fn the_go_plugins_sample_config_is_accepted_with_one_warning() {
     assert_eq!(ext.ca_url, "https://acme.sectigo.com/v2/InCommonRSAOV");
     assert_eq!(ext.eab_kid, "hG3a9f2kQx0TzL1mNp7rVw");
     assert!(ext.eab_hmac_key().unwrap().is_some());
-    // The plugin's metrics port is honoured.
+    // The plugin's metrics port is honoured, on loopback (with a warning
+    // saying how to listen on every interface, as the plugin did).
     assert_eq!(
         cfg.metrics_listen().unwrap(),
-        MetricsListen(Some("0.0.0.0:9234".parse().unwrap()))
+        MetricsListen(Some("127.0.0.1:9234".parse().unwrap()))
+    );
+    assert!(
+        warnings.0.iter().any(|w| w.contains("\"0.0.0.0:9234\"")),
+        "{:?}",
+        warnings.0
     );
     // bbolt is read as the embedded store, with a notice.
     assert!(matches!(cfg.store().unwrap(), StoreChoice::Sled(_)));
@@ -104,7 +132,7 @@ fn the_go_plugins_sample_config_is_accepted_with_one_warning() {
     ] {
         assert!(ignored.contains(key), "{key} missing from {ignored}");
     }
-    assert_eq!(warnings.0.len(), 2, "{:?}", warnings.0);
+    assert_eq!(warnings.0.len(), 3, "{:?}", warnings.0);
     // The MAC key never shows in Debug output.
     assert!(!format!("{cfg:?}").contains("cGxhY2Vob2xkZXI"));
 }

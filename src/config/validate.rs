@@ -275,6 +275,8 @@ impl Config {
             ));
         }
         self.metrics_listen()?;
+        warnings.extend(self.metrics_port_warning());
+        self.connection_limits()?;
         self.resolvers()?;
         if self.validation.timeout_seconds == 0 {
             return Err(ConfigError::invalid(

@@ -120,25 +120,6 @@ pub(super) async fn health() -> &'static str {
     "ok\n"
 }
 
-/// GET /ready: the store takes writes and the upstream answers.
-pub(super) async fn ready(State(st): State<AppState>) -> Response {
-    if let Err(e) = st.ra.records().store().check_writable().await {
-        tracing::warn!(error = %e, "not ready: store");
-        return (StatusCode::SERVICE_UNAVAILABLE, "store not writable\n").into_response();
-    }
-    match st.ra.upstream().health().await {
-        Ok(()) => {
-            crate::metrics::upstream_up(true);
-            "ready\n".into_response()
-        }
-        Err(e) => {
-            crate::metrics::upstream_up(false);
-            tracing::warn!(error = %e, "not ready: upstream");
-            (StatusCode::SERVICE_UNAVAILABLE, "upstream CA unreachable\n").into_response()
-        }
-    }
-}
-
 pub(super) fn unknown_provisioner(prov: &str) -> HttpError {
     HttpError::new(
         ProblemType::Malformed,

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod links;
 mod order;
 pub mod problem;
+pub mod ready;
 mod render;
 
 use std::sync::Arc;
@@ -61,10 +62,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(directory::not_found)
         .method_not_allowed_fallback(directory::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), acme_headers));
+    let readiness = Arc::new(ready::Readiness::for_authority(Arc::clone(&state.ra)));
     Router::new()
         .route("/roots.pem", get(directory::roots))
         .route("/health", get(directory::health))
-        .route("/ready", get(directory::ready))
+        .route(
+            "/ready",
+            get(move || async move { readiness.response().await }),
+        )
         .merge(acme)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

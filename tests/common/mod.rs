@@ -48,6 +48,8 @@ pub struct Options {
     pub metrics: bool,
     /// ca.json's `root`: the root file the upstream's chains lead to.
     pub root: Option<PathBuf>,
+    /// Extra top-level ca.json keys (such as `connections`), merged last.
+    pub top_level: serde_json::Value,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             authority: None,
             metrics: false,
             root: None,
+            top_level: serde_json::json!({}),
         }
     }
 }
@@ -155,6 +158,11 @@ impl TestServer {
         });
         if let Some(root) = &opts.root {
             doc["root"] = serde_json::json!(root);
+        }
+        if let Some(extra) = opts.top_level.as_object() {
+            for (k, v) in extra {
+                doc[k] = v.clone();
+            }
         }
         let (config, _) = Config::parse(&doc.to_string()).unwrap();
         acmeproxy::telemetry::init(false);
