@@ -1,6 +1,6 @@
 //! Turning errors into problem documents (RFC 8555 §6.7): one place, with
 //! internal causes logged and never sent. The Replay-Nonce is added by the
-//! layer in `http::mod` to every response, errors included.
+//! layer in `http::mod` to every answer to a POST, errors included.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
