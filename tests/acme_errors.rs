@@ -28,7 +28,6 @@ use common::raw::{
 };
 use common::{Options, TestServer};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 async fn server() -> (TestServer, Raw) {
@@ -816,12 +815,6 @@ impl Store for FailingAccounts {
     }
     async fn count(&self, table: Table) -> Result<u64, StoreError> {
         self.0.count(table).await
-    }
-    async fn insert_nonce(&self, nonce: &str, expires: OffsetDateTime) -> Result<(), StoreError> {
-        self.0.insert_nonce(nonce, expires).await
-    }
-    async fn redeem_nonce(&self, nonce: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        self.0.redeem_nonce(nonce, now).await
     }
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.0.check_writable().await
