@@ -137,6 +137,7 @@ pub async fn start_with(
         provisioners(&cfg)?,
         AuthorityOptions {
             finalize_concurrency: cfg.upstream_concurrency()?,
+            rate_limits: cfg.rate_limits()?,
             ..AuthorityOptions::default()
         },
         shutdown.clone(),
@@ -348,7 +349,7 @@ async fn serve_tls(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(crate::http::with_peer(app.clone(), peer));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {

@@ -172,6 +172,7 @@ impl Config {
             ));
         }
         self.upstream_concurrency()?;
+        self.rate_limits()?;
         match self.authority.kind.as_str() {
             "softcas" => {
                 self.softcas()?.sign_delay()?;

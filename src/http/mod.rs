@@ -11,11 +11,12 @@ mod order;
 pub mod problem;
 mod render;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,7 @@ use axum::routing::{get, post};
 
 use crate::nonce::NonceService;
 use crate::ra::Authority;
+use crate::ra::limits::Limit;
 
 /// The newNonce route (RFC 8555 §7.2).
 const NEW_NONCE_ROUTE: &str = "/acme/{prov}/new-nonce";
@@ -72,7 +74,67 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(directory::ready))
         .merge(acme)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), per_ip))
         .with_state(state)
+}
+
+/// The router of one connection: each request carries the peer's address
+/// (axum's [`ConnectInfo`]), which the per-IP rate limits key on.
+pub fn with_peer(app: Router, peer: SocketAddr) -> WithPeer {
+    WithPeer { app, peer }
+}
+
+/// See [`with_peer`].
+#[derive(Clone)]
+pub struct WithPeer {
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl<B> tower::Service<http::Request<B>> for WithPeer
+where
+    Router: tower::Service<http::Request<B>>,
+{
+    type Response = <Router as tower::Service<http::Request<B>>>::Response;
+    type Error = <Router as tower::Service<http::Request<B>>>::Error;
+    type Future = <Router as tower::Service<http::Request<B>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::<http::Request<B>>::poll_ready(&mut self.app, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        tower::Service::<http::Request<B>>::call(&mut self.app, req)
+    }
+}
+
+/// `requestsPerIp`: every request takes a token of its client's bucket; a
+/// refusal is `rateLimited` (429) with Retry-After, and a nonce when it
+/// answers a POST under `/acme/`. A request without a known peer address
+/// (a router served without [`with_peer`]) is not limited.
+async fn per_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+        return next.run(req).await;
+    };
+    let key = crate::ra::limits::ip_key(peer.ip());
+    match state.ra.limiter().take(Limit::RequestsPerIp, &key, 1) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => {
+            let wants_nonce =
+                req.method() == Method::POST && req.uri().path().starts_with("/acme/");
+            let mut resp = problem::HttpError::from(refusal.to_error()).into_response();
+            if wants_nonce && let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
+                resp.headers_mut().insert(REPLAY_NONCE, v);
+            }
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+    }
 }
 
 /// Adds a fresh Replay-Nonce where RFC 8555 §6.5 and §7.2 ask for one: to
