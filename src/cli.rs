@@ -153,6 +153,26 @@ pub enum AccountsCommand {
         /// The account id.
         id: String,
     },
+    /// Shows an account's rate-limit buckets (`authority.rateLimits`): its
+    /// newOrder and pending-authorization buckets, its failed validations
+    /// per identifier, and its EAB key's newOrder bucket.
+    Limits {
+        /// The ca.json file.
+        config: PathBuf,
+        /// The account id.
+        id: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Empties an account's rate-limit buckets (those `limits` shows): the
+    /// account is served in full at once.
+    ResetLimits {
+        /// The ca.json file.
+        config: PathBuf,
+        /// The account id.
+        id: String,
+    },
 }
 
 /// `acmeproxy orders …`

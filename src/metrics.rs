@@ -28,6 +28,8 @@ struct Metrics {
     certificates_issued: IntCounter,
     certificates_revoked: IntCounter,
     own_cert_expiry: Gauge,
+    rate_limited: IntCounterVec,
+    validations_waiting: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -110,6 +112,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "acmeproxy_own_certificate_expiry_timestamp_seconds",
             "notAfter of the RA's own TLS certificate, Unix time",
         )?,
+        rate_limited: IntCounterVec::new(
+            Opts::new(
+                "acmeproxy_rate_limited_total",
+                "Requests refused with rateLimited, by limit (the authority.rateLimits key)",
+            ),
+            &["limit"],
+        )?,
+        validations_waiting: IntGauge::new(
+            "acmeproxy_validations_waiting",
+            "Validations queued for a place under authority.rateLimits.concurrentValidations",
+        )?,
         registry,
     };
     m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -130,6 +143,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     m.registry
         .register(Box::new(m.certificates_revoked.clone()))?;
     m.registry.register(Box::new(m.own_cert_expiry.clone()))?;
+    m.registry.register(Box::new(m.rate_limited.clone()))?;
+    m.registry
+        .register(Box::new(m.validations_waiting.clone()))?;
     Ok(m)
 }
 
@@ -216,6 +232,17 @@ pub fn certificate_revoked() {
 /// The RA's own certificate's notAfter.
 pub fn own_certificate_expiry(not_after: OffsetDateTime) {
     with(|m| m.own_cert_expiry.set(not_after.unix_timestamp() as f64));
+}
+
+/// A request was refused by rate limit `limit` (a fixed name: the
+/// `authority.rateLimits` key, never an account or an address).
+pub fn rate_limited(limit: &'static str) {
+    with(|m| m.rate_limited.with_label_values(&[limit]).inc());
+}
+
+/// A validation started (+1) or stopped (-1) waiting for a place.
+pub fn validation_waiting(delta: i64) {
+    with(|m| m.validations_waiting.add(delta));
 }
 
 /// The text exposition of every metric.

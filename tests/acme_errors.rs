@@ -41,6 +41,35 @@ fn detail(doc: &Value) -> String {
     doc["detail"].as_str().unwrap().to_owned()
 }
 
+/// Nonces go only where RFC 8555 asks (§7.2 newNonce, §6.5 every answer
+/// to a POST, errors included); a GET of anything else mints none.
+#[tokio::test]
+async fn nonces_only_on_new_nonce_and_post_answers() {
+    let (ts, raw) = server().await;
+    for url in [
+        raw.url("newAccount"),
+        ts.directory_url(),
+        ts.url("/acme/acme/no-such-thing"),
+        ts.url("/acme/nope/directory"),
+    ] {
+        let r = raw.get(&url).await;
+        assert!(
+            r.header("replay-nonce").is_none(),
+            "GET {url}: {}",
+            r.status
+        );
+    }
+    // A POST to a GET resource, or to nothing at all: still a nonce.
+    for url in [ts.directory_url(), ts.url("/acme/acme/no-such-thing")] {
+        let r = raw
+            .post_raw(&url, "application/jose+json", b"{}".to_vec())
+            .await;
+        assert!(r.status >= 400, "POST {url}: {}", r.status);
+        assert!(r.header("replay-nonce").is_some(), "POST {url}");
+    }
+    assert!(!raw.new_nonce().await.is_empty());
+}
+
 #[tokio::test]
 async fn bad_nonce_missing_unknown_and_reused() {
     let (_ts, raw) = server().await;
@@ -788,12 +817,6 @@ impl Store for FailingAccounts {
     async fn count(&self, table: Table) -> Result<u64, StoreError> {
         self.0.count(table).await
     }
-    async fn insert_nonce(&self, nonce: &str, expires: OffsetDateTime) -> Result<(), StoreError> {
-        self.0.insert_nonce(nonce, expires).await
-    }
-    async fn redeem_nonce(&self, nonce: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        self.0.redeem_nonce(nonce, now).await
-    }
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.0.check_writable().await
     }
@@ -841,7 +864,7 @@ async fn server_internal_hides_the_cause() {
         AuthorityOptions::default(),
         CancellationToken::new(),
     );
-    let nonces = NonceService::new(store, clock, time::Duration::minutes(5));
+    let nonces = NonceService::new(clock, time::Duration::minutes(5));
     let app = router(AppState { ra, nonces });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -311,7 +311,11 @@ async fn directory_nonce_and_roots() {
         missing.headers()["content-type"],
         "application/problem+json"
     );
-    assert!(missing.headers().contains_key("replay-nonce"));
+    // A GET other than newNonce carries no nonce (RFC 8555 §6.5, §7.2).
+    assert!(!missing.headers().contains_key("replay-nonce"));
+    let directory = http.get(ts.directory_url()).send().await.unwrap();
+    assert_eq!(directory.status(), 200);
+    assert!(!directory.headers().contains_key("replay-nonce"));
 }
 
 #[tokio::test]

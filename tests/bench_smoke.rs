@@ -57,9 +57,12 @@ impl TestServer {
         let dns = MockDns::start("127.0.0.1:0".parse()?)?;
         let http01_port = free_port()?;
         let dir = tempfile::tempdir()?;
+        // The load generator is one client IP: lift the per-IP limits, as
+        // docs/performance.md's bench configuration does.
         let mut authority = serde_json::json!({
             "type": "softcas",
-            "provisioners": [{"type": "ACME", "name": "acme"}]
+            "provisioners": [{"type": "ACME", "name": "acme"}],
+            "rateLimits": {"requestsPerIp": 0, "newAccountsPerIp": 0}
         });
         if let Some(c) = softcas_config {
             authority["config"] = c;

@@ -77,6 +77,16 @@ fn full_document() -> Value {
         "claims": claims,
         "policy": policy,
         "upstreamConcurrency": 32,
+        "rateLimits": {
+            "requestsPerIp": {"count": 200, "period": "1s", "burst": 400},
+            "newAccountsPerIp": 50,
+            "newOrdersPerAccount": {"count": 300, "period": "3h", "burst": 300},
+            "pendingAuthorizationsPerAccount": 1000,
+            "failedValidationsPerAccountAndIdentifier": 5,
+            "newOrdersPerEabKey": 0,
+            "concurrentValidations": 64,
+            "maxTrackedKeys": 200000
+        },
         "certificateAuthority": "https://ca.example.com",
         "certificateAuthorityFingerprint": "00",
         "certificateIssuer": {},

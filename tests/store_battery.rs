@@ -70,7 +70,6 @@ macro_rules! store_battery {
                 scan_after_outside_prefix,
                 scan_isolates_tables,
                 count_per_table,
-                nonces_single_use_and_expiry,
                 check_writable_succeeds,
                 records_accounts,
                 records_replace_is_compare_and_swap,
@@ -424,34 +423,6 @@ async fn count_per_table(s: Arc<dyn Store>) -> TestResult {
     ])
     .await?;
     assert_eq!(s.count(Table::Orders).await?, 23);
-    Ok(())
-}
-
-async fn nonces_single_use_and_expiry(s: Arc<dyn Store>) -> TestResult {
-    let now = datetime!(2025-06-01 12:00 UTC);
-    let ttl = time::Duration::minutes(5);
-    s.insert_nonce("n1", now + ttl).await?;
-    s.insert_nonce("n2", now + ttl).await?;
-    s.insert_nonce("n3", now + ttl).await?;
-    assert!(s.redeem_nonce("n1", now).await?, "a fresh nonce redeems");
-    assert!(!s.redeem_nonce("n1", now).await?, "a nonce redeems once");
-    assert!(
-        !s.redeem_nonce("never", now).await?,
-        "an unknown nonce fails"
-    );
-    // Expired: fails, and stays failed even with an earlier clock.
-    assert!(
-        !s.redeem_nonce("n2", now + ttl).await?,
-        "expiry is exclusive"
-    );
-    assert!(
-        !s.redeem_nonce("n2", now).await?,
-        "an expired try consumed it"
-    );
-    assert!(
-        s.redeem_nonce("n3", now + ttl - time::Duration::SECOND)
-            .await?
-    );
     Ok(())
 }
 

@@ -264,6 +264,32 @@ fn print_human(req: &AdminRequest, data: &Value) {
                 println!("{k:<15} {}", s(data, k));
             }
         }
+        AdminRequest::AccountLimits { .. } => {
+            if rows.is_empty() {
+                println!("no rate-limit bucket in use: the account is served in full");
+                return;
+            }
+            println!(
+                "{:<42} {:>8} {:>6} {:>11} {:<16} KEY",
+                "LIMIT", "TOKENS", "BURST", "RETRY IN S", "RATE"
+            );
+            for r in rows {
+                println!(
+                    "{:<42} {:>8} {:>6} {:>11} {:<16} {}",
+                    s(&r, "limit"),
+                    s(&r, "tokens"),
+                    s(&r, "burst"),
+                    s(&r, "retry_after_secs"),
+                    s(&r, "rate"),
+                    s(&r, "key")
+                );
+            }
+        }
+        AdminRequest::AccountResetLimits { .. } => println!(
+            "account {}: {} rate-limit bucket(s) emptied; it is served in full",
+            s(data, "account"),
+            s(data, "buckets_reset")
+        ),
         AdminRequest::OrdersList { .. } => table(
             &["ID", "ACCOUNT", "STATUS", "CREATED", "IDENTIFIERS"],
             &rows

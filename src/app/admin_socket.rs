@@ -51,6 +51,12 @@ pub enum AdminRequest {
     AccountDeactivate {
         id: String,
     },
+    AccountLimits {
+        id: String,
+    },
+    AccountResetLimits {
+        id: String,
+    },
     OrdersList {
         account: Option<String>,
         status: Option<OrderStatus>,
@@ -84,6 +90,8 @@ impl AdminRequest {
             Self::AccountsList => "accounts list".to_owned(),
             Self::AccountShow { id } => format!("accounts show: {id}"),
             Self::AccountDeactivate { id } => format!("accounts deactivate: {id}"),
+            Self::AccountLimits { id } => format!("accounts limits: {id}"),
+            Self::AccountResetLimits { id } => format!("accounts reset-limits: {id}"),
             Self::OrdersList { account, status } => format!(
                 "orders list: account {}, status {}",
                 opt(account),
@@ -309,6 +317,13 @@ async fn execute(ra: &Authority, req: AdminRequest) -> Result<Value, RaError> {
         AdminRequest::AccountDeactivate { id } => {
             account_view(&ra.admin_deactivate_account(&id).await?)
         }
+        AdminRequest::AccountLimits { id } => {
+            serde_json::to_value(ra.admin_account_limits(&id).await?)
+                .map_err(|e| RaError::internal("encoding the rate-limit buckets", e))?
+        }
+        AdminRequest::AccountResetLimits { id } => {
+            json!({"account": id, "buckets_reset": ra.admin_reset_account_limits(&id).await?})
+        }
         AdminRequest::OrdersList { account, status } => Value::Array(
             ra.admin_orders(account.as_deref(), status)
                 .await?
@@ -505,6 +520,16 @@ impl crate::cli::AdminCommand {
             Self::Accounts(A::Deactivate { config, id }) => (
                 config.clone(),
                 AdminRequest::AccountDeactivate { id: id.clone() },
+                false,
+            ),
+            Self::Accounts(A::Limits { config, id, json }) => (
+                config.clone(),
+                AdminRequest::AccountLimits { id: id.clone() },
+                *json,
+            ),
+            Self::Accounts(A::ResetLimits { config, id }) => (
+                config.clone(),
+                AdminRequest::AccountResetLimits { id: id.clone() },
                 false,
             ),
             Self::Orders(O::List {

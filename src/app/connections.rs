@@ -209,9 +209,12 @@ impl Conn {
             let activity = Arc::clone(&activity);
             let app = self.app.clone();
             let limit = self.limits.request_timeout;
-            move |req: http::Request<Incoming>| {
+            move |mut req: http::Request<Incoming>| {
                 let busy = activity.begin();
                 let app = app.clone();
+                // The client's address, for the per-IP rate limits.
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 async move {
                     let resp = handle(app, req, limit).await;
                     drop(busy);

@@ -136,6 +136,7 @@ pub async fn start_with(
         provisioners(&cfg)?,
         AuthorityOptions {
             finalize_concurrency: cfg.upstream_concurrency()?,
+            rate_limits: cfg.rate_limits()?,
             ..AuthorityOptions::default()
         },
         shutdown.clone(),
@@ -147,7 +148,7 @@ pub async fn start_with(
     )
     .await
     .context("starting the admin socket")?;
-    let nonces = NonceService::new(Arc::clone(&store), clock, Duration::minutes(30));
+    let nonces = NonceService::new(clock, Duration::minutes(30));
     let app = router(AppState {
         ra: Arc::clone(&ra),
         nonces,

@@ -16,6 +16,8 @@ mod backlog;
 mod client;
 #[path = "acmeproxy-bench/flow.rs"]
 mod flow;
+#[path = "acmeproxy-bench/nonceflood.rs"]
+mod nonceflood;
 #[path = "acmeproxy-bench/pacer.rs"]
 mod pacer;
 #[path = "acmeproxy-bench/procstat.rs"]
@@ -128,6 +130,11 @@ struct Args {
     /// at once (closed loop, the default).
     #[arg(long)]
     rate: Option<f64>,
+    /// Instead of flows: ask newNonce N times, never using the nonces, and
+    /// report newNonce latency and the server's RSS (--server-pid) at 0, N/4,
+    /// N/2 and N nonces issued.
+    #[arg(long, value_name = "N")]
+    nonce_flood: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -205,6 +212,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("fetching the directory {}", args.directory))?,
     );
+    if let Some(n) = args.nonce_flood {
+        let points = nonceflood::run(
+            &tls,
+            timeout,
+            &dir.new_nonce,
+            n,
+            args.concurrency,
+            args.server_pid,
+        )
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&points)?);
+        } else {
+            print!("{}", nonceflood::table(&points));
+        }
+        return Ok(());
+    }
     let accounts = register_accounts(&setup, &dir, args.accounts, args.concurrency).await?;
     let offset = match args.ident_offset {
         Some(o) => o,

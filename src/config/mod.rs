@@ -9,6 +9,7 @@ mod connections;
 mod duration;
 mod externalcas;
 mod policy;
+mod ratelimits;
 mod secret;
 mod stepcas;
 mod validate;
@@ -26,6 +27,7 @@ pub use connections::{ConnectionLimits, ConnectionsConfig};
 pub use duration::parse_go_duration;
 pub use externalcas::ExternalCasConfig;
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
+pub use ratelimits::{LimitConfig, RateLimitsConfig};
 pub use secret::Secret;
 pub use stepcas::{IssuerType, StepCasConfig, read_password_file};
 pub use vaultcas::{
@@ -198,6 +200,9 @@ pub struct AuthorityConfig {
     /// Finalize jobs that talk to the upstream at once (default 32).
     #[serde(default)]
     pub upstream_concurrency: Option<u32>,
+    /// Rate limits and the cap on concurrent validations.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsConfig>,
     // stepcas / vaultcas keys (step-ca RA mode).
     #[serde(default)]
     pub certificate_authority: Option<String>,
@@ -233,6 +238,7 @@ impl std::fmt::Debug for AuthorityConfig {
             .field("claims", &self.claims)
             .field("policy", &self.policy)
             .field("upstream_concurrency", &self.upstream_concurrency)
+            .field("rate_limits", &self.rate_limits)
             .field("certificate_authority", &self.certificate_authority)
             .field(
                 "certificate_authority_fingerprint",
@@ -672,6 +678,15 @@ impl Config {
                 ),
             )),
         }
+    }
+
+    /// The rate limits in force (`authority.rateLimits` over the defaults).
+    pub fn rate_limits(&self) -> Result<crate::ra::limits::RateLimits, ConfigError> {
+        self.authority
+            .rate_limits
+            .clone()
+            .unwrap_or_default()
+            .resolve()
     }
 
     /// The softcas settings (`authority.config` when `type` is `softcas`).

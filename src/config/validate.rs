@@ -173,6 +173,7 @@ impl Config {
         }
         self.check_values()?;
         self.upstream_concurrency()?;
+        self.rate_limits()?;
         match self.authority.kind.as_str() {
             "softcas" => {
                 self.softcas()?.sign_delay()?;

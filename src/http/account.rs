@@ -3,7 +3,10 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -20,6 +23,7 @@ use crate::acme::types::{AccountUpdateRequest, NewAccountRequest, OrdersList};
 pub(super) async fn new_account(
     State(st): State<AppState>,
     Path(prov): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     uri: Uri,
     body: Bytes,
@@ -34,7 +38,13 @@ pub(super) async fn new_account(
     let req: NewAccountRequest = signed.payload()?;
     let out = st
         .ra
-        .new_account(&prov, jwk, req, &signed.links.new_account())
+        .new_account(
+            &prov,
+            jwk,
+            req,
+            &signed.links.new_account(),
+            peer.map(|Extension(ConnectInfo(a))| a.ip()),
+        )
         .await?;
     let status = if out.created {
         StatusCode::CREATED

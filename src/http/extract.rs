@@ -147,10 +147,14 @@ pub async fn verify(
             "the JWS protected header has no \"nonce\"; get one from newNonce",
         ));
     };
-    if !state.nonces.redeem(nonce).await? {
+    let redeemed = state.nonces.redeem(nonce);
+    if !redeemed.is_accepted() {
         return Err(HttpError::new(
             ProblemType::BadNonce,
-            "the nonce is unknown, expired or already used; retry with the Replay-Nonce of this response",
+            format!(
+                "the nonce {}; retry with the Replay-Nonce of this response",
+                redeemed.reason()
+            ),
         ));
     }
     let signer = match (&jws.header.jwk, &jws.header.kid, key_ref) {

@@ -12,18 +12,26 @@ pub mod problem;
 pub mod ready;
 mod render;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::nonce::NonceService;
 use crate::ra::Authority;
+use crate::ra::limits::Limit;
+
+/// The newNonce route (RFC 8555 §7.2).
+const NEW_NONCE_ROUTE: &str = "/acme/{prov}/new-nonce";
+
+/// The nonce header (RFC 8555 §6.5.1).
+const REPLAY_NONCE: &str = "replay-nonce";
 
 /// Largest accepted request body. ACME bodies are small; a CSR for 100 names
 /// with an RSA-8192 key stays far below this.
@@ -41,7 +49,7 @@ pub fn router(state: AppState) -> Router {
     let acme = Router::new()
         .route("/acme/{prov}/directory", get(directory::directory))
         .route(
-            "/acme/{prov}/new-nonce",
+            NEW_NONCE_ROUTE,
             get(directory::new_nonce_get).head(directory::new_nonce_head),
         )
         .route("/acme/{prov}/new-account", post(account::new_account))
@@ -72,11 +80,41 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(acme)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), per_ip))
         .with_state(state)
 }
 
-/// Adds a fresh Replay-Nonce to every ACME response (errors included), and
-/// records the request in the metrics by route.
+/// `requestsPerIp`: every request takes a token of its client's bucket; a
+/// refusal is `rateLimited` (429) with Retry-After, and a nonce when it
+/// answers a POST under `/acme/`. A request without a known peer address
+/// (`ConnectInfo`, which the connection layer adds) is not limited.
+async fn per_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+        return next.run(req).await;
+    };
+    let key = crate::ra::limits::ip_key(peer.ip());
+    match state.ra.limiter().take(Limit::RequestsPerIp, &key, 1) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => {
+            let wants_nonce =
+                req.method() == Method::POST && req.uri().path().starts_with("/acme/");
+            let mut resp = problem::HttpError::from(refusal.to_error()).into_response();
+            if wants_nonce && let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
+                resp.headers_mut().insert(REPLAY_NONCE, v);
+            }
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+    }
+}
+
+/// Adds a fresh Replay-Nonce where RFC 8555 §6.5 and §7.2 ask for one: to
+/// newNonce, and to every answer to a POST under `/acme/` (errors included,
+/// so a `badNonce` can be retried at once). Other GETs (the directory,
+/// renewalInfo, 404s) get none: a nonce nobody asked for is a nonce an
+/// attacker can mint for free. Also records the request in the metrics by
+/// route.
 async fn acme_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
@@ -84,8 +122,10 @@ async fn acme_headers(State(state): State<AppState>, req: Request, next: Next) -
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().clone();
-    // By path, not route: the 404 for an unknown ACME resource has no route.
-    let is_acme = req.uri().path().starts_with("/acme/");
+    // By path, not route: the answer to a POST to an unknown ACME resource
+    // has no route and still carries a nonce.
+    let wants_nonce = req.uri().path().starts_with("/acme/")
+        && (method == Method::POST || route == NEW_NONCE_ROUTE);
     // RFC 8555 §7.1: every resource but the directory links to it.
     let index = index_link(&req, &state);
     let mut resp = next.run(req).await;
@@ -93,21 +133,9 @@ async fn acme_headers(State(state): State<AppState>, req: Request, next: Next) -
         resp.headers_mut().append(header::LINK, link);
     }
     resp = problem::ensure_problem(resp).await;
-    if is_acme && !resp.headers().contains_key("replay-nonce") {
-        match state.nonces.issue().await {
-            Ok(n) => {
-                if let Ok(v) = HeaderValue::from_str(&n) {
-                    resp.headers_mut().insert("replay-nonce", v);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot issue a nonce");
-                let p = crate::acme::Problem::new(
-                    crate::acme::ProblemType::ServerInternal,
-                    "the server cannot issue nonces right now; try again",
-                );
-                resp = problem::problem_response(&p);
-            }
+    if wants_nonce && !resp.headers().contains_key(REPLAY_NONCE) {
+        if let Ok(v) = HeaderValue::from_str(&state.nonces.issue()) {
+            resp.headers_mut().insert(REPLAY_NONCE, v);
         }
     }
     if !resp.headers().contains_key(header::CACHE_CONTROL) {

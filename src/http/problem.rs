@@ -1,6 +1,6 @@
 //! Turning errors into problem documents (RFC 8555 §6.7): one place, with
 //! internal causes logged and never sent. The Replay-Nonce is added by the
-//! layer in `http::mod` to every response, errors included.
+//! layer in `http::mod` to every answer to a POST, errors included.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -72,6 +72,10 @@ impl IntoResponse for HttpError {
         let mut resp = problem_response(&e.problem);
         if let Some(loc) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
             resp.headers_mut().insert(header::LOCATION, loc);
+        }
+        if let Some(secs) = e.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -31,13 +31,16 @@ pub struct NewAccountOutcome {
 }
 
 impl Authority {
-    /// newAccount (RFC 8555 §7.3, §7.3.1, §7.3.4).
+    /// newAccount (RFC 8555 §7.3, §7.3.1, §7.3.4). Creating an account
+    /// takes a `newAccountsPerIp` token of `client`; finding an existing one
+    /// takes none.
     pub async fn new_account(
         &self,
         provisioner: &str,
         jwk: &PublicJwk,
         req: NewAccountRequest,
         new_account_url: &str,
+        client: Option<std::net::IpAddr>,
     ) -> Result<NewAccountOutcome, RaError> {
         let prov = self.provisioner_or_404(provisioner)?;
         let thumbprint = jwk.thumbprint();
@@ -99,8 +102,11 @@ impl Authority {
             created_at: self.clock.now(),
         };
         let batch = Records::account_insert_ops(batch, &account);
+        // Given back unless the account is stored.
+        let quota = self.take_account_quota(client)?;
         match self.records.commit(batch).await {
             Ok(()) => {
+                quota.keep();
                 tracing::info!(
                     account = %account.id,
                     provisioner = %provisioner,

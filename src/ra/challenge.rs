@@ -167,10 +167,17 @@ impl Authority {
         };
         let kind = ch.kind;
         let started = Instant::now();
+        // At most `concurrentValidations` reach the network at once; the
+        // rest wait here, their challenge `processing`, and the wait counts
+        // toward the challenge's time like a slow validation would.
+        let waiting = Waiting::start();
+        let slot = self.validation_slots.acquire().await;
+        drop(waiting);
         let outcome = self
             .validator
             .validate(kind, &authz.identifier, &ch.token, &key_auth)
             .await;
+        drop(slot);
         let result = match &outcome {
             Ok(record) => {
                 tracing::info!(authz = %authz.id, %kind, identifier = %authz.identifier,
@@ -186,6 +193,7 @@ impl Authority {
             }
         };
         crate::metrics::validation_done(kind, result.is_ok(), started.elapsed());
+        self.validation_quota(&authz, result.is_ok());
         if let Err(e) = self.record_validation(&authz, index, result).await {
             tracing::error!(authz = %authz.id, error = %e, "could not store the validation result");
         }
@@ -249,6 +257,23 @@ impl Authority {
             ProblemType::ServerInternal,
             "the authorization changed concurrently too often",
         )
+    }
+}
+
+/// A validation waiting for a place, counted in the metrics until dropped
+/// (its place came, or the validation was dropped while it waited).
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Self {
+        crate::metrics::validation_waiting(1);
+        Self
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        crate::metrics::validation_waiting(-1);
     }
 }
 

@@ -19,6 +19,8 @@ pub struct RaError {
     /// For a keyChange conflict: the account that holds the key (its URL goes
     /// in the Location header, RFC 8555 §7.3.5).
     pub conflicting_account: Option<crate::model::AccountId>,
+    /// Seconds the client should wait (`Retry-After`, a `rateLimited` refusal).
+    pub retry_after: Option<u64>,
 }
 
 impl RaError {
@@ -28,6 +30,7 @@ impl RaError {
             problem: Box::new(Problem::new(kind, detail)),
             source: None,
             conflicting_account: None,
+            retry_after: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl RaError {
             problem: problem.into(),
             source: None,
             conflicting_account: None,
+            retry_after: None,
         }
     }
 
@@ -50,7 +54,14 @@ impl RaError {
             )),
             source: Some(source.into()),
             conflicting_account: None,
+            retry_after: None,
         }
+    }
+
+    /// The same error with a `Retry-After` of `secs` seconds.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Whether this is a server-side failure (logged at error level).

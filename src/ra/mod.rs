@@ -8,7 +8,9 @@ mod challenge;
 pub mod eab;
 pub mod error;
 mod finalize;
+pub mod limits;
 mod order;
+mod quota;
 pub mod renewal;
 pub mod state;
 mod worker;
@@ -69,6 +71,9 @@ pub struct AuthorityOptions {
     pub max_backoff: Duration,
     /// Finalize jobs run at once.
     pub finalize_concurrency: usize,
+    /// `authority.rateLimits`: the token buckets, and how many validations
+    /// reach the network at once.
+    pub rate_limits: limits::RateLimits,
 }
 
 impl Default for AuthorityOptions {
@@ -80,6 +85,7 @@ impl Default for AuthorityOptions {
             finalize_wait: StdDuration::from_millis(1500),
             max_backoff: Duration::minutes(5),
             finalize_concurrency: 32,
+            rate_limits: limits::RateLimits::default(),
         }
     }
 }
@@ -108,6 +114,10 @@ pub struct Authority {
     jobs_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<crate::model::FinalizeJob>>>,
     /// Authorizations whose validation runs in this process.
     validating: std::sync::Mutex<std::collections::HashSet<crate::model::AuthzId>>,
+    /// The rate limits' buckets.
+    limiter: limits::RateLimiter,
+    /// Places for validations on the network; the rest wait in `processing`.
+    validation_slots: tokio::sync::Semaphore,
     /// The roots found at start-up ([`crate::upstream::roots::resolve`]).
     roots: std::sync::RwLock<Vec<Vec<u8>>>,
     tasks: TaskTracker,
@@ -126,6 +136,9 @@ impl Authority {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let limiter = limits::RateLimiter::new(opts.rate_limits.clone());
+        let validation_slots =
+            tokio::sync::Semaphore::new(opts.rate_limits.concurrent_validations.max(1));
         Arc::new(Self {
             records,
             clock,
@@ -140,6 +153,8 @@ impl Authority {
             jobs_tx,
             jobs_rx: std::sync::Mutex::new(Some(jobs_rx)),
             validating: std::sync::Mutex::new(std::collections::HashSet::new()),
+            limiter,
+            validation_slots,
             roots: std::sync::RwLock::new(Vec::new()),
             tasks: TaskTracker::new(),
             shutdown,
@@ -159,6 +174,11 @@ impl Authority {
     /// The upstream CA.
     pub fn upstream(&self) -> &Arc<dyn CertificateAuthorityService> {
         &self.upstream
+    }
+
+    /// The rate limits' buckets (per-IP limits are applied by the HTTP layer).
+    pub fn limiter(&self) -> &limits::RateLimiter {
+        &self.limiter
     }
 
     /// The clock.

@@ -192,9 +192,11 @@ impl Authority {
             certificate_id: None,
             replaces: req.replaces,
         };
+        let quota = self.take_order_quota(account, &authzs)?;
         self.records
             .commit(Records::order_insert_ops(Batch::new(), &order, &authzs))
             .await?;
+        quota.keep();
         Ok((order, authzs))
     }
 
@@ -368,6 +370,9 @@ impl Authority {
                 .await
             {
                 Ok(()) => {
+                    if shown.status == AuthorizationStatus::Pending {
+                        self.authz_no_longer_pending(account.as_str());
+                    }
                     if let Some(order) = self
                         .records
                         .get::<OrderRecord>(next.order_id.as_str())

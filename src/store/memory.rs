@@ -1,47 +1,11 @@
-//! In-memory reference implementation of [`Store`], used by tests, and the
-//! nonce set that single-replica backends keep in memory.
+//! In-memory reference implementation of [`Store`], used by tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use time::OffsetDateTime;
 
 use super::{Expect, Op, Store, StoreError, Table};
-
-/// Replay-Nonces held in memory: enough for one replica (the sled default).
-/// A restart forgets them, and clients retry on `badNonce` as RFC 8555 §6.5 says.
-#[derive(Debug, Default)]
-pub struct NonceSet {
-    inner: Mutex<HashMap<String, OffsetDateTime>>,
-}
-
-impl NonceSet {
-    const SWEEP_AT: usize = 100_000;
-
-    /// Remembers a nonce until `expires`.
-    pub fn insert(&self, nonce: &str, expires: OffsetDateTime) -> Result<(), StoreError> {
-        let mut map = self
-            .inner
-            .lock()
-            .map_err(|_| StoreError::backend("nonce set", "lock poisoned"))?;
-        if map.len() >= Self::SWEEP_AT {
-            let now = OffsetDateTime::now_utc();
-            map.retain(|_, exp| *exp > now);
-        }
-        map.insert(nonce.to_owned(), expires);
-        Ok(())
-    }
-
-    /// Removes a nonce; true if it was there and not expired.
-    pub fn redeem(&self, nonce: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        let mut map = self
-            .inner
-            .lock()
-            .map_err(|_| StoreError::backend("nonce set", "lock poisoned"))?;
-        Ok(map.remove(nonce).is_some_and(|exp| exp > now))
-    }
-}
 
 /// Checks every precondition of a batch against a lookup function; returns the
 /// first failing op as a conflict.
@@ -73,7 +37,6 @@ type Tables = BTreeMap<(Table, String), Vec<u8>>;
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tables: Mutex<Tables>,
-    nonces: NonceSet,
 }
 
 impl MemoryStore {
@@ -145,14 +108,6 @@ impl Store for MemoryStore {
 
     async fn count(&self, table: Table) -> Result<u64, StoreError> {
         Ok(self.lock()?.keys().filter(|(t, _)| *t == table).count() as u64)
-    }
-
-    async fn insert_nonce(&self, nonce: &str, expires: OffsetDateTime) -> Result<(), StoreError> {
-        self.nonces.insert(nonce, expires)
-    }
-
-    async fn redeem_nonce(&self, nonce: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        self.nonces.redeem(nonce, now)
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {

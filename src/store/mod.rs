@@ -12,7 +12,6 @@ pub mod records;
 pub mod sled;
 
 use async_trait::async_trait;
-use time::OffsetDateTime;
 
 pub use records::Records;
 
@@ -195,13 +194,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of keys in `table`.
     async fn count(&self, table: Table) -> Result<u64, StoreError>;
-
-    /// Records a fresh Replay-Nonce valid until `expires`.
-    async fn insert_nonce(&self, nonce: &str, expires: OffsetDateTime) -> Result<(), StoreError>;
-
-    /// Redeems a nonce: true if it existed and had not expired at `now`; it can
-    /// never be redeemed again, on this replica or any other sharing the store.
-    async fn redeem_nonce(&self, nonce: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
 
     /// Whether a write can be made durable now (for `/ready`).
     async fn check_writable(&self) -> Result<(), StoreError>;

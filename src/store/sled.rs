@@ -55,7 +55,7 @@
 //!
 //! # Nonces
 //!
-//! Replay-Nonces are kept in memory ([`NonceSet`]), not in sled: a sled
+//! Replay-Nonces are not kept in the store at all ([`crate::nonce`]): a sled
 //! directory is locked by one process, so only one replica can use it
 //! and no other replica could redeem them anyway. Writing each
 //! nonce would cost an fsync per request for nothing; after a restart clients
@@ -66,9 +66,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use async_trait::async_trait;
-use time::OffsetDateTime;
 
-use super::memory::NonceSet;
 use super::{Expect, Op, Store, StoreError, Table};
 
 /// The embedded store: a sled database in a directory of its own.
@@ -81,7 +79,6 @@ pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
     writer: Writer,
-    nonces: NonceSet,
 }
 
 /// sled's page cache: enough for the hot records of a busy RA; older records
@@ -121,7 +118,6 @@ impl SledStore {
             db,
             path: path.to_owned(),
             writer,
-            nonces: NonceSet::default(),
         })
     }
 
@@ -228,14 +224,6 @@ impl Store for SledStore {
             Ok(n)
         })
         .await
-    }
-
-    async fn insert_nonce(&self, nonce: &str, expires: OffsetDateTime) -> Result<(), StoreError> {
-        self.nonces.insert(nonce, expires)
-    }
-
-    async fn redeem_nonce(&self, nonce: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        self.nonces.redeem(nonce, now)
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {

@@ -272,6 +272,8 @@ pub struct Resp {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The answer to a POST (which must carry a Replay-Nonce, RFC 8555 §6.5).
+    pub posted: bool,
 }
 
 impl Resp {
@@ -298,8 +300,8 @@ impl Resp {
             .to_owned()
     }
 
-    /// Asserts a success status and a `Replay-Nonce` (RFC 8555 §6.5), and
-    /// returns the JSON body.
+    /// Asserts a success status and, for a POST, a `Replay-Nonce` (RFC 8555
+    /// §6.5), and returns the JSON body.
     pub fn ok(&self, status: u16) -> Value {
         assert_eq!(
             self.status,
@@ -307,13 +309,16 @@ impl Resp {
             "body {}",
             String::from_utf8_lossy(&self.body)
         );
-        assert!(self.header("replay-nonce").is_some(), "no Replay-Nonce");
+        if self.posted {
+            assert!(self.header("replay-nonce").is_some(), "no Replay-Nonce");
+        }
         self.json()
     }
 
     /// Asserts that this is an ACME error: `status`, the problem type
     /// `urn:ietf:params:acme:error:<kind>`, `Content-Type:
-    /// application/problem+json`, a `Replay-Nonce`, and a non-empty detail.
+    /// application/problem+json`, a `Replay-Nonce` when it answers a POST,
+    /// and a non-empty detail.
     /// Returns the problem document.
     pub fn problem(&self, status: u16, kind: &str) -> Value {
         let body = String::from_utf8_lossy(&self.body);
@@ -323,10 +328,12 @@ impl Resp {
             Some("application/problem+json"),
             "content type; body {body}"
         );
-        assert!(
-            self.header("replay-nonce").is_some_and(|n| !n.is_empty()),
-            "a Replay-Nonce on every error; body {body}"
-        );
+        if self.posted {
+            assert!(
+                self.header("replay-nonce").is_some_and(|n| !n.is_empty()),
+                "a Replay-Nonce on every error to a POST; body {body}"
+            );
+        }
         let doc = self.json();
         assert_problem_doc(&doc, status, kind);
         doc
@@ -391,7 +398,7 @@ impl Raw {
         }
     }
 
-    async fn read(resp: reqwest::Response) -> Resp {
+    async fn read(resp: reqwest::Response, posted: bool) -> Resp {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.unwrap().to_vec();
@@ -399,6 +406,7 @@ impl Raw {
             status,
             headers,
             body,
+            posted,
         }
     }
 
@@ -416,7 +424,11 @@ impl Raw {
 
     /// GET `url`.
     pub async fn get(&self, url: &str) -> Resp {
-        Self::read(self.http.get(self.transport(url)).send().await.unwrap()).await
+        Self::read(
+            self.http.get(self.transport(url)).send().await.unwrap(),
+            false,
+        )
+        .await
     }
 
     /// POST `body` with `content_type` to `url`, as is.
@@ -429,7 +441,7 @@ impl Raw {
             .send()
             .await
             .unwrap();
-        Self::read(resp).await
+        Self::read(resp, true).await
     }
 
     /// POST a JWS object as `application/jose+json`.
