@@ -121,6 +121,7 @@ pub enum EabCommand {
         /// The ca.json file.
         config: PathBuf,
         /// The key id.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }
@@ -141,6 +142,7 @@ pub enum AccountsCommand {
         /// The ca.json file.
         config: PathBuf,
         /// The account id (the last segment of its URL).
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// JSON instead of text.
         #[arg(long)]
@@ -151,6 +153,7 @@ pub enum AccountsCommand {
         /// The ca.json file.
         config: PathBuf,
         /// The account id.
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
     /// Shows an account's rate-limit buckets (`authority.rateLimits`): its
@@ -160,6 +163,7 @@ pub enum AccountsCommand {
         /// The ca.json file.
         config: PathBuf,
         /// The account id.
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// JSON instead of a table.
         #[arg(long)]
@@ -171,6 +175,7 @@ pub enum AccountsCommand {
         /// The ca.json file.
         config: PathBuf,
         /// The account id.
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
 }
@@ -183,7 +188,7 @@ pub enum OrdersCommand {
         /// The ca.json file.
         config: PathBuf,
         /// Only this account's orders.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         account: Option<String>,
         /// Only orders in this status (pending, ready, processing, valid, invalid).
         #[arg(long)]
@@ -202,7 +207,7 @@ pub enum CertsCommand {
         /// The ca.json file.
         config: PathBuf,
         /// Only this account's certificates.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         account: Option<String>,
         /// JSON instead of a table.
         #[arg(long)]
@@ -213,6 +218,7 @@ pub enum CertsCommand {
         /// The ca.json file.
         config: PathBuf,
         /// Certificate id or serial number in hex.
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// JSON instead of text.
         #[arg(long)]
@@ -223,6 +229,7 @@ pub enum CertsCommand {
         /// The ca.json file.
         config: PathBuf,
         /// Certificate id or serial number in hex.
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded, 5 cessationOfOperation …).
         #[arg(long, default_value_t = 0)]
@@ -237,4 +244,44 @@ pub enum AdminCommand {
     Accounts(AccountsCommand),
     Orders(OrdersCommand),
     Certs(CertsCommand),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// Ids are random base64url and may begin with '-'; they are values,
+    /// never taken for flags.
+    #[test]
+    fn ids_that_begin_with_a_hyphen_are_values() {
+        for args in [
+            &[
+                "acmeproxy",
+                "certs",
+                "list",
+                "c.json",
+                "--account",
+                "-Q64hC6",
+            ][..],
+            &["acmeproxy", "accounts", "show", "c.json", "-Q64hC6"],
+            &["acmeproxy", "accounts", "deactivate", "c.json", "-x"],
+            &[
+                "acmeproxy",
+                "certs",
+                "revoke",
+                "c.json",
+                "-Ab",
+                "--reason",
+                "4",
+            ],
+            &["acmeproxy", "eab", "remove", "c.json", "-kid"],
+            &["acmeproxy", "orders", "list", "c.json", "--account", "-a"],
+        ] {
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
 }

@@ -15,7 +15,8 @@ fn main() -> ExitCode {
     match acmeproxy::app::main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("acmeproxy: {e:#}");
+            // Each cause once, even where an error repeats its source.
+            eprintln!("acmeproxy: {}", acmeproxy::telemetry::causes(e.as_ref()));
             ExitCode::from(1)
         }
     }
