@@ -209,6 +209,8 @@ impl Server {
                 "tlsAlpnPort": ports.tls_alpn01,
                 "resolvers": [ports.dns.to_string()],
                 "timeoutSeconds": 10,
+                // The clients' responders listen on loopback.
+                "denyNetworks": [],
             },
         });
         let config_path = tmp.join("ca.json");

@@ -5,6 +5,7 @@
 //! `acmeproxy check-config` runs exactly [`Config::load`].
 
 mod duration;
+mod egress;
 mod externalcas;
 mod policy;
 mod secret;
@@ -21,6 +22,7 @@ use serde_json::Value;
 use crate::acme::types::ChallengeType;
 
 pub use duration::parse_go_duration;
+pub use egress::DenyNetworks;
 pub use externalcas::ExternalCasConfig;
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
 pub use secret::Secret;
@@ -352,6 +354,9 @@ pub struct ValidationConfig {
     pub resolvers: Vec<String>,
     #[serde(default = "default_validation_timeout")]
     pub timeout_seconds: u64,
+    /// Networks validation never connects to; absent, the defaults.
+    #[serde(default)]
+    pub deny_networks: DenyNetworks,
 }
 
 impl Default for ValidationConfig {
@@ -361,6 +366,7 @@ impl Default for ValidationConfig {
             tls_alpn_port: default_tls_alpn_port(),
             resolvers: Vec::new(),
             timeout_seconds: default_validation_timeout(),
+            deny_networks: DenyNetworks::default(),
         }
     }
 }

@@ -38,8 +38,20 @@ pub async fn validate(
             ValidationError::Dns(msg) => ValidationError::Dns(format!("dns-01 of {name}: {msg}")),
             other => other,
         })?;
+    check_txt(&found, &expected, name, &record_name)?;
+    Ok(ValidationRecord::default())
+}
+
+/// Judges the TXT values found at `record_name` against the `expected`
+/// digest: one must match, after trimming whitespace.
+fn check_txt(
+    found: &[String],
+    expected: &str,
+    name: &str,
+    record_name: &str,
+) -> Result<(), ValidationError> {
     if found.iter().any(|value| value.trim() == expected) {
-        return Ok(ValidationRecord::default());
+        return Ok(());
     }
     let shown: Vec<String> = found.iter().take(3).map(|v| format!("{v:?}")).collect();
     let more = found.len().saturating_sub(shown.len());

@@ -40,6 +40,7 @@ pub async fn validate(
         ValidationError::Dns(msg) => ValidationError::Dns(format!("{what}: {msg}")),
         other => other,
     })?;
+    settings.egress.check(&ips, &host.to_string(), &what)?;
     let port = settings.tls_alpn_port;
     let (stream, addr) = net::connect(settings, &ips, port, &what).await?;
     let config = net::insecure_client_config(vec![ACME_TLS_ALPN.to_vec()])?;
@@ -496,6 +497,47 @@ mod tests {
         assert_eq!(
             reverse_dns_name(IpAddr::V6(v6)),
             "b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
+    }
+
+    #[tokio::test]
+    async fn name_resolving_to_a_denied_address_is_refused_before_connecting() {
+        let dns = MockDns::start(LOCAL).unwrap();
+        dns.set_a("denied.test", vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
+        let listener = TcpListener::bind(("127.0.0.2", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let responder = TlsResponder::start(
+            listener,
+            certificate(&["denied.test"], vec![acme_extension(KEY_AUTH)]),
+            acme_alpn(),
+        );
+        let mut s = settings(&dns, 1, port);
+        s.egress = crate::validate::egress::EgressRules::new(vec![
+            crate::validate::egress::IpNetwork::parse("127.0.0.2/32").unwrap(),
+        ]);
+        let err = validate(&s, &dns_id("denied.test"), KEY_AUTH)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ValidationError::Connection(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "tls-alpn-01 of denied.test: denied.test resolves to 127.0.0.2, which is in \
+             127.0.0.2/32, a network validation does not connect to (validation.denyNetworks)"
+        );
+        assert!(
+            responder.snis.lock().unwrap().is_empty(),
+            "a handshake happened"
+        );
+        // An IP identifier is judged the same way, without DNS.
+        let id = Identifier::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        let err = validate(&s, &id, KEY_AUTH).await.unwrap_err();
+        assert!(
+            err.to_string().contains("127.0.0.2 is in 127.0.0.2/32"),
+            "{err}"
+        );
+        assert!(
+            responder.snis.lock().unwrap().is_empty(),
+            "a handshake happened"
         );
     }
 }

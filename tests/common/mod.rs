@@ -48,6 +48,9 @@ pub struct Options {
     pub metrics: bool,
     /// ca.json's `root`: the root file the upstream's chains lead to.
     pub root: Option<PathBuf>,
+    /// Keys merged into `validation` (over `denyNetworks: []`, which lets
+    /// validation reach the responders on loopback).
+    pub validation_extra: serde_json::Value,
 }
 
 impl Default for Options {
@@ -61,6 +64,7 @@ impl Default for Options {
             authority: None,
             metrics: false,
             root: None,
+            validation_extra: serde_json::json!({}),
         }
     }
 }
@@ -129,9 +133,16 @@ impl TestServer {
                 "httpPort": responders.http_port(),
                 "tlsAlpnPort": responders.tls_alpn_port(),
                 "resolvers": [responders.dns_addr().to_string()],
-                "timeoutSeconds": 5
+                "timeoutSeconds": 5,
+                // The responders listen on loopback, which the default denies.
+                "denyNetworks": []
             }
         });
+        if let Some(extra) = opts.validation_extra.as_object() {
+            for (k, v) in extra {
+                doc["validation"][k] = v.clone();
+            }
+        }
         if let Some(root) = &opts.root {
             doc["root"] = serde_json::json!(root);
         }
