@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::acme::types::ChallengeType;
 
 pub use duration::parse_go_duration;
-pub use egress::DenyNetworks;
+pub use egress::{DenyNetworks, loopback_demo_networks};
 pub use externalcas::ExternalCasConfig;
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
 pub use secret::Secret;
