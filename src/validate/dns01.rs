@@ -68,6 +68,22 @@ fn check_txt(
     )))
 }
 
+/// Fuzz harness (see `crate::fuzzing`): `data` is a TXT answer, one value a
+/// line, as the resolver hands it over (its bytes read as UTF-8, lossily).
+pub(crate) fn fuzz_txt(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let found: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    let expected = expected_txt("tok.thumb");
+    let result = check_txt(
+        &found,
+        &expected,
+        "example.com",
+        "_acme-challenge.example.com",
+    );
+    let listed = found.iter().any(|v| v.trim() == expected);
+    assert_eq!(result.is_ok(), listed, "{found:?}");
+}
+
 /// The TXT value dns-01 expects: base64url(SHA-256(key authorization)),
 /// without padding.
 pub fn expected_txt(key_authorization: &str) -> String {

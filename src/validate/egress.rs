@@ -225,6 +225,44 @@ impl EgressRules {
     }
 }
 
+/// Fuzz harness (see `crate::fuzzing`): the input, read as text, is a list of
+/// networks and addresses; every address is checked against the default
+/// rules and against the networks of the list, which must agree with a plain
+/// reading of each network.
+pub(crate) fn fuzz_addresses(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut networks = Vec::new();
+    let mut addresses = Vec::new();
+    for word in text.split([' ', '\n', ',', ';']) {
+        if let Ok(ip) = word.parse::<IpAddr>() {
+            addresses.push(ip);
+        }
+        if let Ok(net) = IpNetwork::parse(word) {
+            // A network contains its own address, and parses back from its text.
+            assert!(net.contains(net.addr), "{net} does not contain its address");
+            assert_eq!(IpNetwork::parse(&net.to_string()), Ok(net), "{word:?}");
+            networks.push(net);
+        }
+    }
+    let defaults = EgressRules::default();
+    let listed = EgressRules::new(networks);
+    for ip in &addresses {
+        let _ = defaults.check(&[*ip], &ip.to_string(), "fuzz");
+        // Mapped addresses are judged like the IPv4 address they carry.
+        if let IpAddr::V4(v4) = ip {
+            let mapped = IpAddr::V6(v4.to_ipv6_mapped());
+            assert_eq!(defaults.denied_by(*ip), defaults.denied_by(mapped), "{ip}");
+            assert_eq!(listed.denied_by(*ip), listed.denied_by(mapped), "{ip}");
+        }
+        if let Some(net) = listed.denied_by(*ip) {
+            assert!(
+                normalise(*ip).iter().any(|c| net.contains(*c)),
+                "{ip} reported in {net}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +381,10 @@ mod tests {
                 .check(&[ip("127.0.0.1")], "x", "y")
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn fuzz_harness_accepts_its_own_examples() {
+        fuzz_addresses(b"127.0.0.0/8 ::ffff:127.0.0.1 10.0.0.0/8 10.1.2.3 64:ff9b::7f00:1");
     }
 }

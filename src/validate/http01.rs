@@ -590,5 +590,65 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
+/// Fuzz harness (see `crate::fuzzing`): `data` is a whole response as a
+/// challenge server might send it. It is read at once and, when it ends its
+/// head early enough, also cut in two as two reads would deliver it; what a
+/// prefix decides must be what the whole decides. A 200 body is judged
+/// against a key authorization, and a Location is followed. No message may
+/// carry the response's content (the marker `zQ9` stands for it).
+pub(crate) fn fuzz_response(data: &[u8]) {
+    const MARKER: &str = "zQ9";
+    let addr = SocketAddr::from(([192, 0, 2, 1], 80));
+    let current = Target {
+        https: false,
+        host: Host::Name("example.com".to_owned()),
+        port: 80,
+        path: "/.well-known/acme-challenge/tok".to_owned(),
+    };
+    let url = current.url();
+    let what = "http-01 of example.com";
+    let no_marker = |e: &ValidationError| {
+        assert!(!e.to_string().contains(MARKER), "response content in {e}");
+    };
+    let whole = parse_response(data, true);
+    let response = match whole {
+        Ok(Parsed::Done(r)) => r,
+        Ok(Parsed::Incomplete) => panic!("a response at end of stream is never incomplete"),
+        Err(e) => {
+            no_marker(&e.into_validation(what, &url, addr));
+            return;
+        }
+    };
+    for cut in [data.len() / 2, data.len().saturating_sub(1), 4096] {
+        if let Some(prefix) = data.get(..cut) {
+            if let Ok(Parsed::Done(early)) = parse_response(prefix, false) {
+                assert_eq!(
+                    (early.status, &early.location, &early.body),
+                    (response.status, &response.location, &response.body),
+                    "a prefix of {cut} bytes was read differently"
+                );
+            }
+        }
+    }
+    assert!(response.body.len() <= MAX_BODY);
+    if response.status == 200 {
+        if let Err(e) = check_body(&response.body, "tok.thumb", &url, Some(addr), what) {
+            no_marker(&e);
+        }
+    }
+    if let Some(location) = &response.location {
+        if let Ok(next) = redirect_target_for(80, 443, &current, location) {
+            assert!(
+                [80, 443].contains(&next.port),
+                "redirect to port {}",
+                next.port
+            );
+            // The URL the validator would fetch leads back to the same target.
+            let again = redirect_target_for(80, 443, &current, &next.url());
+            assert_eq!(again.as_ref(), Ok(&next), "{location:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

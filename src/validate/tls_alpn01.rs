@@ -178,6 +178,19 @@ fn check_certificate(
     Ok(())
 }
 
+/// Fuzz harness (see `crate::fuzzing`): `data` is the DER certificate a
+/// server presents, checked for a name and for an IP identifier.
+pub(crate) fn fuzz_certificate(data: &[u8]) {
+    let key_authorization = "tok.thumb";
+    for identifier in [
+        crate::fuzzing::example_identifier(),
+        Identifier::Ip(IpAddr::from([192, 0, 2, 1])),
+    ] {
+        let what = format!("tls-alpn-01 of {}", identifier.value());
+        let _ = check_certificate(data, &identifier, key_authorization, &what);
+    }
+}
+
 /// A subjectAltName entry for messages: `dNSName example.com`, `iPAddress 10.0.0.1`.
 fn describe_san(san: &GeneralName<'_>) -> String {
     match san {
@@ -539,5 +552,12 @@ mod tests {
             responder.snis.lock().unwrap().is_empty(),
             "a handshake happened"
         );
+    }
+
+    #[test]
+    fn fuzz_harness_accepts_its_examples() {
+        let (cert, _) = certificate(&["example.com"], vec![acme_extension("tok.thumb")]);
+        fuzz_certificate(&cert);
+        fuzz_certificate(b"\x30\x03\x02\x01\x00");
     }
 }

@@ -706,3 +706,10 @@ fn trailing_dot_ip_literals_are_addresses() {
     let next = redirect_target_for(80, 443, &first, "http://127.0.0.1./x").unwrap();
     assert_eq!(next.host, Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
 }
+
+#[test]
+fn fuzz_harness_accepts_its_examples() {
+    fuzz_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ntok.thumb");
+    fuzz_response(b"HTTP/1.1 302 Found\r\nLocation: //127.0.0.1./x\r\n\r\n");
+    fuzz_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nzQ9\r\n0\r\n\r\n");
+}
