@@ -3,7 +3,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install test test-deps lint fmt clean
+.PHONY: build run install test test-deps lint fmt clean fuzz
 
 build:
 	$(CARGO) build --release --locked
@@ -27,6 +27,15 @@ test-deps:
 	bash tests/interop/install-clients.sh
 	sh tests/stepca/build-stepca.sh
 	sh tests/interop/install-openbao.sh
+
+# Runs every fuzz target (fuzz/, libFuzzer on the stable toolchain) for
+# FUZZ_SECONDS each (default 600), one after the other; FUZZ_TARGETS picks
+# some. Installs what it needs (tests/fuzz/install.sh). `make test` replays
+# the committed corpora without the fuzzer (tests/fuzz_corpus.rs).
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh $(FUZZ_TARGETS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -10,6 +10,7 @@ pub mod acme;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod model;

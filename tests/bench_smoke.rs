@@ -79,7 +79,8 @@ impl TestServer {
                 "httpPort": http01_port,
                 "tlsAlpnPort": free_port()?,
                 "resolvers": [dns.addr().to_string()],
-                "timeoutSeconds": 5
+                "timeoutSeconds": 5,
+                "denyNetworks": []
             }
         });
         let (config, _) = Config::parse(&doc.to_string())?;

@@ -116,7 +116,8 @@ fn full_document() -> Value {
             "httpPort": 80,
             "tlsAlpnPort": 443,
             "resolvers": ["127.0.0.53:53"],
-            "timeoutSeconds": 15
+            "timeoutSeconds": 15,
+            "denyNetworks": ["127.0.0.0/8", "169.254.0.0/16", "fe80::/10"]
         },
         "metrics": metrics,
         "connections": {

@@ -276,6 +276,8 @@ impl Server {
                 "tlsAlpnPort": ports.tls_alpn01,
                 "resolvers": [ports.dns.to_string()],
                 "timeoutSeconds": 10,
+                // The clients' responders listen on loopback.
+                "denyNetworks": [],
             },
         });
         Self::spawn(tmp, port, &config, &data)

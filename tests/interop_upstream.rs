@@ -396,6 +396,7 @@ impl Server {
                 "tlsAlpnPort": ports.tls_alpn01,
                 "resolvers": [ports.dns.to_string()],
                 "timeoutSeconds": 10,
+                "denyNetworks": [],
             },
         });
         if configure_root {

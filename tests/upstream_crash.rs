@@ -297,7 +297,8 @@ async fn scenario(pebble: &Pebble, window: Window, tmp: &Path) -> Result<(), Str
             "httpPort": responders.http_port(),
             "tlsAlpnPort": responders.tls_alpn_port(),
             "resolvers": [responders.dns_addr().to_string()],
-            "timeoutSeconds": 5
+            "timeoutSeconds": 5,
+            "denyNetworks": []
         }
     });
     let config_path = tmp.join("ca.json");

@@ -687,6 +687,7 @@ async fn run_scenario(bao: &OpenBao, client: Client, name: &str, tmp: &Path) -> 
             "tlsAlpnPort": ports.tls_alpn01,
             "resolvers": [ports.dns.to_string()],
             "timeoutSeconds": 10,
+            "denyNetworks": [],
         },
     });
     let config_path = tmp.join("ca.json");

@@ -611,6 +611,7 @@ fn ra_config(
             "tlsAlpnPort": ports.tls_alpn01,
             "resolvers": [ports.dns.to_string()],
             "timeoutSeconds": 10,
+            "denyNetworks": [],
         },
     })
 }

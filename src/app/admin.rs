@@ -23,7 +23,7 @@ pub(super) fn init(dir: &Path, address: &str, metrics_port: u16) -> anyhow::Resu
     create_private_dir(dir)?;
     let path = dir.join("ca.json");
     let data = std::path::absolute(dir.join("data")).context("resolving the data directory")?;
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "address": address,
         "dnsNames": ["localhost", "127.0.0.1"],
         "dataDir": data,
@@ -37,6 +37,13 @@ pub(super) fn init(dir: &Path, address: &str, metrics_port: u16) -> anyhow::Resu
         },
         "validation": {"httpPort": 80, "tlsAlpnPort": 443, "resolvers": [], "timeoutSeconds": 15}
     });
+    // A loopback-only server's clients are on this machine: let validation
+    // reach them there (docs/security.md, "Validation egress").
+    let loopback = parse_loopback(address);
+    if loopback {
+        doc["validation"]["denyNetworks"] =
+            serde_json::json!(crate::config::loopback_demo_networks());
+    }
     let text = serde_json::to_string_pretty(&doc).context("encoding ca.json")?;
     // Validate what we write with the same code as start-up.
     Config::parse(&text).context("the starter configuration does not validate")?;
@@ -54,6 +61,12 @@ pub(super) fn init(dir: &Path, address: &str, metrics_port: u16) -> anyhow::Resu
         .and_then(|()| f.write_all(b"\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
+    if loopback {
+        println!(
+            "validation may connect to loopback, as this server listens on loopback only \
+             (validation.denyNetworks; see docs/security.md before listening elsewhere)"
+        );
+    }
     println!("start the server:  acmeproxy {}", path.display());
     let shown = if address.starts_with(':') {
         format!("localhost{address}")
@@ -66,6 +79,14 @@ pub(super) fn init(dir: &Path, address: &str, metrics_port: u16) -> anyhow::Resu
         data.join("softcas").join("root.crt").display()
     );
     Ok(())
+}
+
+/// Whether `address` (`127.0.0.1:8443`, `[::1]:8443`, `:8443`) listens on
+/// loopback only.
+fn parse_loopback(address: &str) -> bool {
+    address
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
 }
 
 /// `acmeproxy eab|accounts|orders|certs …`: through the running server's

@@ -126,6 +126,7 @@ pub async fn start_with(
         tls_alpn_port: cfg.validation.tls_alpn_port,
         timeout,
         resolver: Arc::new(resolver),
+        egress: cfg.validation.deny_networks.rules(),
     });
 
     let ra = Authority::new(

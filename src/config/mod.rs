@@ -7,6 +7,7 @@
 mod checks;
 mod connections;
 mod duration;
+mod egress;
 mod externalcas;
 mod policy;
 mod ratelimits;
@@ -25,6 +26,7 @@ use crate::acme::types::ChallengeType;
 
 pub use connections::{ConnectionLimits, ConnectionsConfig};
 pub use duration::parse_go_duration;
+pub use egress::{DenyNetworks, loopback_demo_networks};
 pub use externalcas::ExternalCasConfig;
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
 pub use ratelimits::{LimitConfig, RateLimitsConfig};
@@ -364,6 +366,9 @@ pub struct ValidationConfig {
     pub resolvers: Vec<String>,
     #[serde(default = "default_validation_timeout")]
     pub timeout_seconds: u64,
+    /// Networks validation never connects to; absent, the defaults.
+    #[serde(default)]
+    pub deny_networks: DenyNetworks,
 }
 
 impl Default for ValidationConfig {
@@ -373,6 +378,7 @@ impl Default for ValidationConfig {
             tls_alpn_port: default_tls_alpn_port(),
             resolvers: Vec::new(),
             timeout_seconds: default_validation_timeout(),
+            deny_networks: DenyNetworks::default(),
         }
     }
 }

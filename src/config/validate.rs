@@ -285,6 +285,10 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        warnings.extend(super::egress::loopback_warning(
+            &self.validation.deny_networks,
+            self.listen_addr().ok(),
+        ));
         if !ignored.is_empty() {
             warnings.insert(
                 0,

@@ -38,8 +38,20 @@ pub async fn validate(
             ValidationError::Dns(msg) => ValidationError::Dns(format!("dns-01 of {name}: {msg}")),
             other => other,
         })?;
+    check_txt(&found, &expected, name, &record_name)?;
+    Ok(ValidationRecord::default())
+}
+
+/// Judges the TXT values found at `record_name` against the `expected`
+/// digest: one must match, after trimming whitespace.
+fn check_txt(
+    found: &[String],
+    expected: &str,
+    name: &str,
+    record_name: &str,
+) -> Result<(), ValidationError> {
     if found.iter().any(|value| value.trim() == expected) {
-        return Ok(ValidationRecord::default());
+        return Ok(());
     }
     let shown: Vec<String> = found.iter().take(3).map(|v| format!("{v:?}")).collect();
     let more = found.len().saturating_sub(shown.len());
@@ -54,6 +66,22 @@ pub async fn validate(
         "dns-01 of {name}: found {count} TXT {records} at {record_name} ({shown}) but none is \
          {expected:?}, the base64url SHA-256 digest of the key authorization"
     )))
+}
+
+/// Fuzz harness (see `crate::fuzzing`): `data` is a TXT answer, one value a
+/// line, as the resolver hands it over (its bytes read as UTF-8, lossily).
+pub(crate) fn fuzz_txt(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let found: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    let expected = expected_txt("tok.thumb");
+    let result = check_txt(
+        &found,
+        &expected,
+        "example.com",
+        "_acme-challenge.example.com",
+    );
+    let listed = found.iter().any(|v| v.trim() == expected);
+    assert_eq!(result.is_ok(), listed, "{found:?}");
 }
 
 /// The TXT value dns-01 expects: base64url(SHA-256(key authorization)),

@@ -70,6 +70,15 @@ pub async fn validate(
                 record.addresses_resolved.push(*ip);
             }
         }
+        // Every hop, the first included, connects only to allowed addresses.
+        let hop = if record.urls.len() > 1 {
+            format!("{what} (redirected to {url})")
+        } else {
+            what.clone()
+        };
+        settings
+            .egress
+            .check(&ips, &target.host.to_string(), &hop)?;
         let (stream, addr) = net::connect(settings, &ips, target.port, &what).await?;
         record.address_used = Some(addr);
         let response = if target.https {
@@ -92,7 +101,13 @@ pub async fn validate(
         };
         match response.status {
             200 => {
-                check_body(&response.body, key_authorization, &url, &what)?;
+                check_body(
+                    &response.body,
+                    key_authorization,
+                    &url,
+                    record.address_used,
+                    &what,
+                )?;
                 return Ok(record);
             }
             301 | 302 | 303 | 307 | 308 => {
@@ -110,7 +125,8 @@ pub async fn validate(
                 };
                 target = redirect_target(settings, &target, &location).map_err(|why| {
                     ValidationError::Connection(format!(
-                        "{what}: {url} redirected to {location:?}, which is not followed: {why}"
+                        "{what}: {url} redirected to {:?}, which is not followed: {why}",
+                        truncate(&location, 200)
                     ))
                 })?;
             }
@@ -187,114 +203,169 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream.flush().await.map_err(io_err)?;
 
     let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            break end + 4;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(ValidationError::Connection(format!(
-                "{what}: {url} sent a response head larger than {MAX_HEAD} bytes"
-            )));
+    let mut eof = false;
+    loop {
+        match parse_response(&buf, eof) {
+            Ok(Parsed::Done(response)) => return Ok(response),
+            Ok(Parsed::Incomplete) if !eof => {}
+            // Never so at end of stream; kept so that a mistake cannot loop.
+            Ok(Parsed::Incomplete) => {
+                return Err(ResponseError::ClosedBeforeHead.into_validation(what, url, addr));
+            }
+            Err(e) => return Err(e.into_validation(what, url, addr)),
         }
         if read_more(&mut stream, &mut buf).await.map_err(io_err)? == 0 {
-            return Err(ValidationError::Connection(format!(
-                "{what}: {addr} closed the connection before a complete HTTP response to {url}"
-            )));
+            eof = true;
         }
+    }
+}
+
+/// What [`parse_response`] made of the bytes read so far.
+#[derive(Debug)]
+enum Parsed {
+    /// More bytes are needed (never returned at end of stream).
+    Incomplete,
+    Done(Response),
+}
+
+/// Why a response could not be read. Messages built from it say what was
+/// wrong and how much arrived, never what the server sent: the body and head
+/// of a server that is not the client's may be another host's secrets.
+#[derive(Debug, PartialEq, Eq)]
+enum ResponseError {
+    HeadTooLarge,
+    ClosedBeforeHead,
+    NotHttp,
+    BadContentLength,
+    BadChunked,
+    BodyTooLarge,
+    ClosedInBody { got: usize, expected: Option<usize> },
+}
+
+impl ResponseError {
+    fn into_validation(self, what: &str, url: &str, addr: SocketAddr) -> ValidationError {
+        match self {
+            Self::HeadTooLarge => ValidationError::Connection(format!(
+                "{what}: {url} (at {addr}) sent a response head larger than {MAX_HEAD} bytes"
+            )),
+            Self::ClosedBeforeHead => ValidationError::Connection(format!(
+                "{what}: {addr} closed the connection before a complete HTTP response to {url}"
+            )),
+            Self::NotHttp => ValidationError::Connection(format!(
+                "{what}: {addr} did not answer {url} with an HTTP/1.x status line"
+            )),
+            Self::BadContentLength => ValidationError::Connection(format!(
+                "{what}: {url} (at {addr}) sent an invalid Content-Length"
+            )),
+            Self::BadChunked => ValidationError::Connection(format!(
+                "{what}: {url} (at {addr}) sent a malformed chunked body"
+            )),
+            Self::BodyTooLarge => ValidationError::IncorrectResponse(format!(
+                "{what}: {url} (at {addr}) answered with a body larger than {MAX_BODY} bytes; \
+                 it must contain only the key authorization"
+            )),
+            Self::ClosedInBody {
+                got,
+                expected: Some(length),
+            } => ValidationError::Connection(format!(
+                "{what}: {addr} closed the connection after {got} of {length} body bytes of {url}"
+            )),
+            Self::ClosedInBody {
+                got,
+                expected: None,
+            } => ValidationError::Connection(format!(
+                "{what}: {addr} closed the connection in the middle of the body of {url} \
+                 (after {got} bytes)"
+            )),
+        }
+    }
+}
+
+/// Reads an HTTP/1.x response from the bytes received so far (`eof`: and no
+/// more will come): the status and Location for every status, the body
+/// (Content-Length, chunked or up to the end of the stream) for 200 only.
+fn parse_response(buf: &[u8], eof: bool) -> Result<Parsed, ResponseError> {
+    let head_end = find(buf, b"\r\n\r\n").map(|end| end + 4);
+    // The same limit whether the head arrived in one read or in several.
+    if head_end.map_or(buf.len(), |end| end - 4) > MAX_HEAD {
+        return Err(ResponseError::HeadTooLarge);
+    }
+    let Some(head_end) = head_end else {
+        return if eof {
+            Err(ResponseError::ClosedBeforeHead)
+        } else {
+            Ok(Parsed::Incomplete)
+        };
     };
-    let head = String::from_utf8_lossy(buf.get(..head_end).unwrap_or_default()).into_owned();
+    let head = String::from_utf8_lossy(buf.get(..head_end).unwrap_or_default());
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status = parse_status(status_line).ok_or_else(|| {
-        ValidationError::Connection(format!(
-            "{what}: {addr} did not answer {url} with HTTP/1.x (status line {:?})",
-            truncate(status_line, 60)
-        ))
-    })?;
-    let headers: Vec<(String, String)> = lines
+    let status = parse_status(status_line).ok_or(ResponseError::NotHttp)?;
+    let headers: Vec<(String, &str)> = lines
         .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim()))
         .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
     let location = header("location").map(str::to_owned);
     if status != 200 {
-        return Ok(Response {
+        return Ok(Parsed::Done(Response {
             status,
             location,
             body: Vec::new(),
-        });
+        }));
     }
 
-    let mut rest = buf.split_off(head_end);
-    let too_large = || {
-        ValidationError::IncorrectResponse(format!(
-            "{what}: {url} answered with a body larger than {MAX_BODY} bytes; it must contain \
-             only the key authorization"
-        ))
-    };
+    let rest = buf.get(head_end..).unwrap_or_default();
     let chunked =
         header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     let body = if chunked {
-        loop {
-            match decode_chunked(&rest) {
-                Chunked::Done(body) => break body,
-                Chunked::Invalid => {
-                    return Err(ValidationError::Connection(format!(
-                        "{what}: {url} sent a malformed chunked body"
-                    )));
-                }
-                Chunked::TooLarge => return Err(too_large()),
-                Chunked::Incomplete => {}
+        match decode_chunked(rest) {
+            Chunked::Done(body) => body,
+            Chunked::Invalid => return Err(ResponseError::BadChunked),
+            Chunked::TooLarge => return Err(ResponseError::BodyTooLarge),
+            Chunked::Incomplete if rest.len() > 2 * MAX_BODY => {
+                return Err(ResponseError::BodyTooLarge);
             }
-            if rest.len() > 2 * MAX_BODY {
-                return Err(too_large());
+            Chunked::Incomplete if eof => {
+                return Err(ResponseError::ClosedInBody {
+                    got: rest.len(),
+                    expected: None,
+                });
             }
-            if read_more(&mut stream, &mut rest).await.map_err(io_err)? == 0 {
-                return Err(ValidationError::Connection(format!(
-                    "{what}: {addr} closed the connection in the middle of the body of {url}"
-                )));
-            }
+            Chunked::Incomplete => return Ok(Parsed::Incomplete),
         }
     } else if let Some(length) = header("content-length") {
-        let length: usize = length.parse().map_err(|_| {
-            ValidationError::Connection(format!(
-                "{what}: {url} sent an invalid Content-Length {length:?}"
-            ))
-        })?;
+        let length: usize = length
+            .parse()
+            .map_err(|_| ResponseError::BadContentLength)?;
         if length > MAX_BODY {
-            return Err(too_large());
+            return Err(ResponseError::BodyTooLarge);
         }
-        while rest.len() < length {
-            if read_more(&mut stream, &mut rest).await.map_err(io_err)? == 0 {
-                return Err(ValidationError::Connection(format!(
-                    "{what}: {addr} closed the connection after {} of {length} body bytes of {url}",
-                    rest.len()
-                )));
+        match rest.get(..length) {
+            Some(body) => body.to_vec(),
+            None if eof => {
+                return Err(ResponseError::ClosedInBody {
+                    got: rest.len(),
+                    expected: Some(length),
+                });
             }
+            None => return Ok(Parsed::Incomplete),
         }
-        rest.truncate(length);
-        rest
+    } else if rest.len() > MAX_BODY {
+        return Err(ResponseError::BodyTooLarge);
+    } else if eof {
+        rest.to_vec()
     } else {
-        while rest.len() <= MAX_BODY {
-            if read_more(&mut stream, &mut rest).await.map_err(io_err)? == 0 {
-                break;
-            }
-        }
-        rest
+        return Ok(Parsed::Incomplete);
     };
     if body.len() > MAX_BODY {
-        return Err(too_large());
+        return Err(ResponseError::BodyTooLarge);
     }
-    Ok(Response {
+    Ok(Parsed::Done(Response {
         status,
         location,
         body,
-    })
+    }))
 }
 
 /// Reads what is available into `buf`; 0 at end of stream.
@@ -360,11 +431,14 @@ fn decode_chunked(mut data: &[u8]) -> Chunked {
     }
 }
 
-/// Checks the challenge response body against the key authorization.
+/// Checks the challenge response body against the key authorization. The
+/// refusal says how long the body was, never what it held: the server
+/// answering may not be the client's (a redirect target inside the network).
 fn check_body(
     body: &[u8],
     key_authorization: &str,
     url: &str,
+    addr: Option<SocketAddr>,
     what: &str,
 ) -> Result<(), ValidationError> {
     let text = String::from_utf8_lossy(body);
@@ -372,16 +446,33 @@ fn check_body(
     if got == key_authorization {
         return Ok(());
     }
+    let at = addr.map(|a| format!(" (at {a})")).unwrap_or_default();
+    let bytes = if body.len() == 1 { "byte" } else { "bytes" };
     Err(ValidationError::IncorrectResponse(format!(
-        "{what}: {url} answered {:?} but the key authorization {key_authorization:?} was \
-         expected (token, '.', account key thumbprint)",
-        truncate(got, 100)
+        "{what}: {url}{at} answered 200 with a body of {} {bytes} that is not the key \
+         authorization {key_authorization:?} (token, '.', account key thumbprint)",
+        body.len()
     )))
 }
 
 /// Follows `location` from `current`, checking scheme and port.
 fn redirect_target(
     settings: &ValidationSettings,
+    current: &Target,
+    location: &str,
+) -> Result<Target, String> {
+    redirect_target_for(
+        settings.http_port,
+        settings.tls_alpn_port,
+        current,
+        location,
+    )
+}
+
+/// [`redirect_target`] with the configured ports given.
+fn redirect_target_for(
+    http_port: u16,
+    tls_alpn_port: u16,
     current: &Target,
     location: &str,
 ) -> Result<Target, String> {
@@ -446,7 +537,7 @@ fn redirect_target(
             .map_err(|_| format!("invalid port {p:?}"))?,
     };
     let mut allowed = vec![80, 443];
-    for configured in [settings.http_port, settings.tls_alpn_port] {
+    for configured in [http_port, tls_alpn_port] {
         if !allowed.contains(&configured) {
             allowed.push(configured);
         }
@@ -458,7 +549,8 @@ fn redirect_target(
             list.join(", ")
         ));
     }
-    let host = match host_text.parse::<IpAddr>() {
+    // `127.0.0.1.` is the address too, not a name to look up.
+    let host = match host_text.trim_end_matches('.').parse::<IpAddr>() {
         Ok(ip) => Host::Ip(ip),
         Err(_) if is_dns_name(host_text) => {
             Host::Name(host_text.trim_end_matches('.').to_ascii_lowercase())
@@ -495,6 +587,66 @@ fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", text.get(..i).unwrap_or_default()),
         None => text.to_owned(),
+    }
+}
+
+/// Fuzz harness (see `crate::fuzzing`): `data` is a whole response as a
+/// challenge server might send it. It is read at once and, when it ends its
+/// head early enough, also cut in two as two reads would deliver it; what a
+/// prefix decides must be what the whole decides. A 200 body is judged
+/// against a key authorization, and a Location is followed. No message may
+/// carry the response's content (the marker `zQ9` stands for it).
+pub(crate) fn fuzz_response(data: &[u8]) {
+    const MARKER: &str = "zQ9";
+    let addr = SocketAddr::from(([192, 0, 2, 1], 80));
+    let current = Target {
+        https: false,
+        host: Host::Name("example.com".to_owned()),
+        port: 80,
+        path: "/.well-known/acme-challenge/tok".to_owned(),
+    };
+    let url = current.url();
+    let what = "http-01 of example.com";
+    let no_marker = |e: &ValidationError| {
+        assert!(!e.to_string().contains(MARKER), "response content in {e}");
+    };
+    let whole = parse_response(data, true);
+    let response = match whole {
+        Ok(Parsed::Done(r)) => r,
+        Ok(Parsed::Incomplete) => panic!("a response at end of stream is never incomplete"),
+        Err(e) => {
+            no_marker(&e.into_validation(what, &url, addr));
+            return;
+        }
+    };
+    for cut in [data.len() / 2, data.len().saturating_sub(1), 4096] {
+        if let Some(prefix) = data.get(..cut) {
+            if let Ok(Parsed::Done(early)) = parse_response(prefix, false) {
+                assert_eq!(
+                    (early.status, &early.location, &early.body),
+                    (response.status, &response.location, &response.body),
+                    "a prefix of {cut} bytes was read differently"
+                );
+            }
+        }
+    }
+    assert!(response.body.len() <= MAX_BODY);
+    if response.status == 200 {
+        if let Err(e) = check_body(&response.body, "tok.thumb", &url, Some(addr), what) {
+            no_marker(&e);
+        }
+    }
+    if let Some(location) = &response.location {
+        if let Ok(next) = redirect_target_for(80, 443, &current, location) {
+            assert!(
+                [80, 443].contains(&next.port),
+                "redirect to port {}",
+                next.port
+            );
+            // The URL the validator would fetch leads back to the same target.
+            let again = redirect_target_for(80, 443, &current, &next.url());
+            assert_eq!(again.as_ref(), Ok(&next), "{location:?}");
+        }
     }
 }
 

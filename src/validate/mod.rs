@@ -4,6 +4,7 @@
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-8>
 
 pub mod dns01;
+pub mod egress;
 pub mod http01;
 pub mod mockdns;
 mod net;
@@ -34,6 +35,8 @@ pub struct ValidationSettings {
     pub timeout: Duration,
     /// Resolver for A/AAAA and TXT lookups.
     pub resolver: Arc<dyn DnsResolver>,
+    /// Addresses never connected to (`validation.denyNetworks`).
+    pub egress: egress::EgressRules,
 }
 
 /// What a successful validation saw, for logs.

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::egress::EgressRules;
 use super::mockdns::MockDns;
 use super::{HickoryResolver, ValidationSettings};
 
@@ -27,6 +28,8 @@ pub(crate) fn settings(dns: &MockDns, http_port: u16, tls_alpn_port: u16) -> Val
         tls_alpn_port,
         timeout: Duration::from_secs(10),
         resolver: Arc::new(HickoryResolver::new(&[dns.addr()], Duration::from_secs(2)).unwrap()),
+        // The responders listen on loopback, which the defaults deny.
+        egress: EgressRules::new(Vec::new()),
     }
 }
 

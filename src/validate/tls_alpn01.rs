@@ -40,6 +40,7 @@ pub async fn validate(
         ValidationError::Dns(msg) => ValidationError::Dns(format!("{what}: {msg}")),
         other => other,
     })?;
+    settings.egress.check(&ips, &host.to_string(), &what)?;
     let port = settings.tls_alpn_port;
     let (stream, addr) = net::connect(settings, &ips, port, &what).await?;
     let config = net::insecure_client_config(vec![ACME_TLS_ALPN.to_vec()])?;
@@ -175,6 +176,19 @@ fn check_certificate(
         )));
     }
     Ok(())
+}
+
+/// Fuzz harness (see `crate::fuzzing`): `data` is the DER certificate a
+/// server presents, checked for a name and for an IP identifier.
+pub(crate) fn fuzz_certificate(data: &[u8]) {
+    let key_authorization = "tok.thumb";
+    for identifier in [
+        crate::fuzzing::example_identifier(),
+        Identifier::Ip(IpAddr::from([192, 0, 2, 1])),
+    ] {
+        let what = format!("tls-alpn-01 of {}", identifier.value());
+        let _ = check_certificate(data, &identifier, key_authorization, &what);
+    }
 }
 
 /// A subjectAltName entry for messages: `dNSName example.com`, `iPAddress 10.0.0.1`.
@@ -497,5 +511,53 @@ mod tests {
             reverse_dns_name(IpAddr::V6(v6)),
             "b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
         );
+    }
+
+    #[tokio::test]
+    async fn name_resolving_to_a_denied_address_is_refused_before_connecting() {
+        let dns = MockDns::start(LOCAL).unwrap();
+        dns.set_a("denied.test", vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
+        let listener = TcpListener::bind(("127.0.0.2", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let responder = TlsResponder::start(
+            listener,
+            certificate(&["denied.test"], vec![acme_extension(KEY_AUTH)]),
+            acme_alpn(),
+        );
+        let mut s = settings(&dns, 1, port);
+        s.egress = crate::validate::egress::EgressRules::new(vec![
+            crate::validate::egress::IpNetwork::parse("127.0.0.2/32").unwrap(),
+        ]);
+        let err = validate(&s, &dns_id("denied.test"), KEY_AUTH)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ValidationError::Connection(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "tls-alpn-01 of denied.test: denied.test resolves to 127.0.0.2, which is in \
+             127.0.0.2/32, a network validation does not connect to (validation.denyNetworks)"
+        );
+        assert!(
+            responder.snis.lock().unwrap().is_empty(),
+            "a handshake happened"
+        );
+        // An IP identifier is judged the same way, without DNS.
+        let id = Identifier::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        let err = validate(&s, &id, KEY_AUTH).await.unwrap_err();
+        assert!(
+            err.to_string().contains("127.0.0.2 is in 127.0.0.2/32"),
+            "{err}"
+        );
+        assert!(
+            responder.snis.lock().unwrap().is_empty(),
+            "a handshake happened"
+        );
+    }
+
+    #[test]
+    fn fuzz_harness_accepts_its_examples() {
+        let (cert, _) = certificate(&["example.com"], vec![acme_extension("tok.thumb")]);
+        fuzz_certificate(&cert);
+        fuzz_certificate(b"\x30\x03\x02\x01\x00");
     }
 }

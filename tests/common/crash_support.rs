@@ -246,7 +246,8 @@ pub fn server_config(
             "httpPort": http_port,
             "tlsAlpnPort": tls_alpn_port,
             "resolvers": [dns.to_string()],
-            "timeoutSeconds": 10
+            "timeoutSeconds": 10,
+            "denyNetworks": []
         }
     })
 }

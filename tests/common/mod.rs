@@ -50,6 +50,9 @@ pub struct Options {
     pub root: Option<PathBuf>,
     /// Extra top-level ca.json keys (such as `connections`), merged last.
     pub top_level: serde_json::Value,
+    /// Keys merged into `validation` (over `denyNetworks: []`, which lets
+    /// validation reach the responders on loopback).
+    pub validation_extra: serde_json::Value,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             metrics: false,
             root: None,
             top_level: serde_json::json!({}),
+            validation_extra: serde_json::json!({}),
         }
     }
 }
@@ -153,9 +157,16 @@ impl TestServer {
                 "httpPort": responders.http_port(),
                 "tlsAlpnPort": responders.tls_alpn_port(),
                 "resolvers": [responders.dns_addr().to_string()],
-                "timeoutSeconds": 5
+                "timeoutSeconds": 5,
+                // The responders listen on loopback, which the default denies.
+                "denyNetworks": []
             }
         });
+        if let Some(extra) = opts.validation_extra.as_object() {
+            for (k, v) in extra {
+                doc["validation"][k] = v.clone();
+            }
+        }
         if let Some(root) = &opts.root {
             doc["root"] = serde_json::json!(root);
         }

@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::acme::types::ChallengeType;
-use crate::validate::Validator;
 use crate::validate::mockdns::MockDns;
 use crate::validate::testutil::{LOCAL, TlsOptions, TlsResponder, certificate, settings};
+use crate::validate::{Validator, egress};
 
 const TOKEN: &str = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
 const KEY_AUTH: &str =
@@ -206,7 +206,8 @@ async fn wrong_body_is_an_incorrect_response() {
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(text.contains("answered \"something else\""), "{text}");
+    assert!(!text.contains("something else"), "{text}");
+    assert!(text.contains("a body of 14 bytes"), "{text}");
     assert!(text.contains(KEY_AUTH), "{text}");
 }
 
@@ -492,4 +493,223 @@ fn chunked_decoding() {
     assert!(matches!(decode_chunked(b"3\r\nab"), Chunked::Incomplete));
     assert!(matches!(decode_chunked(b"zz\r\n"), Chunked::Invalid));
     assert!(matches!(decode_chunked(b"100000\r\n"), Chunked::TooLarge));
+}
+
+/// Egress rules denying only 127.0.0.2 (the responders listen on 127.0.0.1).
+fn deny_127_0_0_2(dns: &MockDns, port: u16) -> ValidationSettings {
+    let mut s = settings(dns, port, 1);
+    s.egress = egress::EgressRules::new(vec![egress::IpNetwork::parse("127.0.0.2/32").unwrap()]);
+    s
+}
+
+/// A listener on 127.0.0.2:`port` that counts the connections it accepts.
+async fn counting_listener(port: u16) -> (Arc<Mutex<usize>>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(("127.0.0.2", port)).await.unwrap();
+    let count = Arc::new(Mutex::new(0));
+    let seen = count.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            *seen.lock().unwrap() += 1;
+            drop(stream);
+        }
+    });
+    (count, task)
+}
+
+#[tokio::test]
+async fn redirect_to_a_denied_address_is_refused_before_connecting() {
+    let dns = MockDns::start(LOCAL).unwrap();
+    let listener = TcpListener::bind(LOCAL).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (connections, hold) = counting_listener(port).await;
+    let responder = HttpResponder::start(listener, move |_| {
+        redirect(302, &format!("http://127.0.0.2:{port}/latest/meta-data/"))
+    });
+    let s = deny_127_0_0_2(&dns, port);
+    let err = validate(&s, &dns_id("example.com"), TOKEN, KEY_AUTH)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ValidationError::Connection(_)), "{err:?}");
+    assert_eq!(
+        err.problem_type().urn(),
+        "urn:ietf:params:acme:error:connection"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "http-01 of example.com (redirected to http://127.0.0.2:{port}/latest/meta-data/): \
+             127.0.0.2 is in 127.0.0.2/32, a network validation does not connect to \
+             (validation.denyNetworks)"
+        )
+    );
+    assert_eq!(responder.requests().len(), 1);
+    assert_eq!(
+        *connections.lock().unwrap(),
+        0,
+        "connected to a denied address"
+    );
+    hold.abort();
+}
+
+#[tokio::test]
+async fn redirect_to_a_name_resolving_to_a_denied_address_is_refused() {
+    let dns = MockDns::start(LOCAL).unwrap();
+    dns.set_a(
+        "internal.test",
+        vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))],
+    );
+    let listener = TcpListener::bind(LOCAL).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (connections, hold) = counting_listener(port).await;
+    let _responder = HttpResponder::start(listener, move |_| {
+        redirect(307, &format!("http://internal.test:{port}/admin"))
+    });
+    let s = deny_127_0_0_2(&dns, port);
+    let err = validate(&s, &dns_id("example.com"), TOKEN, KEY_AUTH)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ValidationError::Connection(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("internal.test resolves to 127.0.0.2, which is in 127.0.0.2/32")
+            && text.contains("validation.denyNetworks"),
+        "{text}"
+    );
+    assert_eq!(
+        *connections.lock().unwrap(),
+        0,
+        "connected to a denied address"
+    );
+    hold.abort();
+}
+
+#[tokio::test]
+async fn identifier_resolving_to_a_denied_address_is_refused() {
+    let dns = MockDns::start(LOCAL).unwrap();
+    dns.set_a("denied.test", vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
+    let port = TcpListener::bind(LOCAL)
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (connections, hold) = counting_listener(port).await;
+    let s = deny_127_0_0_2(&dns, port);
+    let err = validate(&s, &dns_id("denied.test"), TOKEN, KEY_AUTH)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ValidationError::Connection(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "http-01 of denied.test: denied.test resolves to 127.0.0.2, which is in 127.0.0.2/32, \
+         a network validation does not connect to (validation.denyNetworks)"
+    );
+    assert_eq!(
+        *connections.lock().unwrap(),
+        0,
+        "connected to a denied address"
+    );
+    hold.abort();
+}
+
+/// 169.254.169.254 is judged, never connected to: the redirect is read,
+/// its target resolved and refused by the default rules (loopback allowed
+/// here so that the first hop could be served), all without a connection.
+#[tokio::test]
+async fn redirect_to_the_metadata_endpoint_is_refused_by_the_defaults() {
+    let dns = MockDns::start(LOCAL).unwrap();
+    dns.set_a(
+        "metadata.test",
+        vec![IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254))],
+    );
+    let mut s = settings(&dns, 80, 443);
+    s.egress = egress::EgressRules::new(
+        egress::DEFAULT_DENY_NETWORKS
+            .iter()
+            .filter(|n| !n.starts_with("127.") && **n != "::1/128")
+            .map(|n| egress::IpNetwork::parse(n).unwrap())
+            .collect(),
+    );
+    let first = Target {
+        https: false,
+        host: Host::Name("example.com".into()),
+        port: 80,
+        path: PATH.into(),
+    };
+    for (location, host) in [
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "169.254.169.254",
+        ),
+        (
+            "http://[::ffff:169.254.169.254]/latest/",
+            "[::ffff:169.254.169.254]",
+        ),
+        ("https://metadata.test/computeMetadata/v1/", "metadata.test"),
+    ] {
+        let next = redirect_target(&s, &first, location).unwrap();
+        assert_eq!(next.host.to_string(), host);
+        let ips = next.host.resolve(&s).await.unwrap();
+        let err = s
+            .egress
+            .check(&ips, &next.host.to_string(), "http-01 of example.com")
+            .unwrap_err();
+        assert_eq!(
+            err.problem_type().urn(),
+            "urn:ietf:params:acme:error:connection"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("169.254.169.254") && text.contains("169.254.0.0/16"),
+            "{text}"
+        );
+        assert!(text.contains("validation.denyNetworks"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn response_bodies_and_heads_are_never_echoed() {
+    const SECRET: &str = "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG";
+    let dns = MockDns::start(LOCAL).unwrap();
+    let cases: Vec<Vec<u8>> = vec![
+        ok(SECRET),
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{SECRET}",
+            SECRET.len() + 50
+        )
+        .into_bytes(),
+        format!("{SECRET}\r\n\r\n").into_bytes(),
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {SECRET}\r\n\r\n").into_bytes(),
+        format!("HTTP/1.1 200 OK\r\n\r\n{SECRET}{}", "x".repeat(10_000)).into_bytes(),
+    ];
+    for response in cases {
+        let responder = HttpResponder::bind(move |_| response.clone()).await;
+        let s = settings(&dns, responder.port(), 1);
+        let err = validate(&s, &dns_id("example.com"), TOKEN, KEY_AUTH)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("aws_secret"), "{text}");
+        assert!(!text.contains("wJalr"), "{text}");
+        assert!(text.contains("127.0.0.1:"), "the address is named: {text}");
+    }
+}
+
+#[test]
+fn trailing_dot_ip_literals_are_addresses() {
+    let first = Target {
+        https: false,
+        host: Host::Name("example.com".into()),
+        port: 80,
+        path: PATH.into(),
+    };
+    let next = redirect_target_for(80, 443, &first, "http://127.0.0.1./x").unwrap();
+    assert_eq!(next.host, Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+}
+
+#[test]
+fn fuzz_harness_accepts_its_examples() {
+    fuzz_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ntok.thumb");
+    fuzz_response(b"HTTP/1.1 302 Found\r\nLocation: //127.0.0.1./x\r\n\r\n");
+    fuzz_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nzQ9\r\n0\r\n\r\n");
 }
