@@ -342,26 +342,9 @@ impl Authority {
                     upstream: self.upstream.name().to_owned(),
                     revocation: None,
                 };
-                let (serial, not_after) = (record.serial_hex.clone(), record.not_after);
                 self.finish(&order, Ok(record.id.clone()), Some(record))
-                    .await?;
-                let names = order
-                    .identifiers
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",");
-                tracing::info!(
-                    order = %order.id,
-                    account = %order.account_id,
-                    names = %names,
-                    serial = %serial,
-                    upstream = %self.upstream.name(),
-                    not_after = %not_after,
-                    seconds = format_args!("{:.3}", (self.clock.now() - job.created_at).as_seconds_f64()),
-                    "certificate issued"
-                );
-                Ok(None)
+                    .await
+                    .map(|()| None)
             }
             Err(e @ UpstreamError::Rejected { .. }) => {
                 let UpstreamError::Rejected { kind, detail } = &e else {
@@ -414,8 +397,23 @@ impl Authority {
             match self.records.commit(batch).await {
                 Ok(()) => {
                     crate::metrics::order_finished(next.status);
-                    if cert.is_some() {
+                    if let Some(c) = &cert {
                         crate::metrics::certificate_issued();
+                        // Logged once the outcome is stored, by the process
+                        // that stored it.
+                        let names: Vec<String> =
+                            next.identifiers.iter().map(ToString::to_string).collect();
+                        let seconds = (self.clock.now() - job.created_at).as_seconds_f64();
+                        tracing::info!(
+                            order = %next.id,
+                            account = %next.account_id,
+                            names = %names.join(","),
+                            serial = %c.serial_hex,
+                            upstream = %c.upstream,
+                            not_after = %c.not_after,
+                            seconds = format_args!("{seconds:.3}"),
+                            "certificate issued"
+                        );
                     }
                     return Ok(());
                 }
