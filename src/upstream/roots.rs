@@ -220,9 +220,14 @@ fn none(why: &str) -> Resolved {
 pub fn self_signed_only(certs: &[Vec<u8>]) -> Vec<Vec<u8>> {
     certs
         .iter()
-        .filter(|der| parsed(der).is_some_and(|c| is_self_signed(&c)))
+        .filter(|der| is_self_signed_der(der))
         .cloned()
         .collect()
+}
+
+/// Whether `der` is a certificate that signs itself (a root).
+pub fn is_self_signed_der(der: &[u8]) -> bool {
+    parsed(der).is_some_and(|c| is_self_signed(&c))
 }
 
 fn parsed(der: &[u8]) -> Option<X509Certificate<'_>> {

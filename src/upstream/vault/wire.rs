@@ -263,12 +263,7 @@ pub(super) fn self_signed_root(chain: &[Vec<u8>]) -> Option<&[u8]> {
         .map(Vec::as_slice)
 }
 
-/// Whether `der` is a certificate that signs itself (a root).
-pub(super) fn is_self_signed(der: &[u8]) -> bool {
-    X509Certificate::from_der(der).is_ok_and(|(_, c)| {
-        c.subject().as_raw() == c.issuer().as_raw() && c.verify_signature(None).is_ok()
-    })
-}
+pub(super) use crate::upstream::roots::is_self_signed_der as is_self_signed;
 
 /// Vault's serial form, `1f:0a:…`: from the certificate, else from `hex`.
 pub(super) fn vault_serial(certificate_der: &[u8], serial_hex: &str) -> String {
