@@ -179,20 +179,8 @@ impl Config {
                 self.softcas()?.sign_delay()?;
             }
             "externalcas" => {
+                // ca_url was checked with the other values (`check_values`).
                 let ext = self.externalcas()?;
-                let url = ext.ca_url.trim();
-                if url.is_empty() {
-                    return Err(ConfigError::invalid(
-                        "authority.config.ca_url",
-                        "give the upstream ACME directory URL, e.g. https://acme.sectigo.com/v2/InCommonRSAOV",
-                    ));
-                }
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(ConfigError::invalid(
-                        "authority.config.ca_url",
-                        format!("{url:?} is not an http(s) URL"),
-                    ));
-                }
                 let key = ext.eab_hmac_key()?;
                 if key.is_some() == ext.eab_kid.is_empty() {
                     return Err(ConfigError::invalid(
