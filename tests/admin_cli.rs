@@ -4,25 +4,13 @@
 
 mod common;
 
+use common::run_cli as cli;
+
 use std::path::Path;
-use std::process::Command;
 
 use common::{Options, TestServer};
 use instant_acme::{ChallengeType, Identifier, NewOrder, RetryPolicy};
 use serde_json::Value;
-
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_acmeproxy"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn json(args: &[&str]) -> Value {
     let (ok, out, err) = cli(args);

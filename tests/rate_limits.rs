@@ -7,7 +7,8 @@
 
 mod common;
 
-use std::process::Command;
+use common::run_cli as cli;
+
 use std::time::{Duration, Instant};
 
 use common::raw::{Key, Raw, dns, ip};
@@ -201,19 +202,6 @@ async fn requests_per_ip() {
         .await;
     r.problem(429, "rateLimited");
     assert!(r.header("replay-nonce").is_some());
-}
-
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_acmeproxy"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `acmeproxy accounts limits` shows the buckets an account used up, and

@@ -307,3 +307,16 @@ pub(crate) fn fetch_roots_pem(port: u16, out: &Path) -> Result<Vec<u8>, String> 
     fs::write(out, &body).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(body)
 }
+
+/// Runs the `acmeproxy` binary with `args`; returns (success, stdout, stderr).
+pub(crate) fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_acmeproxy"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
