@@ -42,10 +42,12 @@
 //!
 //! The same thread then makes the writes durable (group commit): it applies
 //! every batch waiting in its queue, then runs one sled flush (which writes
-//! the log and syncs it), then answers every committer whose batch was in that
-//! group. A committer hears `Ok` only after the flush covering its batch. While
-//! one flush runs, the next group queues, so under load one flush serves many
-//! commits. A failed flush is returned to each committer of its group as
+//! the log), then one `fdatasync` of sled's files ([`durable`]: sled's own
+//! `sync_file_range` survives a process crash but not a power cut), then
+//! answers every committer whose batch was in that group. A committer hears
+//! `Ok` only after the flush and sync covering its batch. While one flush
+//! runs, the next group queues, so under load one flush serves many commits.
+//! A failed flush or sync is returned to each committer of its group as
 //! [`StoreError::Backend`]; the batch may then be applied or not, as with any
 //! database whose commit acknowledgement is lost.
 //!
@@ -66,6 +68,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use async_trait::async_trait;
+
+mod durable;
 
 use super::{Expect, Op, Store, StoreError, Table};
 
@@ -113,7 +117,10 @@ impl SledStore {
                 "finished batches a crash had interrupted"
             );
         }
-        let writer = Writer::start(db.clone())?;
+        let files = durable::DataFiles::open(path).map_err(|e| {
+            StoreError::backend(format!("syncing the sled store at {}", path.display()), e)
+        })?;
+        let writer = Writer::start(db.clone(), files)?;
         Ok(Self {
             db,
             path: path.to_owned(),
@@ -263,11 +270,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(db: sled::Db) -> Result<Self, StoreError> {
+    fn start(db: sled::Db, mut files: durable::DataFiles) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("acmeproxy-store".to_owned())
-            .spawn(move || write_loop(&db, &rx))
+            .spawn(move || write_loop(&db, &mut files, &rx))
             .map_err(|e| StoreError::backend("starting the store's writer thread", e))?;
         Ok(Self {
             queue: Some(tx),
@@ -295,8 +302,9 @@ impl Drop for Writer {
     }
 }
 
-/// The writer thread: apply a group of batches, flush once, answer the group.
-fn write_loop(db: &sled::Db, queue: &mpsc::Receiver<(Job, Reply)>) {
+/// The writer thread: apply a group of batches, flush and sync once, answer
+/// the group.
+fn write_loop(db: &sled::Db, files: &mut durable::DataFiles, queue: &mpsc::Receiver<(Job, Reply)>) {
     let mut waiting: Vec<Reply> = Vec::new();
     // Intent keys; every intent is gone after `replay_intents` at open.
     let mut seq: u64 = 0;
@@ -321,11 +329,19 @@ fn write_loop(db: &sled::Db, queue: &mpsc::Receiver<(Job, Reply)>) {
         if waiting.is_empty() {
             continue;
         }
-        let flushed = db.flush();
+        let flushed = match db.flush() {
+            Ok(_) => files
+                .sync()
+                .map_err(|e| format!("fdatasync of the sled store's files failed: {e}")),
+            Err(e) => Err(format!("sled flush failed: {e}")),
+        };
         for reply in waiting.drain(..) {
             let result = match &flushed {
-                Ok(_) => Ok(()),
-                Err(e) => Err(StoreError::backend("sled flush (fsync) failed", e.clone())),
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::backend(
+                    "committing to the sled store",
+                    e.clone(),
+                )),
             };
             let _ = reply.send(result);
         }
