@@ -197,4 +197,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether a write can be made durable now (for `/ready`).
     async fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Why the store has stopped serving, once it has hit an error this
+    /// process cannot recover from (sled: an I/O error such as a full disk
+    /// poisons the open database). From then on every call fails; the
+    /// process should exit once [`writable_again`](Store::writable_again)
+    /// says a restart would succeed, so that its supervisor restarts it.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
+    /// After a [`failure`](Store::failure): whether the storage takes writes
+    /// again (for sled, whether its directory has room), so that a restart
+    /// would succeed.
+    async fn writable_again(&self) -> bool {
+        true
+    }
 }

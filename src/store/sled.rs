@@ -51,6 +51,19 @@
 //! [`StoreError::Backend`]; the batch may then be applied or not, as with any
 //! database whose commit acknowledgement is lost.
 //!
+//! # Failures
+//!
+//! sled 0.34 turns any I/O error (a full disk, a failing device) into an
+//! error of the whole open database: every later write fails until the
+//! directory is opened again, and its memory may still hold a batch whose
+//! committer was told it failed. So the first failed write, flush or sync
+//! puts the store in a failed state ([`Store::failure`]): from then on it
+//! refuses reads and writes alike, so nothing half-applied is ever served.
+//! The server then reports itself unready and exits once
+//! [`Store::writable_again`] finds room in the directory again; its
+//! supervisor (systemd's `Restart=on-failure`) starts it anew, and opening the
+//! store finishes or drops interrupted batches (intents, above).
+//!
 //! [`Store::commit_deferred`] applies without waiting for a flush, and
 //! [`Store::sync`] waits for one that covers every write applied before it.
 //! Reads run inline on the caller's thread and see applied writes at once.
@@ -65,7 +78,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 
 use async_trait::async_trait;
 
@@ -83,6 +96,8 @@ pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
     writer: Writer,
+    /// Set once a write, flush or sync failed (see "Failures" above).
+    failure: Arc<OnceLock<String>>,
 }
 
 /// sled's page cache: enough for the hot records of a busy RA; older records
@@ -120,17 +135,33 @@ impl SledStore {
         let files = durable::DataFiles::open(path).map_err(|e| {
             StoreError::backend(format!("syncing the sled store at {}", path.display()), e)
         })?;
-        let writer = Writer::start(db.clone(), files)?;
+        let failure = Arc::new(OnceLock::new());
+        let writer = Writer::start(db.clone(), files, failure.clone())?;
         Ok(Self {
             db,
             path: path.to_owned(),
             writer,
+            failure,
         })
     }
 
     /// The directory the store lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Refuses every read and write once the store has failed: what sled
+    /// holds in memory may then include a batch whose committer was told it
+    /// failed.
+    fn refuse_if_failed(&self) -> Result<(), StoreError> {
+        match self.failure.get() {
+            None => Ok(()),
+            Some(cause) => Err(StoreError::backend(
+                "the sled store stopped taking reads and writes after an I/O error; \
+                 acmeproxy exits once the data directory takes writes again",
+                cause.clone(),
+            )),
+        }
     }
 
     /// Runs blocking sled work off the async worker threads.
@@ -153,6 +184,7 @@ impl Store for SledStore {
     }
 
     async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.refuse_if_failed()?;
         // A point read is served from sled's page cache in microseconds, so it
         // runs inline rather than paying for a blocking-pool hop.
         self.db
@@ -162,6 +194,7 @@ impl Store for SledStore {
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
         if ops.is_empty() {
             return Ok(());
         }
@@ -169,6 +202,7 @@ impl Store for SledStore {
     }
 
     async fn commit_deferred(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
         if ops.is_empty() {
             return Ok(());
         }
@@ -181,6 +215,7 @@ impl Store for SledStore {
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
         self.writer.submit(Job::Sync).await
     }
 
@@ -191,6 +226,7 @@ impl Store for SledStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.refuse_if_failed()?;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -222,6 +258,7 @@ impl Store for SledStore {
     }
 
     async fn count(&self, table: Table) -> Result<u64, StoreError> {
+        self.refuse_if_failed()?;
         self.blocking("sled count task", move |db| {
             let mut n = 0u64;
             for item in db.scan_prefix(db_key(table, "")).keys() {
@@ -231,6 +268,17 @@ impl Store for SledStore {
             Ok(n)
         })
         .await
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.get().cloned()
+    }
+
+    async fn writable_again(&self) -> bool {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || durable::probe_space(&path))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
@@ -270,11 +318,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(db: sled::Db, mut files: durable::DataFiles) -> Result<Self, StoreError> {
+    fn start(
+        db: sled::Db,
+        mut files: durable::DataFiles,
+        failure: Arc<OnceLock<String>>,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("acmeproxy-store".to_owned())
-            .spawn(move || write_loop(&db, &mut files, &rx))
+            .spawn(move || write_loop(&db, &mut files, &failure, &rx))
             .map_err(|e| StoreError::backend("starting the store's writer thread", e))?;
         Ok(Self {
             queue: Some(tx),
@@ -304,7 +356,12 @@ impl Drop for Writer {
 
 /// The writer thread: apply a group of batches, flush and sync once, answer
 /// the group.
-fn write_loop(db: &sled::Db, files: &mut durable::DataFiles, queue: &mpsc::Receiver<(Job, Reply)>) {
+fn write_loop(
+    db: &sled::Db,
+    files: &mut durable::DataFiles,
+    failure: &OnceLock<String>,
+    queue: &mpsc::Receiver<(Job, Reply)>,
+) {
     let mut waiting: Vec<Reply> = Vec::new();
     // Intent keys; every intent is gone after `replay_intents` at open.
     let mut seq: u64 = 0;
@@ -312,14 +369,25 @@ fn write_loop(db: &sled::Db, files: &mut durable::DataFiles, queue: &mpsc::Recei
         let mut next = Some(first);
         let mut taken = 0;
         while let Some((job, reply)) = next.take() {
-            match job {
-                Job::Apply { ops, durable } => match apply(db, &ops, &mut seq) {
-                    Ok(()) if durable => waiting.push(reply),
-                    result => {
-                        let _ = reply.send(result);
-                    }
-                },
-                Job::Sync => waiting.push(reply),
+            if let Some(cause) = failure.get() {
+                let _ = reply.send(Err(StoreError::backend(
+                    "the sled store stopped after an I/O error",
+                    cause.clone(),
+                )));
+            } else {
+                match job {
+                    Job::Apply { ops, durable } => match apply(db, &ops, &mut seq) {
+                        Ok(()) if durable => waiting.push(reply),
+                        Err(e @ StoreError::Backend { .. }) => {
+                            fail(failure, &e);
+                            let _ = reply.send(Err(e));
+                        }
+                        result => {
+                            let _ = reply.send(result);
+                        }
+                    },
+                    Job::Sync => waiting.push(reply),
+                }
             }
             taken += 1;
             if taken < MAX_GROUP {
@@ -335,6 +403,9 @@ fn write_loop(db: &sled::Db, files: &mut durable::DataFiles, queue: &mpsc::Recei
                 .map_err(|e| format!("fdatasync of the sled store's files failed: {e}")),
             Err(e) => Err(format!("sled flush failed: {e}")),
         };
+        if let Err(cause) = &flushed {
+            fail(failure, cause);
+        }
         for reply in waiting.drain(..) {
             let result = match &flushed {
                 Ok(()) => Ok(()),
@@ -345,6 +416,18 @@ fn write_loop(db: &sled::Db, files: &mut durable::DataFiles, queue: &mpsc::Recei
             };
             let _ = reply.send(result);
         }
+    }
+}
+
+/// Puts the store in its failed state (once) and says so in the log.
+fn fail(failure: &OnceLock<String>, cause: &dyn std::fmt::Display) {
+    let cause = cause.to_string();
+    if failure.set(cause.clone()).is_ok() {
+        tracing::error!(
+            %cause,
+            "the store failed to write; it refuses reads and writes from now on, and \
+             acmeproxy exits for a restart once the data directory takes writes again"
+        );
     }
 }
 

@@ -98,6 +98,28 @@ impl DataFiles {
     }
 }
 
+/// Bytes [`probe_space`] writes: several of sled's 512 KiB log segments, so
+/// that a directory that passes has room for sled to start and write.
+const PROBE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Whether the store directory `dir` takes writes again: writes, syncs and
+/// removes a probe file of [`PROBE_BYTES`] beside sled's files.
+pub(super) fn probe_space(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let path = dir.join("acmeproxy-space-probe");
+    let result = (|| {
+        let mut f = File::create(&path)?;
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..PROBE_BYTES / chunk.len() {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    })();
+    let removed = std::fs::remove_file(&path);
+    result?;
+    removed
+}
+
 /// `fsync` of a directory, so that the names of files created in it survive.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -258,6 +280,131 @@ mod tests {
             }
         }
         report
+    }
+
+    /// A tmpfs of its own, unmounted on drop; `None` (the test is skipped)
+    /// where this process may not mount, except in CI as root.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Self> {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if mounted {
+                return Some(Self(dir));
+            }
+            let root = Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+            assert!(
+                !(root && std::env::var_os("CI").is_some()),
+                "mount -t tmpfs failed although running as root"
+            );
+            eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+            None
+        }
+
+        fn path(&self) -> &std::path::Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0.path()).status();
+        }
+    }
+
+    /// Writes `path` until the file system is full, then gives `room`
+    /// bytes back.
+    fn fill(path: &std::path::Path, room: u64) {
+        let mut f = std::fs::File::create(path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(room)).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    /// A full disk: the commit that cannot be written fails, the store then
+    /// refuses reads and writes, says it is not writable until space returns,
+    /// and after a reopen every acknowledged batch is there in full, the failed
+    /// one is there in full or not at all, and new commits succeed.
+    #[tokio::test]
+    async fn a_full_disk_fails_the_store_and_loses_nothing_acknowledged() {
+        let Some(fs) = Tmpfs::mount("24m") else {
+            return;
+        };
+        let dir = fs.path().join("store");
+        let store = SledStore::open(&dir).unwrap();
+        let filler = fs.path().join("filler");
+        fill(&filler, 1024 * 1024);
+        let batch = |i: usize| {
+            vec![
+                Op::put(
+                    Table::Orders,
+                    format!("o{i:05}"),
+                    vec![b'o'; 1500],
+                    Expect::Absent,
+                ),
+                Op::put(
+                    Table::Jobs,
+                    format!("o{i:05}"),
+                    vec![b'j'; 500],
+                    Expect::Absent,
+                ),
+            ]
+        };
+        let mut acknowledged = 0;
+        let mut failed = None;
+        for i in 0..20_000 {
+            match store.commit(batch(i)).await {
+                Ok(()) => acknowledged += 1,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let failed = failed.expect("the full disk never failed a commit");
+        assert!(acknowledged > 0, "no room for a first commit: {failed}");
+        eprintln!("{acknowledged} commits acknowledged, then: {failed}");
+        assert!(store.failure().is_some(), "failure() after {failed}");
+        let refused = store.get(Table::Orders, "o00000").await.unwrap_err();
+        assert!(refused.to_string().contains("stopped"), "{refused}");
+        assert!(store.commit(batch(99_999)).await.is_err());
+        assert!(!store.writable_again().await, "writable while still full");
+
+        std::fs::remove_file(&filler).unwrap();
+        assert!(
+            store.writable_again().await,
+            "not writable after freeing space"
+        );
+        drop(store);
+
+        let store = SledStore::open(&dir).unwrap();
+        for i in 0..acknowledged {
+            let key = format!("o{i:05}");
+            assert!(
+                store.get(Table::Orders, &key).await.unwrap().is_some(),
+                "{key}"
+            );
+            assert!(
+                store.get(Table::Jobs, &key).await.unwrap().is_some(),
+                "{key}"
+            );
+        }
+        let key = format!("o{acknowledged:05}");
+        let order = store.get(Table::Orders, &key).await.unwrap();
+        let job = store.get(Table::Jobs, &key).await.unwrap();
+        assert_eq!(order.is_some(), job.is_some(), "half of the failed batch");
+        store.commit(batch(50_000)).await.unwrap();
+        assert!(store.failure().is_none());
     }
 
     #[test]
