@@ -6,6 +6,7 @@ mod admin;
 pub mod admin_socket;
 mod connections;
 mod serve;
+mod store_watch;
 mod upstream_state;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ use time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use serve::{Overrides, Server, UpstreamFactory, start, start_with};
+pub use store_watch::{EXIT_RESTART, RestartNeeded};
 pub use upstream_state::StoreUpstreamState;
 
 use crate::cli::{AdminCommand, Cli, Command};

@@ -17,7 +17,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // Each cause once, even where an error repeats its source.
             eprintln!("acmeproxy: {}", acmeproxy::telemetry::causes(e.as_ref()));
-            ExitCode::from(1)
+            if e.downcast_ref::<acmeproxy::app::RestartNeeded>().is_some() {
+                ExitCode::from(acmeproxy::app::EXIT_RESTART)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -192,6 +192,7 @@ pub async fn start_with(
     let roots_pem = ra.roots_pem().unwrap_or_default();
     let token = shutdown.clone();
     let authority = Arc::clone(&ra);
+    let store_watch = super::store_watch::spawn(Arc::clone(ra.records().store()), shutdown.clone());
     let join = tokio::spawn(async move {
         super::connections::serve_tls(listener, TlsAcceptor::from(tls_config), app, limits, token)
             .await;
@@ -210,7 +211,10 @@ pub async fn start_with(
         // Dropping the last store handle flushes sled; be explicit anyway.
         ra.records().store().check_writable().await.ok();
         tracing::info!("acmeproxy stopped");
-        Ok(())
+        match store_watch.await {
+            Ok(Some(restart)) => Err(restart.into()),
+            _ => Ok(()),
+        }
     });
     Ok(Server {
         addr,

@@ -70,9 +70,13 @@ impl RaError {
     }
 }
 
+/// `Retry-After` of a request the store failed: long enough for a restart
+/// after a full disk, short enough for a client that honours it.
+pub const STORE_RETRY_AFTER_SECS: u64 = 30;
+
 impl From<StoreError> for RaError {
     fn from(e: StoreError) -> Self {
-        Self::internal("accessing the store", e)
+        Self::internal("accessing the store", e).with_retry_after(STORE_RETRY_AFTER_SECS)
     }
 }
 
