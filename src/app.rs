@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use anyhow::{Context, bail};
-use time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use serve::{Overrides, Server, UpstreamFactory, start, start_with};
 pub use upstream_state::StoreUpstreamState;
 
 use crate::cli::{AdminCommand, Cli, Command};
-use crate::config::{Config, ProvisionerConfig, StoreChoice, parse_go_duration};
+use crate::config::{Config, ProvisionerSettings, Settings, StoreChoice};
 use crate::policy::rules::NamePolicy;
 use crate::ra::Provisioner;
 use crate::store::Store;
@@ -44,13 +43,11 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (mut cfg, warnings) = load(&config)?;
             if let Some(file) = issuer_password_file {
-                cfg.authority.issuer_password = Some(
+                cfg.set_issuer_password(
                     crate::config::read_password_file(&file).context("--issuer-password-file")?,
                 );
             }
-            crate::telemetry::init(
-                cfg.logger.as_ref().and_then(|l| l.format.as_deref()) == Some("json"),
-            );
+            crate::telemetry::init(cfg.json_logs);
             for w in &warnings.0 {
                 tracing::warn!("{w}");
             }
@@ -60,16 +57,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let (cfg, warnings) = load(&config)?;
             // The parts start-up builds from the configuration, built the same way.
             provisioners(&cfg)?;
-            crate::upstream::roots::read_root_files(&cfg.root_files())?;
+            crate::upstream::roots::read_root_files(&cfg.root_files)?;
             for w in &warnings.0 {
                 eprintln!("warning: {w}");
             }
             println!(
                 "{}: valid (upstream {}, store {}, {} provisioner(s))",
                 config.display(),
-                cfg.authority.kind,
-                cfg.store()?,
-                cfg.authority.provisioners.len()
+                cfg.upstream.name(),
+                cfg.store,
+                cfg.provisioners.len()
             );
             Ok(())
         }
@@ -102,22 +99,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn load(path: &Path) -> anyhow::Result<(Config, crate::config::Warnings)> {
+fn load(path: &Path) -> anyhow::Result<(Settings, crate::config::Warnings)> {
     Config::load(path).with_context(|| format!("configuration {}", path.display()))
 }
 
 /// Opens the store the configuration selects.
-pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match cfg.store()? {
+pub async fn open_store(cfg: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &cfg.store {
         StoreChoice::Memory => Arc::new(MemoryStore::new()),
         StoreChoice::Sled(path) => {
             if let Some(parent) = path.parent() {
                 create_private_dir(parent)?;
             }
-            Arc::new(SledStore::open(&path)?)
-        }
-        StoreChoice::Postgres(_) => {
-            bail!("db.type postgresql is not available in this build of acmeproxy; use \"sled\"")
+            Arc::new(SledStore::open(path)?)
         }
     })
 }
@@ -132,70 +126,28 @@ pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating directory {}", path.display()))
 }
 
-/// The provisioners of the configuration, with lifetimes resolved: the
-/// provisioner's claims, else the authority's, else `certlifetime` days,
-/// else 90 days.
-pub fn provisioners(cfg: &Config) -> anyhow::Result<Vec<Provisioner>> {
-    let certlifetime = cfg
-        .authority
-        .config
-        .as_ref()
-        .and_then(|c| c.get("certlifetime"))
-        .and_then(serde_json::Value::as_u64)
-        .map(|d| Duration::days(i64::try_from(d).unwrap_or(i64::MAX).min(3650)));
-    cfg.authority
-        .provisioners
-        .iter()
-        .map(|p| provisioner(cfg, p, certlifetime))
-        .collect()
+/// The provisioners of the configuration, their name policies checked.
+pub fn provisioners(cfg: &Settings) -> anyhow::Result<Vec<Provisioner>> {
+    cfg.provisioners.iter().map(provisioner).collect()
 }
 
-fn provisioner(
-    cfg: &Config,
-    p: &ProvisionerConfig,
-    certlifetime: Option<Duration>,
-) -> anyhow::Result<Provisioner> {
-    let claim = |f: fn(&crate::config::ClaimsConfig) -> Option<&String>| -> anyhow::Result<Option<Duration>> {
-        let v = p
-            .claims
-            .as_ref()
-            .and_then(f)
-            .or_else(|| cfg.authority.claims.as_ref().and_then(f));
-        v.map(|s| {
-            parse_go_duration(s)
-                .map_err(anyhow::Error::msg)
-                .and_then(|d| Duration::try_from(d).context("duration out of range"))
-        })
-        .transpose()
-    };
-    // Unset: the upstream's own default applies (nothing is sent).
-    let default = claim(|c| c.default_tls_cert_duration.as_ref())?.or(certlifetime);
-    let max = claim(|c| c.max_tls_cert_duration.as_ref())?
-        .unwrap_or(Duration::days(398))
-        .max(default.unwrap_or(Duration::ZERO));
-    let min = claim(|c| c.min_tls_cert_duration.as_ref())?
-        .unwrap_or(Duration::minutes(5))
-        .min(default.unwrap_or(max));
-    let mut policies = Vec::new();
-    for (level, policy) in [
-        ("authority".to_owned(), &cfg.authority.policy),
-        (format!("provisioner {:?}", p.name), &p.policy),
-    ] {
-        if let Some(x) = policy.as_ref().and_then(|p| p.x509.as_ref()) {
-            policies.push(name_policy(&level, x)?);
-        }
-    }
+fn provisioner(p: &ProvisionerSettings) -> anyhow::Result<Provisioner> {
+    let policies = p
+        .policies
+        .iter()
+        .map(|(level, x)| name_policy(level, x))
+        .collect::<anyhow::Result<_>>()?;
     Ok(Provisioner {
         name: p.name.clone(),
         policies,
-        challenges: p.challenge_types(),
+        challenges: p.challenges.clone(),
         require_eab: p.require_eab,
-        default_lifetime: default,
-        min_lifetime: min,
-        max_lifetime: max,
-        terms_of_service: p.terms_of_service().map(str::to_owned),
-        website: p.website().map(str::to_owned),
-        caa_identities: p.caa_identities().to_vec(),
+        default_lifetime: p.default_lifetime,
+        min_lifetime: p.min_lifetime,
+        max_lifetime: p.max_lifetime,
+        terms_of_service: p.terms_of_service.clone(),
+        website: p.website.clone(),
+        caa_identities: p.caa_identities.clone(),
     })
 }
 

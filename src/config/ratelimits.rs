@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{ConfigError, parse_go_duration};
 use crate::ra::limits::{
@@ -18,33 +18,25 @@ use crate::ra::limits::{
 const MAX_CONCURRENT_VALIDATIONS: u32 = 10_000;
 
 /// `authority.rateLimits`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitsConfig {
     /// Every request to the ACME listener, per client IP (default 200 per
     /// second).
-    #[serde(default)]
     pub requests_per_ip: Option<LimitConfig>,
     /// Accounts created, per client IP (default 50 per 3 h).
-    #[serde(default)]
     pub new_accounts_per_ip: Option<LimitConfig>,
     /// newOrder, per account (default 300 per 3 h).
-    #[serde(default)]
     pub new_orders_per_account: Option<LimitConfig>,
     /// Pending authorizations, per account (default 1,000).
-    #[serde(default)]
     pub pending_authorizations_per_account: Option<LimitConfig>,
     /// Failed validations, per account and identifier (default 5 per hour).
-    #[serde(default)]
     pub failed_validations_per_account_and_identifier: Option<LimitConfig>,
     /// newOrder, per EAB key (default 1,500 per 3 h).
-    #[serde(default)]
     pub new_orders_per_eab_key: Option<LimitConfig>,
     /// Validations on the network at once (default 64); more wait.
-    #[serde(default)]
     pub concurrent_validations: Option<u32>,
     /// Buckets kept in memory at most (default 200,000).
-    #[serde(default)]
     pub max_tracked_keys: Option<u64>,
 }
 
@@ -59,15 +51,34 @@ pub struct LimitConfig {
     pub burst: Option<u32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct LimitObject {
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     count: Option<u32>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     period: Option<String>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     burst: Option<u32>,
+}
+
+impl Serialize for LimitConfig {
+    /// A bare count when only the count is set, as written most often.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self {
+                count: Some(n),
+                period: None,
+                burst: None,
+            } => s.serialize_u32(*n),
+            _ => LimitObject {
+                count: self.count,
+                period: self.period.clone(),
+                burst: self.burst,
+            }
+            .serialize(s),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for LimitConfig {
@@ -111,7 +122,7 @@ impl<'de> Deserialize<'de> for LimitConfig {
 
 impl RateLimitsConfig {
     /// The limits in force: the defaults, with each configured key applied.
-    pub fn resolve(&self) -> Result<RateLimits, ConfigError> {
+    pub(super) fn resolve(&self) -> Result<RateLimits, ConfigError> {
         let mut out = RateLimits::default();
         for (limit, setting) in [
             (Limit::RequestsPerIp, &self.requests_per_ip),

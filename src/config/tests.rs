@@ -1,3 +1,7 @@
+use std::path::Path;
+
+use serde_json::Value;
+
 use super::*;
 
 fn minimal() -> Value {
@@ -14,14 +18,8 @@ fn minimal_config_has_safe_defaults() {
     assert!(warnings.0.is_empty());
     assert_eq!(cfg.validation.http_port, 80);
     assert_eq!(cfg.validation.tls_alpn_port, 443);
-    assert_eq!(
-        cfg.store().unwrap(),
-        StoreChoice::Sled("/var/lib/acmeproxy/db".into())
-    );
-    assert_eq!(
-        cfg.metrics_listen().unwrap(),
-        MetricsListen(Some("127.0.0.1:9123".parse().unwrap()))
-    );
+    assert_eq!(cfg.store, StoreChoice::Sled("/var/lib/acmeproxy/db".into()));
+    assert_eq!(cfg.metrics, Some("127.0.0.1:9123".parse().unwrap()));
 }
 
 #[test]
@@ -29,20 +27,14 @@ fn metrics_listen_beyond_loopback_only_by_address() {
     let mut v = minimal();
     v["metrics"] = serde_json::json!({"port": 9200});
     let (cfg, warnings) = Config::parse(&v.to_string()).unwrap();
-    assert_eq!(
-        cfg.metrics_listen().unwrap(),
-        MetricsListen(Some("127.0.0.1:9200".parse().unwrap()))
-    );
+    assert_eq!(cfg.metrics, Some("127.0.0.1:9200".parse().unwrap()));
     assert!(
         warnings.0.iter().any(|w| w.contains("0.0.0.0:9200")),
         "{warnings:?}"
     );
     v["metrics"] = serde_json::json!({"address": "0.0.0.0:9123"});
     let (cfg, warnings) = Config::parse(&v.to_string()).unwrap();
-    assert_eq!(
-        cfg.metrics_listen().unwrap(),
-        MetricsListen(Some("0.0.0.0:9123".parse().unwrap()))
-    );
+    assert_eq!(cfg.metrics, Some("0.0.0.0:9123".parse().unwrap()));
     assert!(warnings.0.is_empty(), "{warnings:?}");
 }
 
@@ -92,33 +84,32 @@ fn invalid_values_name_the_key() {
 
 #[test]
 fn test_config_is_valid() {
-    let cfg = Config::for_test(Path::new("/tmp/x"));
-    assert_eq!(cfg.store().unwrap(), StoreChoice::Memory);
-    assert!(cfg.validate().is_ok());
+    let (cfg, _) = Config::for_test(Path::new("/tmp/x")).check().unwrap();
+    assert_eq!(cfg.store, StoreChoice::Memory);
 }
 
 #[test]
 fn the_go_plugins_sample_config_is_accepted_with_one_warning() {
     let text = include_str!("../../tests/fixtures/esnet-plugin-ca.json");
     let (cfg, warnings) = Config::parse(text).unwrap();
-    assert_eq!(cfg.authority.kind, "externalcas");
-    let ext = cfg.externalcas().unwrap();
-    assert_eq!(ext.ca_url, "https://acme.sectigo.com/v2/InCommonRSAOV");
-    assert_eq!(ext.eab_kid, "hG3a9f2kQx0TzL1mNp7rVw");
-    assert!(ext.eab_hmac_key().unwrap().is_some());
+    let Upstream::ExternalCas(ext) = &cfg.upstream else {
+        panic!("not externalcas: {:?}", cfg.upstream);
+    };
+    assert_eq!(
+        ext.directory_url,
+        "https://acme.sectigo.com/v2/InCommonRSAOV"
+    );
+    assert_eq!(ext.eab.as_ref().unwrap().kid, "hG3a9f2kQx0TzL1mNp7rVw");
     // The plugin's metrics port is honoured, on loopback (with a warning
     // saying how to listen on every interface, as the plugin did).
-    assert_eq!(
-        cfg.metrics_listen().unwrap(),
-        MetricsListen(Some("127.0.0.1:9234".parse().unwrap()))
-    );
+    assert_eq!(cfg.metrics, Some("127.0.0.1:9234".parse().unwrap()));
     assert!(
         warnings.0.iter().any(|w| w.contains("\"0.0.0.0:9234\"")),
         "{:?}",
         warnings.0
     );
     // bbolt is read as the embedded store, with a notice.
-    assert!(matches!(cfg.store().unwrap(), StoreChoice::Sled(_)));
+    assert!(matches!(cfg.store, StoreChoice::Sled(_)));
     let ignored = &warnings.0[0];
     for key in [
         "authority.backdate",
@@ -138,45 +129,20 @@ fn the_go_plugins_sample_config_is_accepted_with_one_warning() {
 }
 
 #[test]
-fn eab_secret_from_env_and_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("hmac");
-    std::fs::write(&file, "c2VjcmV0\n").unwrap();
-    let ext = ExternalCasConfig {
-        eab_kid: "k".into(),
-        eab_hmac_key_file: Some(file),
-        ..ExternalCasConfig::default()
-    };
-    assert_eq!(ext.eab_hmac_key().unwrap(), Some(b"secret".to_vec()));
-    let ext = ExternalCasConfig {
-        eab_kid: "k".into(),
-        eab_hmac_key_env: Some("ACMEPROXY_TEST_SURELY_UNSET_VAR".into()),
-        ..ExternalCasConfig::default()
-    };
-    let e = ext.eab_hmac_key().unwrap_err().to_string();
-    assert!(e.contains("ACMEPROXY_TEST_SURELY_UNSET_VAR"), "{e}");
-}
-
-#[test]
 fn softcas_sign_delay_is_a_go_duration() {
     let mut v = minimal();
     v["authority"]["config"] = serde_json::json!({"signDelay": "10s"});
+    let sign_delay = |settings: Settings| match settings.upstream {
+        Upstream::SoftCas(s) => s.sign_delay,
+        other => panic!("not softcas: {other:?}"),
+    };
     let (cfg, _) = Config::parse(&v.to_string()).unwrap();
-    assert_eq!(
-        cfg.softcas().unwrap().sign_delay().unwrap(),
-        std::time::Duration::from_secs(10)
-    );
+    assert_eq!(sign_delay(cfg), std::time::Duration::from_secs(10));
     v["authority"]["config"] = serde_json::json!({"signDelay": "ten seconds"});
     let e = Config::parse(&v.to_string()).unwrap_err().to_string();
     assert!(e.contains("authority.config.signDelay"), "{e}");
     assert_eq!(
-        Config::parse(&minimal().to_string())
-            .unwrap()
-            .0
-            .softcas()
-            .unwrap()
-            .sign_delay()
-            .unwrap(),
+        sign_delay(Config::parse(&minimal().to_string()).unwrap().0),
         std::time::Duration::ZERO
     );
 }
@@ -184,11 +150,11 @@ fn softcas_sign_delay_is_a_go_duration() {
 #[test]
 fn upstream_concurrency_defaults_to_32_and_is_bounded() {
     let (cfg, _) = Config::parse(&minimal().to_string()).unwrap();
-    assert_eq!(cfg.upstream_concurrency().unwrap(), 32);
+    assert_eq!(cfg.upstream_concurrency, 32);
     let mut v = minimal();
     v["authority"]["upstreamConcurrency"] = 500.into();
     let (cfg, _) = Config::parse(&v.to_string()).unwrap();
-    assert_eq!(cfg.upstream_concurrency().unwrap(), 500);
+    assert_eq!(cfg.upstream_concurrency, 500);
     for bad in [0, 5000] {
         v["authority"]["upstreamConcurrency"] = bad.into();
         let e = Config::parse(&v.to_string()).unwrap_err().to_string();
