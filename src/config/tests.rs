@@ -162,3 +162,120 @@ fn upstream_concurrency_defaults_to_32_and_is_bounded() {
         assert!(e.contains("1 to 4096"), "{e}");
     }
 }
+
+/// Documents full of secrets, each with the secret values it holds.
+fn documents_with_secrets() -> Vec<(Value, Vec<&'static str>)> {
+    let provisioners = serde_json::json!([{"type": "ACME", "name": "acme"}]);
+    let step_ca_secrets = |mut v: Value| {
+        v["password"] = "step-ca-top-password".into();
+        v["kms"] = serde_json::json!({"type": "awskms", "token": "kms-token-value"});
+        v
+    };
+    let mut externalcas = minimal();
+    externalcas["authority"] = serde_json::json!({
+        "type": "externalcas",
+        "config": {"ca_url": "https://acme.example.com/directory", "eab_kid": "kid-1",
+                   "eab_hmac_key": "c2VjcmV0LWhtYWMta2V5"},
+        "certificateIssuer": {"type": "jwk", "password": "unused-issuer-password"},
+        "provisioners": provisioners,
+    });
+    let mut stepcas = minimal();
+    stepcas["authority"] = serde_json::json!({
+        "type": "stepcas",
+        "certificateAuthority": "https://ca.example.com",
+        "certificateAuthorityFingerprint": "ab".repeat(32),
+        "certificateIssuer": {"type": "jwk", "provisioner": "ra", "password": "issuer-password-value"},
+        "provisioners": provisioners,
+    });
+    let mut vaultcas = minimal();
+    vaultcas["authority"] = serde_json::json!({
+        "type": "vaultcas",
+        "certificateAuthority": "https://vault.example.com:8200",
+        "config": {"authType": "approle",
+                   "authOptions": {"roleID": "role", "secretID": "vault-secret-id-value"}},
+        "provisioners": provisioners,
+    });
+    vec![
+        (
+            step_ca_secrets(externalcas),
+            vec![
+                "c2VjcmV0LWhtYWMta2V5",
+                "unused-issuer-password",
+                "step-ca-top-password",
+                "kms-token-value",
+            ],
+        ),
+        (step_ca_secrets(stepcas), vec!["issuer-password-value"]),
+        (step_ca_secrets(vaultcas), vec!["vault-secret-id-value"]),
+    ]
+}
+
+#[test]
+fn debug_never_shows_a_secret() {
+    for (doc, secrets) in documents_with_secrets() {
+        let text = doc.to_string();
+        let parsed = Config::from_json(&text).unwrap();
+        let (settings, _) = Config::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        for shown in [format!("{parsed:?}"), format!("{settings:?}")] {
+            for secret in &secrets {
+                assert!(!shown.contains(secret), "{secret} shows in {shown}");
+            }
+        }
+        // Serializing writes them: it is the file format.
+        let written = serde_json::to_string(&parsed).unwrap();
+        for secret in &secrets {
+            assert!(written.contains(secret), "{secret} is lost in {written}");
+        }
+    }
+    // A PostgreSQL URL's password, in a document the checks refuse.
+    let mut v = minimal();
+    v["db"] = serde_json::json!({"type": "postgresql",
+                                 "dataSource": "postgres://ra:pg-password-value@db/acme"});
+    let parsed = Config::from_json(&v.to_string()).unwrap();
+    assert!(!format!("{parsed:?}").contains("pg-password-value"));
+    let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+    assert!(!e.contains("pg-password-value"), "{e}");
+}
+
+#[test]
+fn documents_survive_a_round_trip() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = [
+        "ca.json",
+        "examples/ca.json",
+        "tests/fixtures/esnet-plugin-ca.json",
+    ];
+    let mut texts: Vec<(String, String)> = files
+        .iter()
+        .map(|p| {
+            (
+                p.to_string(),
+                std::fs::read_to_string(root.join(p)).unwrap(),
+            )
+        })
+        .collect();
+    texts.extend(
+        documents_with_secrets()
+            .into_iter()
+            .map(|(doc, _)| ("documents_with_secrets".to_owned(), doc.to_string())),
+    );
+    let mut full = minimal();
+    full["connections"] = serde_json::json!({"idleTimeout": "90s", "maxConnections": 10});
+    full["authority"]["rateLimits"] = serde_json::json!({
+        "newOrdersPerAccount": 0, "requestsPerIp": {"count": 10, "period": "1s"}});
+    full["authority"]["policy"] =
+        serde_json::json!({"x509": {"allow": {"dns": [".example.com"]}}, "ssh": {}});
+    full["validation"] = serde_json::json!({"denyNetworks": ["10.0.0.0/8"]});
+    full["root"] = serde_json::json!(["a.pem", "b.pem"]);
+    texts.push(("full".to_owned(), full.to_string()));
+    for (name, text) in texts {
+        let doc = Config::from_json(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (settings, warnings) = doc.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let written = serde_json::to_string_pretty(&doc).unwrap();
+        let again =
+            Config::from_json(&written).unwrap_or_else(|e| panic!("{name}: {e}\n{written}"));
+        let (settings_again, warnings_again) = again.check().unwrap();
+        assert_eq!(settings, settings_again, "{name}: {written}");
+        assert_eq!(warnings.0, warnings_again.0, "{name}");
+    }
+}
