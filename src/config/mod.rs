@@ -22,8 +22,9 @@ macro_rules! document {
         pub struct $name {
             $($body)*
             $(
+                #[doc = concat!("step-ca's `", $json, "`: accepted, warned about, not used.")]
                 #[serde(rename = $json, skip_serializing_if = "Option::is_none")]
-                $field: Option<$crate::config::Opaque>,
+                pub $field: Option<$crate::config::Opaque>,
             )*
         }
 
