@@ -19,9 +19,12 @@ pub use serve::{Overrides, Server, UpstreamFactory, start, start_with};
 pub use upstream_state::StoreUpstreamState;
 
 use crate::cli::{AdminCommand, Cli, Command};
-use crate::config::{Config, ProvisionerSettings, Settings, StoreChoice};
+use crate::config::{
+    Config, LimitSetting, ProvisionerSettings, RateLimitSettings, Settings, StoreChoice,
+};
 use crate::policy::rules::NamePolicy;
 use crate::ra::Provisioner;
+use crate::ra::limits::{Limit, Rate, RateLimits};
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
 use crate::store::sled::SledStore;
@@ -151,6 +154,52 @@ fn provisioner(p: &ProvisionerSettings) -> anyhow::Result<Provisioner> {
     })
 }
 
+/// The rate limits in force: the configured settings over the limits'
+/// defaults.
+pub fn rate_limits(s: &RateLimitSettings) -> RateLimits {
+    let mut out = RateLimits::default();
+    for (limit, setting) in [
+        (Limit::RequestsPerIp, s.requests_per_ip),
+        (Limit::NewAccountsPerIp, s.new_accounts_per_ip),
+        (Limit::NewOrdersPerAccount, s.new_orders_per_account),
+        (
+            Limit::PendingAuthorizationsPerAccount,
+            s.pending_authorizations_per_account,
+        ),
+        (
+            Limit::FailedValidationsPerAccountAndIdentifier,
+            s.failed_validations_per_account_and_identifier,
+        ),
+        (Limit::NewOrdersPerEabKey, s.new_orders_per_eab_key),
+    ] {
+        let Some(LimitSetting {
+            count,
+            period,
+            burst,
+        }) = setting
+        else {
+            continue;
+        };
+        let rate = limit.default_rate().map(|d| {
+            let count = count.unwrap_or(d.count);
+            Rate {
+                count,
+                period: period.unwrap_or(d.period),
+                burst: burst.unwrap_or(count),
+            }
+        });
+        // A count of 0 turns the limit off.
+        out.set(limit, rate);
+    }
+    if let Some(n) = s.concurrent_validations {
+        out.concurrent_validations = usize::try_from(n).unwrap_or(out.concurrent_validations);
+    }
+    if let Some(n) = s.max_tracked_keys {
+        out.max_keys = usize::try_from(n).unwrap_or(out.max_keys);
+    }
+    out
+}
+
 /// The checked rules of one level's x509 policy.
 fn name_policy(level: &str, x: &crate::config::X509PolicyConfig) -> anyhow::Result<NamePolicy> {
     let empty = crate::config::NamesConfig::default();
@@ -190,4 +239,67 @@ pub fn shutdown_on_signals() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limits(configured: serde_json::Value) -> RateLimits {
+        let doc = serde_json::json!({"dnsNames": ["ra.example"], "authority": {
+            "provisioners": [{"type": "ACME", "name": "acme"}],
+            "rateLimits": configured}});
+        let (settings, _) = Config::parse(&doc.to_string()).unwrap();
+        rate_limits(&settings.rate_limits)
+    }
+
+    #[test]
+    fn rate_limits_apply_the_settings_over_the_defaults() {
+        let d = limits(serde_json::json!({}));
+        assert_eq!(d, RateLimits::default());
+        assert_eq!(
+            d.get(Limit::NewOrdersPerAccount),
+            Some(Rate::new(300, Duration::from_secs(3 * 3600)))
+        );
+        let c = limits(serde_json::json!({
+            "newOrdersPerAccount": 0,
+            "newAccountsPerIp": 7,
+            "requestsPerIp": {"count": 10, "period": "1s", "burst": 50},
+            "failedValidationsPerAccountAndIdentifier": {"period": "10m"},
+            "concurrentValidations": 4,
+            "maxTrackedKeys": 5000
+        }));
+        assert_eq!(c.get(Limit::NewOrdersPerAccount), None);
+        assert_eq!(
+            c.get(Limit::NewAccountsPerIp),
+            Some(Rate::new(7, Duration::from_secs(3 * 3600)))
+        );
+        assert_eq!(
+            c.get(Limit::RequestsPerIp),
+            Some(Rate {
+                count: 10,
+                period: Duration::from_secs(1),
+                burst: 50
+            })
+        );
+        assert_eq!(
+            c.get(Limit::FailedValidationsPerAccountAndIdentifier),
+            Some(Rate::new(5, Duration::from_secs(600)))
+        );
+        assert_eq!(c.concurrent_validations, 4);
+        assert_eq!(c.max_keys, 5000);
+    }
+
+    #[test]
+    fn the_documented_defaults_are_the_ones_applied() {
+        use crate::config::{DEFAULT_CONCURRENT_VALIDATIONS, DEFAULT_MAX_TRACKED_KEYS};
+        use crate::ra::limits::{DEFAULT_CONCURRENT_VALIDATIONS as CV, DEFAULT_MAX_KEYS};
+        assert_eq!(usize::try_from(DEFAULT_CONCURRENT_VALIDATIONS).unwrap(), CV);
+        assert_eq!(
+            usize::try_from(DEFAULT_MAX_TRACKED_KEYS).unwrap(),
+            DEFAULT_MAX_KEYS
+        );
+    }
 }

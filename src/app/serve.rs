@@ -136,7 +136,7 @@ pub async fn start_with(
         provisioners(&cfg)?,
         AuthorityOptions {
             finalize_concurrency: cfg.upstream_concurrency,
-            rate_limits: cfg.rate_limits.clone(),
+            rate_limits: super::rate_limits(&cfg.rate_limits),
             ..AuthorityOptions::default()
         },
         shutdown.clone(),

@@ -64,7 +64,10 @@ pub use duration::parse_go_duration;
 pub use egress::{DenyNetworks, loopback_demo_networks};
 pub use externalcas::{EabKey, ExternalCasConfig, ExternalCasSettings};
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
-pub use ratelimits::{LimitConfig, RateLimitsConfig};
+pub use ratelimits::{
+    DEFAULT_CONCURRENT_VALIDATIONS, DEFAULT_MAX_TRACKED_KEYS, LimitConfig, LimitSetting,
+    RateLimitSettings, RateLimitsConfig,
+};
 pub use secret::{Opaque, Secret};
 pub use settings::{
     MAX_UPSTREAM_CONCURRENCY, ProvisionerSettings, Settings, SoftCasSettings, StoreChoice,

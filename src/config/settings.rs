@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    ConnectionLimits, ExternalCasSettings, Secret, StepCasSettings, VaultCasSettings,
-    X509PolicyConfig,
+    ConnectionLimits, ExternalCasSettings, RateLimitSettings, Secret, StepCasSettings,
+    VaultCasSettings, X509PolicyConfig,
 };
 use crate::acme::types::ChallengeType;
-use crate::ra::limits::RateLimits;
 use crate::validate::egress::EgressRules;
 
 /// The largest `authority.upstreamConcurrency`.
@@ -43,8 +42,8 @@ pub struct Settings {
     pub upstream: Upstream,
     /// Finalize jobs that talk to the upstream at once.
     pub upstream_concurrency: usize,
-    /// The rate limits in force (`authority.rateLimits` over the defaults).
-    pub rate_limits: RateLimits,
+    /// `authority.rateLimits` (to apply over the limits' defaults).
+    pub rate_limits: RateLimitSettings,
     pub provisioners: Vec<ProvisionerSettings>,
 }
 

@@ -133,7 +133,7 @@ impl Config {
                 ));
             }
         };
-        let rate_limits = a.rate_limits.clone().unwrap_or_default().resolve()?;
+        let rate_limits = a.rate_limits.clone().unwrap_or_default().check()?;
         let upstream = match &options {
             UpstreamOptions::Soft(c) => Upstream::SoftCas(SoftCasSettings {
                 name: c.name.clone().unwrap_or_else(|| "acmeproxy".to_owned()),
