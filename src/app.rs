@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use anyhow::{Context, bail};
-use time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use serve::{Overrides, Server, UpstreamFactory, start, start_with};
@@ -22,9 +21,12 @@ pub use store_watch::{EXIT_RESTART, RestartNeeded};
 pub use upstream_state::StoreUpstreamState;
 
 use crate::cli::{AdminCommand, Cli, Command};
-use crate::config::{Config, ProvisionerConfig, StoreChoice, parse_go_duration};
+use crate::config::{
+    Config, LimitSetting, ProvisionerSettings, RateLimitSettings, Settings, StoreChoice,
+};
 use crate::policy::rules::NamePolicy;
 use crate::ra::Provisioner;
+use crate::ra::limits::{Limit, Rate, RateLimits};
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
 use crate::store::sled::SledStore;
@@ -46,13 +48,11 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (mut cfg, warnings) = load(&config)?;
             if let Some(file) = issuer_password_file {
-                cfg.authority.issuer_password = Some(
+                cfg.set_issuer_password(
                     crate::config::read_password_file(&file).context("--issuer-password-file")?,
                 );
             }
-            crate::telemetry::init(
-                cfg.logger.as_ref().and_then(|l| l.format.as_deref()) == Some("json"),
-            );
+            crate::telemetry::init(cfg.json_logs);
             for w in &warnings.0 {
                 tracing::warn!("{w}");
             }
@@ -62,16 +62,16 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             let (cfg, warnings) = load(&config)?;
             // The parts start-up builds from the configuration, built the same way.
             provisioners(&cfg)?;
-            crate::upstream::roots::read_root_files(&cfg.root_files())?;
+            crate::upstream::roots::read_root_files(&cfg.root_files)?;
             for w in &warnings.0 {
                 eprintln!("warning: {w}");
             }
             println!(
                 "{}: valid (upstream {}, store {}, {} provisioner(s))",
                 config.display(),
-                cfg.authority.kind,
-                cfg.store()?,
-                cfg.authority.provisioners.len()
+                cfg.upstream.name(),
+                cfg.store,
+                cfg.provisioners.len()
             );
             Ok(())
         }
@@ -104,22 +104,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn load(path: &Path) -> anyhow::Result<(Config, crate::config::Warnings)> {
+fn load(path: &Path) -> anyhow::Result<(Settings, crate::config::Warnings)> {
     Config::load(path).with_context(|| format!("configuration {}", path.display()))
 }
 
 /// Opens the store the configuration selects.
-pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match cfg.store()? {
+pub async fn open_store(cfg: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &cfg.store {
         StoreChoice::Memory => Arc::new(MemoryStore::new()),
         StoreChoice::Sled(path) => {
             if let Some(parent) = path.parent() {
                 create_private_dir(parent)?;
             }
-            Arc::new(SledStore::open(&path)?)
-        }
-        StoreChoice::Postgres(_) => {
-            bail!("db.type postgresql is not available in this build of acmeproxy; use \"sled\"")
+            Arc::new(SledStore::open(path)?)
         }
     })
 }
@@ -134,71 +131,75 @@ pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating directory {}", path.display()))
 }
 
-/// The provisioners of the configuration, with lifetimes resolved: the
-/// provisioner's claims, else the authority's, else `certlifetime` days,
-/// else 90 days.
-pub fn provisioners(cfg: &Config) -> anyhow::Result<Vec<Provisioner>> {
-    let certlifetime = cfg
-        .authority
-        .config
-        .as_ref()
-        .and_then(|c| c.get("certlifetime"))
-        .and_then(serde_json::Value::as_u64)
-        .map(|d| Duration::days(i64::try_from(d).unwrap_or(i64::MAX).min(3650)));
-    cfg.authority
-        .provisioners
-        .iter()
-        .map(|p| provisioner(cfg, p, certlifetime))
-        .collect()
+/// The provisioners of the configuration, their name policies checked.
+pub fn provisioners(cfg: &Settings) -> anyhow::Result<Vec<Provisioner>> {
+    cfg.provisioners.iter().map(provisioner).collect()
 }
 
-fn provisioner(
-    cfg: &Config,
-    p: &ProvisionerConfig,
-    certlifetime: Option<Duration>,
-) -> anyhow::Result<Provisioner> {
-    let claim = |f: fn(&crate::config::ClaimsConfig) -> Option<&String>| -> anyhow::Result<Option<Duration>> {
-        let v = p
-            .claims
-            .as_ref()
-            .and_then(f)
-            .or_else(|| cfg.authority.claims.as_ref().and_then(f));
-        v.map(|s| {
-            parse_go_duration(s)
-                .map_err(anyhow::Error::msg)
-                .and_then(|d| Duration::try_from(d).context("duration out of range"))
-        })
-        .transpose()
-    };
-    // Unset: the upstream's own default applies (nothing is sent).
-    let default = claim(|c| c.default_tls_cert_duration.as_ref())?.or(certlifetime);
-    let max = claim(|c| c.max_tls_cert_duration.as_ref())?
-        .unwrap_or(Duration::days(398))
-        .max(default.unwrap_or(Duration::ZERO));
-    let min = claim(|c| c.min_tls_cert_duration.as_ref())?
-        .unwrap_or(Duration::minutes(5))
-        .min(default.unwrap_or(max));
-    let mut policies = Vec::new();
-    for (level, policy) in [
-        ("authority".to_owned(), &cfg.authority.policy),
-        (format!("provisioner {:?}", p.name), &p.policy),
-    ] {
-        if let Some(x) = policy.as_ref().and_then(|p| p.x509.as_ref()) {
-            policies.push(name_policy(&level, x)?);
-        }
-    }
+fn provisioner(p: &ProvisionerSettings) -> anyhow::Result<Provisioner> {
+    let policies = p
+        .policies
+        .iter()
+        .map(|(level, x)| name_policy(level, x))
+        .collect::<anyhow::Result<_>>()?;
     Ok(Provisioner {
         name: p.name.clone(),
         policies,
-        challenges: p.challenge_types(),
+        challenges: p.challenges.clone(),
         require_eab: p.require_eab,
-        default_lifetime: default,
-        min_lifetime: min,
-        max_lifetime: max,
-        terms_of_service: p.terms_of_service().map(str::to_owned),
-        website: p.website().map(str::to_owned),
-        caa_identities: p.caa_identities().to_vec(),
+        default_lifetime: p.default_lifetime,
+        min_lifetime: p.min_lifetime,
+        max_lifetime: p.max_lifetime,
+        terms_of_service: p.terms_of_service.clone(),
+        website: p.website.clone(),
+        caa_identities: p.caa_identities.clone(),
     })
+}
+
+/// The rate limits in force: the configured settings over the limits'
+/// defaults.
+pub fn rate_limits(s: &RateLimitSettings) -> RateLimits {
+    let mut out = RateLimits::default();
+    for (limit, setting) in [
+        (Limit::RequestsPerIp, s.requests_per_ip),
+        (Limit::NewAccountsPerIp, s.new_accounts_per_ip),
+        (Limit::NewOrdersPerAccount, s.new_orders_per_account),
+        (
+            Limit::PendingAuthorizationsPerAccount,
+            s.pending_authorizations_per_account,
+        ),
+        (
+            Limit::FailedValidationsPerAccountAndIdentifier,
+            s.failed_validations_per_account_and_identifier,
+        ),
+        (Limit::NewOrdersPerEabKey, s.new_orders_per_eab_key),
+    ] {
+        let Some(LimitSetting {
+            count,
+            period,
+            burst,
+        }) = setting
+        else {
+            continue;
+        };
+        let rate = limit.default_rate().map(|d| {
+            let count = count.unwrap_or(d.count);
+            Rate {
+                count,
+                period: period.unwrap_or(d.period),
+                burst: burst.unwrap_or(count),
+            }
+        });
+        // A count of 0 turns the limit off.
+        out.set(limit, rate);
+    }
+    if let Some(n) = s.concurrent_validations {
+        out.concurrent_validations = usize::try_from(n).unwrap_or(out.concurrent_validations);
+    }
+    if let Some(n) = s.max_tracked_keys {
+        out.max_keys = usize::try_from(n).unwrap_or(out.max_keys);
+    }
+    out
 }
 
 /// The checked rules of one level's x509 policy.
@@ -240,4 +241,67 @@ pub fn shutdown_on_signals() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limits(configured: serde_json::Value) -> RateLimits {
+        let doc = serde_json::json!({"dnsNames": ["ra.example"], "authority": {
+            "provisioners": [{"type": "ACME", "name": "acme"}],
+            "rateLimits": configured}});
+        let (settings, _) = Config::parse(&doc.to_string()).unwrap();
+        rate_limits(&settings.rate_limits)
+    }
+
+    #[test]
+    fn rate_limits_apply_the_settings_over_the_defaults() {
+        let d = limits(serde_json::json!({}));
+        assert_eq!(d, RateLimits::default());
+        assert_eq!(
+            d.get(Limit::NewOrdersPerAccount),
+            Some(Rate::new(300, Duration::from_secs(3 * 3600)))
+        );
+        let c = limits(serde_json::json!({
+            "newOrdersPerAccount": 0,
+            "newAccountsPerIp": 7,
+            "requestsPerIp": {"count": 10, "period": "1s", "burst": 50},
+            "failedValidationsPerAccountAndIdentifier": {"period": "10m"},
+            "concurrentValidations": 4,
+            "maxTrackedKeys": 5000
+        }));
+        assert_eq!(c.get(Limit::NewOrdersPerAccount), None);
+        assert_eq!(
+            c.get(Limit::NewAccountsPerIp),
+            Some(Rate::new(7, Duration::from_secs(3 * 3600)))
+        );
+        assert_eq!(
+            c.get(Limit::RequestsPerIp),
+            Some(Rate {
+                count: 10,
+                period: Duration::from_secs(1),
+                burst: 50
+            })
+        );
+        assert_eq!(
+            c.get(Limit::FailedValidationsPerAccountAndIdentifier),
+            Some(Rate::new(5, Duration::from_secs(600)))
+        );
+        assert_eq!(c.concurrent_validations, 4);
+        assert_eq!(c.max_keys, 5000);
+    }
+
+    #[test]
+    fn the_documented_defaults_are_the_ones_applied() {
+        use crate::config::{DEFAULT_CONCURRENT_VALIDATIONS, DEFAULT_MAX_TRACKED_KEYS};
+        use crate::ra::limits::{DEFAULT_CONCURRENT_VALIDATIONS as CV, DEFAULT_MAX_KEYS};
+        assert_eq!(usize::try_from(DEFAULT_CONCURRENT_VALIDATIONS).unwrap(), CV);
+        assert_eq!(
+            usize::try_from(DEFAULT_MAX_TRACKED_KEYS).unwrap(),
+            DEFAULT_MAX_KEYS
+        );
+    }
 }

@@ -221,26 +221,15 @@ pub fn acme_payload(data: &[u8]) {
 }
 
 /// `ca.json` parsing and the start-up checks that read it (Config::parse and
-/// the accessors the server calls).
+/// the provisioners' name policies).
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok((cfg, _warnings)) = Config::parse(text) else {
+    let Ok((settings, _warnings)) = Config::parse(text) else {
         return;
     };
-    let _ = cfg.listen_addr();
-    let _ = cfg.store();
-    let _ = cfg.metrics_listen();
-    let _ = cfg.resolvers();
-    let _ = cfg.externalcas();
-    let _ = cfg.softcas().map(|s| s.sign_delay());
-    let _ = cfg.upstream_concurrency();
-    let _ = cfg.root_files();
-    let _ = cfg.validation.deny_networks.rules();
-    for p in &cfg.authority.provisioners {
-        let _ = p.challenge_types();
-    }
+    let _ = crate::app::provisioners(&settings);
 }
 
 /// http-01 (RFC 8555 §8.3): a whole HTTP response as a challenge server might

@@ -478,7 +478,7 @@ fn crash_child_server() {
         let (cfg, _) = Config::load(Path::new(&config)).unwrap();
         acmeproxy::telemetry::init(false);
         let softcas = SoftCas::open(SoftCasOptions {
-            dir: cfg.data_dir().join("softcas"),
+            dir: cfg.data_dir.join("softcas"),
             name: "acmeproxy".into(),
             default_lifetime: Duration::from_secs(90 * 86_400),
             sign_delay: Duration::ZERO,

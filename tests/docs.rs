@@ -229,7 +229,7 @@ fn all_config_keys() -> BTreeSet<String> {
 fn full_document_is_accepted_with_one_warning_for_step_ca_keys() {
     let (cfg, warnings) = Config::parse(&full_document().to_string())
         .unwrap_or_else(|e| panic!("the fully populated ca.json is refused: {e}"));
-    assert_eq!(cfg.authority.kind, "softcas");
+    assert_eq!(cfg.upstream.name(), "softcas");
     let ignoring: Vec<&String> = warnings
         .0
         .iter()
@@ -312,7 +312,7 @@ fn every_example_config_is_valid() {
         let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let (cfg, warnings) =
             Config::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(!cfg.authority.provisioners.is_empty());
+        assert!(!cfg.provisioners.is_empty());
         // An example shows a clean configuration: nothing ignored.
         assert!(
             warnings.0.is_empty(),

@@ -105,20 +105,11 @@ fn crash_child() {
     acmeproxy::telemetry::init(false);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.listen_addr().unwrap())
-            .await
-            .unwrap();
-        let ext = cfg.externalcas().unwrap();
-        let opts = AcmeUpstreamOptions {
-            directory_url: ext.ca_url.clone(),
-            account_email: ext.account_email.clone(),
-            eab: ext
-                .eab_hmac_key()
-                .unwrap()
-                .map(|k| (ext.eab_kid.clone(), k)),
-            ca_bundle: ext.ca_bundle.clone(),
-            timeout: Duration::from_secs(ext.cert_obtain_timeout.unwrap_or(120)),
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
+        let acmeproxy::config::Upstream::ExternalCas(ext) = &cfg.upstream else {
+            panic!("the crash tests run an externalcas upstream");
         };
+        let opts = AcmeUpstreamOptions::from(ext);
         let marker = PathBuf::from(marker);
         let factory: UpstreamFactory = Box::new(move |store: Arc<dyn Store>| {
             let state = Arc::new(StoreUpstreamState::new(store));

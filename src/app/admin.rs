@@ -95,7 +95,7 @@ pub(super) async fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
     let (config, req, json_out) = cmd.request()?;
     let (cfg, _) =
         Config::load(&config).with_context(|| format!("configuration {}", config.display()))?;
-    let socket = cfg.data_dir().join(admin_socket::SOCKET_NAME);
+    let socket = cfg.data_dir.join(admin_socket::SOCKET_NAME);
     let data = if tokio::net::UnixStream::connect(&socket).await.is_ok() {
         admin_socket::call(&socket, &req).await?
     } else if let Some(data) = offline_eab(&cfg, &req).await? {
@@ -116,7 +116,10 @@ pub(super) async fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
 }
 
 /// EAB commands run against the store itself when the server is stopped.
-async fn offline_eab(cfg: &Config, req: &AdminRequest) -> anyhow::Result<Option<Value>> {
+async fn offline_eab(
+    cfg: &crate::config::Settings,
+    req: &AdminRequest,
+) -> anyhow::Result<Option<Value>> {
     if !matches!(
         req,
         AdminRequest::EabAdd { .. } | AdminRequest::EabList | AdminRequest::EabRemove { .. }
@@ -134,12 +137,7 @@ async fn offline_eab(cfg: &Config, req: &AdminRequest) -> anyhow::Result<Option<
             kid,
             policy,
         } => {
-            if !cfg
-                .authority
-                .provisioners
-                .iter()
-                .any(|p| &p.name == provisioner)
-            {
+            if !cfg.provisioners.iter().any(|p| &p.name == provisioner) {
                 bail!("there is no provisioner {provisioner:?} in the configuration");
             }
             let k = eab::create_key(

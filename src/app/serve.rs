@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::{SHUTDOWN_GRACE, create_private_dir, open_store, provisioners, shutdown_on_signals};
-use crate::config::Config;
+use crate::config::{Settings, Upstream};
 use crate::http::{AppState, router};
 use crate::model::{Clock, SystemClock};
 use crate::nonce::NonceService;
@@ -59,8 +59,8 @@ impl Server {
 }
 
 /// Runs until SIGTERM/SIGINT.
-pub(super) async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
-    let addr = cfg.listen_addr()?;
+pub(super) async fn run_until_signal(cfg: Settings) -> anyhow::Result<()> {
+    let addr = cfg.listen;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
@@ -74,7 +74,7 @@ pub(super) async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
 /// Builds every part from `cfg` and starts serving on `listener` until
 /// `shutdown` is cancelled.
 pub async fn start(
-    cfg: Config,
+    cfg: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Server> {
@@ -100,12 +100,12 @@ pub struct Overrides {
 
 /// [`start`], with some parts supplied by the caller.
 pub async fn start_with(
-    cfg: Config,
+    cfg: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
     overrides: Overrides,
 ) -> anyhow::Result<Server> {
-    let data_dir = cfg.data_dir();
+    let data_dir = cfg.data_dir.clone();
     create_private_dir(&data_dir)?;
     let store = open_store(&cfg).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -117,16 +117,15 @@ pub async fn start_with(
             (None, None) => build_upstream(&cfg, &data_dir, &store).await?,
         };
 
-    let resolvers = cfg.resolvers()?;
-    let timeout = StdDuration::from_secs(cfg.validation.timeout_seconds);
+    let v = &cfg.validation;
     let resolver =
-        HickoryResolver::new(&resolvers, timeout).context("setting up the DNS resolver")?;
+        HickoryResolver::new(&v.resolvers, v.timeout).context("setting up the DNS resolver")?;
     let validator = Validator::new(ValidationSettings {
-        http_port: cfg.validation.http_port,
-        tls_alpn_port: cfg.validation.tls_alpn_port,
-        timeout,
+        http_port: v.http_port,
+        tls_alpn_port: v.tls_alpn_port,
+        timeout: v.timeout,
         resolver: Arc::new(resolver),
-        egress: cfg.validation.deny_networks.rules(),
+        egress: v.egress.clone(),
     });
 
     let ra = Authority::new(
@@ -136,8 +135,8 @@ pub async fn start_with(
         Arc::clone(&upstream),
         provisioners(&cfg)?,
         AuthorityOptions {
-            finalize_concurrency: cfg.upstream_concurrency()?,
-            rate_limits: cfg.rate_limits()?,
+            finalize_concurrency: cfg.upstream_concurrency,
+            rate_limits: super::rate_limits(&cfg.rate_limits),
             ..AuthorityOptions::default()
         },
         shutdown.clone(),
@@ -155,7 +154,7 @@ pub async fn start_with(
         nonces,
     });
 
-    let tls = cfg.tls.clone().unwrap_or_default();
+    let tls = &cfg.tls;
     let identity = ServerIdentity::load_or_obtain(
         &TlsOptions {
             dns_names: cfg.dns_names.clone(),
@@ -177,12 +176,12 @@ pub async fn start_with(
     let renewal = identity.spawn_renewal(shutdown.clone());
     spawn_sighup_reload(Arc::clone(&identity), shutdown.clone());
 
-    let metrics_addr = match cfg.metrics_listen()?.0 {
+    let metrics_addr = match cfg.metrics {
         Some(addr) => Some(spawn_metrics(addr, shutdown.clone()).await?),
         None => None,
     };
 
-    let limits = cfg.connection_limits()?;
+    let limits = cfg.connections;
     let worker = tokio::spawn(FinalizeWorker::new(Arc::clone(&ra)).run());
     let addr = listener
         .local_addr()
@@ -230,24 +229,18 @@ pub async fn start_with(
 /// One line saying what the server loaded: listeners, upstream, store,
 /// provisioners and its own certificate.
 fn summary(
-    cfg: &Config,
+    cfg: &Settings,
     listener: &TcpListener,
     metrics: Option<SocketAddr>,
     identity: &ServerIdentity,
 ) -> anyhow::Result<String> {
-    let upstream = match cfg.authority.kind.as_str() {
-        "externalcas" => format!("externalcas at {}", cfg.externalcas()?.ca_url.trim()),
-        "stepcas" => format!("stepcas at {}", cfg.stepcas()?.ca_url),
-        "vaultcas" => format!("vaultcas at {}", cfg.vaultcas()?.address),
-        "softcas" => format!("softcas in {}", cfg.data_dir().join("softcas").display()),
-        other => other.to_owned(),
+    let upstream = match &cfg.upstream {
+        Upstream::ExternalCas(ext) => format!("externalcas at {}", ext.directory_url),
+        Upstream::StepCas(sc) => format!("stepcas at {}", sc.ca_url),
+        Upstream::VaultCas(vault) => format!("vaultcas at {}", vault.address),
+        Upstream::SoftCas(_) => format!("softcas in {}", cfg.data_dir.join("softcas").display()),
     };
-    let provisioners: Vec<&str> = cfg
-        .authority
-        .provisioners
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect();
+    let provisioners: Vec<&str> = cfg.provisioners.iter().map(|p| p.name.as_str()).collect();
     Ok(format!(
         "loaded: ACME on https://{}, metrics {}, upstream {upstream}, store {}, provisioners {}, \
          own certificate for {} until {}",
@@ -255,7 +248,7 @@ fn summary(
             .local_addr()
             .context("reading the listen address")?,
         metrics.map_or_else(|| "off".to_owned(), |a| format!("on http://{a}/metrics")),
-        cfg.store()?,
+        cfg.store,
         provisioners.join(", "),
         cfg.dns_names.join(", "),
         identity.not_after()
@@ -265,13 +258,17 @@ fn summary(
 /// Finds the roots for `/roots.pem` ([`crate::upstream::roots`]) from
 /// ca.json's `root`, the upstream, the server's own chain, `ca_bundle`, the
 /// system trust store and AIA, and hands them to the Authority.
-async fn find_roots(cfg: &Config, ra: &Authority, identity: &ServerIdentity) -> anyhow::Result<()> {
+async fn find_roots(
+    cfg: &Settings,
+    ra: &Authority,
+    identity: &ServerIdentity,
+) -> anyhow::Result<()> {
     use crate::upstream::roots::{self, RootSources};
-    let configured = roots::read_root_files(&cfg.root_files())?;
+    let configured = roots::read_root_files(&cfg.root_files)?;
     let mut trust_store = roots::system_trust_store();
-    if cfg.authority.kind == "externalcas" {
-        if let Some(bundle) = cfg.externalcas()?.ca_bundle {
-            trust_store.extend(roots::bundle_certificates(&bundle));
+    if let Upstream::ExternalCas(ext) = &cfg.upstream {
+        if let Some(bundle) = &ext.ca_bundle {
+            trust_store.extend(roots::bundle_certificates(bundle));
         }
     }
     let chain = roots::pem_certificates(identity.chain_pem().as_bytes())
@@ -303,72 +300,40 @@ async fn find_roots(cfg: &Config, ra: &Authority, identity: &ServerIdentity) -> 
 
 /// The upstream CA that `authority.type` names.
 async fn build_upstream(
-    cfg: &Config,
+    cfg: &Settings,
     data_dir: &std::path::Path,
     store: &Arc<dyn Store>,
 ) -> anyhow::Result<Arc<dyn CertificateAuthorityService>> {
-    match cfg.authority.kind.as_str() {
-        "externalcas" => {
-            let ext = cfg.externalcas()?;
-            let eab = ext.eab_hmac_key()?.map(|key| (ext.eab_kid.clone(), key));
-            let opts = AcmeUpstreamOptions {
-                directory_url: ext.ca_url.trim().to_owned(),
-                account_email: ext.account_email.clone(),
-                eab,
-                ca_bundle: ext.ca_bundle.clone(),
-                timeout: StdDuration::from_secs(ext.cert_obtain_timeout.unwrap_or(120).max(1)),
-            };
+    Ok(match &cfg.upstream {
+        Upstream::ExternalCas(ext) => {
             let state = Arc::new(super::upstream_state::StoreUpstreamState::new(Arc::clone(
                 store,
             )));
-            Ok(Arc::new(
-                AcmeUpstream::new(opts, state).context("setting up the external ACME upstream")?,
-            ))
+            Arc::new(
+                AcmeUpstream::new(AcmeUpstreamOptions::from(ext), state)
+                    .context("setting up the external ACME upstream")?,
+            )
         }
-        "softcas" => {
-            let sc = cfg.softcas()?;
-            let sign_delay = sc.sign_delay()?;
-            let lifetime =
-                StdDuration::from_secs(u64::from(sc.certlifetime.unwrap_or(90)) * 86_400);
-            Ok(Arc::new(
-                SoftCas::open(SoftCasOptions {
-                    dir: data_dir.join("softcas"),
-                    name: sc.name.unwrap_or_else(|| "acmeproxy".to_owned()),
-                    default_lifetime: lifetime,
-                    sign_delay,
-                })
-                .context("opening the softcas CA")?,
-            ))
-        }
-        "vaultcas" => {
-            let settings = cfg.vaultcas()?;
-            let address = settings.address.clone();
-            Ok(Arc::new(
-                crate::upstream::vault::VaultCas::connect(settings)
-                    .await
-                    .with_context(|| format!("connecting to Vault at {address}"))?,
-            ))
-        }
-        "stepcas" => {
-            let sc = cfg.stepcas()?;
-            let opts = StepCaOptions {
-                password: sc.password()?,
-                ca_url: sc.ca_url,
-                fingerprint: sc.fingerprint,
-                issuer: sc.issuer,
-                provisioner: sc.provisioner,
-                key: sc.key,
-                crt: sc.crt,
-                timeout: StdDuration::from_secs(30),
-            };
-            Ok(Arc::new(
-                StepCa::connect(opts)
-                    .await
-                    .context("setting up the step-ca upstream")?,
-            ))
-        }
-        other => anyhow::bail!("upstream {other:?} is not available in this build"),
-    }
+        Upstream::SoftCas(sc) => Arc::new(
+            SoftCas::open(SoftCasOptions {
+                dir: data_dir.join("softcas"),
+                name: sc.name.clone(),
+                default_lifetime: sc.lifetime,
+                sign_delay: sc.sign_delay,
+            })
+            .context("opening the softcas CA")?,
+        ),
+        Upstream::VaultCas(settings) => Arc::new(
+            crate::upstream::vault::VaultCas::connect(settings.clone())
+                .await
+                .with_context(|| format!("connecting to Vault at {}", settings.address))?,
+        ),
+        Upstream::StepCas(sc) => Arc::new(
+            StepCa::connect(StepCaOptions::from(sc))
+                .await
+                .context("setting up the step-ca upstream")?,
+        ),
+    })
 }
 
 async fn spawn_metrics(

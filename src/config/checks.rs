@@ -2,51 +2,53 @@
 //! `serve` would refuse later, or run with to no good end, is refused here
 //! with its path, the value, what is allowed and how to fix it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::de::DeserializeOwned;
 
-use super::{Config, ConfigError, parse_go_duration};
+use super::{Config, ConfigError, Opaque, parse_go_duration};
 
 /// Lifetimes in days (`certlifetime`): at least a day, at most ten years.
-const LIFETIME_DAYS: std::ops::RangeInclusive<u32> = 1..=3650;
+pub(super) const LIFETIME_DAYS: std::ops::RangeInclusive<u32> = 1..=3650;
 /// Seconds to wait on an upstream (`cert_obtain_timeout`).
-const TIMEOUT_SECONDS: std::ops::RangeInclusive<u64> = 1..=3600;
+pub(super) const TIMEOUT_SECONDS: std::ops::RangeInclusive<u64> = 1..=3600;
+
+/// `authority.config` read as `T`; an error names the key inside it.
+pub(super) fn sub_config<T: DeserializeOwned + Default>(
+    config: Option<&Opaque>,
+) -> Result<T, ConfigError> {
+    let Some(v) = config else {
+        return Ok(T::default());
+    };
+    serde_path_to_error::deserialize(v.0.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." || path.is_empty() {
+            "authority.config".to_owned()
+        } else {
+            format!("authority.config.{path}")
+        };
+        let mut message = e.inner().to_string();
+        let allowed = match path.as_str() {
+            "certlifetime" => Some(format!(
+                "{} to {} days",
+                LIFETIME_DAYS.start(),
+                LIFETIME_DAYS.end()
+            )),
+            "cert_obtain_timeout" => Some(format!(
+                "{} to {} seconds",
+                TIMEOUT_SECONDS.start(),
+                TIMEOUT_SECONDS.end()
+            )),
+            _ => None,
+        };
+        if let Some(allowed) = allowed {
+            message = format!("{message}; give a whole number from {allowed}");
+        }
+        ConfigError::invalid(key, message)
+    })
+}
 
 impl Config {
-    /// `authority.config` read as `T`; an error names the key inside it.
-    pub(super) fn sub_config<T: DeserializeOwned + Default>(&self) -> Result<T, ConfigError> {
-        let Some(v) = &self.authority.config else {
-            return Ok(T::default());
-        };
-        serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-            let path = e.path().to_string();
-            let key = if path == "." || path.is_empty() {
-                "authority.config".to_owned()
-            } else {
-                format!("authority.config.{path}")
-            };
-            let mut message = e.inner().to_string();
-            let allowed = match path.as_str() {
-                "certlifetime" => Some(format!(
-                    "{} to {} days",
-                    LIFETIME_DAYS.start(),
-                    LIFETIME_DAYS.end()
-                )),
-                "cert_obtain_timeout" => Some(format!(
-                    "{} to {} seconds",
-                    TIMEOUT_SECONDS.start(),
-                    TIMEOUT_SECONDS.end()
-                )),
-                _ => None,
-            };
-            if let Some(allowed) = allowed {
-                message = format!("{message}; give a whole number from {allowed}");
-            }
-            ConfigError::invalid(key, message)
-        })
-    }
-
     /// The checks of single values (the cross-field ones are in
     /// `validate`).
     pub(super) fn check_values(&self) -> Result<(), ConfigError> {
@@ -80,35 +82,7 @@ impl Config {
                 ));
             }
         }
-        self.check_claims()?;
-        match self.authority.kind.as_str() {
-            "softcas" => {
-                in_range(
-                    "authority.config.certlifetime",
-                    self.softcas()?.certlifetime,
-                    &LIFETIME_DAYS,
-                    "days",
-                )?;
-            }
-            "externalcas" => {
-                let ext = self.externalcas()?;
-                check_url("authority.config.ca_url", ext.ca_url.trim())?;
-                in_range(
-                    "authority.config.certlifetime",
-                    ext.certlifetime,
-                    &LIFETIME_DAYS,
-                    "days",
-                )?;
-                in_range(
-                    "authority.config.cert_obtain_timeout",
-                    ext.cert_obtain_timeout,
-                    &TIMEOUT_SECONDS,
-                    "seconds",
-                )?;
-            }
-            _ => {}
-        }
-        Ok(())
+        self.check_claims()
     }
 
     /// Each claims block (authority and provisioners): min ≤ default ≤ max.
@@ -166,7 +140,7 @@ impl Config {
 }
 
 /// `value`, when set, lies in `range` (`unit` names it in the message).
-fn in_range<T: PartialOrd + std::fmt::Display>(
+pub(super) fn in_range<T: PartialOrd + std::fmt::Display>(
     key: &str,
     value: Option<T>,
     range: &std::ops::RangeInclusive<T>,
@@ -186,7 +160,7 @@ fn in_range<T: PartialOrd + std::fmt::Display>(
 }
 
 /// An http(s) URL with a host, as the HTTP client will need it.
-fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+pub(super) fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
     let host = url
         .parse::<http::Uri>()
         .ok()
@@ -238,4 +212,42 @@ pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
     }
     let start = from.checked_sub(segments.last()?.len() + 2)?;
     Some(text[..start].matches('\n').count() + 1)
+}
+
+/// A listen address: `ip:port`, or `:port` for every interface.
+pub(super) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse::<SocketAddr>().map_err(|_| {
+        match full.rsplit_once(':') {
+            Some((host, port))
+                if port.parse::<u16>().is_ok()
+                    && host.trim_matches(['[', ']']).parse::<IpAddr>().is_err() =>
+            {
+                format!(
+                    "{s:?} names a host; acmeproxy binds one address and does not resolve names \
+                     (a name may stand for several addresses, or change): give an IP address, \
+                     e.g. \"127.0.0.1:{port}\" or \"[::1]:{port}\", or \":{port}\" for every interface"
+                )
+            }
+            _ => format!(
+                "{s:?} is not a listen address: give an IP and a port, like \":443\" or \"127.0.0.1:8443\""
+            ),
+        }
+    })
+}
+
+/// A validation resolver: `ip:port`, or an IP (port 53).
+pub(super) fn parse_resolver(r: &str) -> Result<SocketAddr, ConfigError> {
+    r.parse::<SocketAddr>()
+        .or_else(|_| r.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| {
+            ConfigError::invalid(
+                "validation.resolvers",
+                format!("{r:?} is not an IP address or ip:port"),
+            )
+        })
 }

@@ -5,38 +5,31 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, parse_go_duration};
 
 /// The `connections` object as written in ca.json (Go duration strings).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConnectionsConfig {
     /// Longest TLS handshake (default `10s`).
-    #[serde(default)]
     pub handshake_timeout: Option<String>,
     /// Longest wait for a complete HTTP/1.1 request head, the first one and
     /// each next one on a kept-alive connection (default `10s`).
-    #[serde(default)]
     pub header_read_timeout: Option<String>,
     /// A connection with no request in progress for this long is closed
     /// (default `60s`).
-    #[serde(default)]
     pub idle_timeout: Option<String>,
     /// Longest a single request may take, body and answer included
     /// (default `60s`).
-    #[serde(default)]
     pub request_timeout: Option<String>,
     /// Most connections open at once, handshakes included (default 4096).
-    #[serde(default)]
     pub max_connections: Option<u32>,
     /// How long a connection beyond `maxConnections` waits for a free slot
     /// before it is closed (default `1s`).
-    #[serde(default)]
     pub max_connections_wait: Option<String>,
     /// Most concurrent HTTP/2 streams per connection (default 128).
-    #[serde(default)]
     pub http2_max_concurrent_streams: Option<u32>,
 }
 
@@ -75,7 +68,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl ConnectionsConfig {
     /// The limits, defaults applied; an error names the key at fault.
-    pub fn limits(&self) -> Result<ConnectionLimits, ConfigError> {
+    pub(super) fn limits(&self) -> Result<ConnectionLimits, ConfigError> {
         let d = ConnectionLimits::default();
         let timeout = |key: &str, v: &Option<String>, default: Duration, min: Duration| {
             let Some(s) = v else { return Ok(default) };

@@ -1,7 +1,7 @@
 //! `validation.denyNetworks`: the networks challenge validation never
 //! connects to (src/validate/egress.rs applies them).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::validate::egress::{EgressRules, IpNetwork};
 
@@ -13,6 +13,15 @@ use crate::validate::egress::{EgressRules, IpNetwork};
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(transparent)]
 pub struct DenyNetworks(Option<Vec<IpNetwork>>);
+
+impl Serialize for DenyNetworks {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            None => s.serialize_none(),
+            Some(list) => s.collect_seq(list.iter().map(ToString::to_string)),
+        }
+    }
+}
 
 impl DenyNetworks {
     /// The rules validation applies.
@@ -40,14 +49,12 @@ pub fn loopback_demo_networks() -> Vec<String> {
 /// reachable from other machines (`listen` is not a loopback address): any
 /// client could then point the validator at the RA's own local services.
 pub(super) fn loopback_warning(
-    deny: &DenyNetworks,
-    listen: Option<std::net::SocketAddr>,
+    rules: &EgressRules,
+    listen: std::net::SocketAddr,
 ) -> Option<String> {
-    let listen = listen?;
     if listen.ip().is_loopback() {
         return None;
     }
-    let rules = deny.rules();
     let open: Vec<&str> = ["127.0.0.1", "::1"]
         .into_iter()
         .filter(|ip| ip.parse().is_ok_and(|ip| rules.denied_by(ip).is_none()))
@@ -66,9 +73,9 @@ pub(super) fn loopback_warning(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Settings};
 
-    fn parse(validation: &str, address: &str) -> Result<(Config, Vec<String>), String> {
+    fn parse(validation: &str, address: &str) -> Result<(Settings, Vec<String>), String> {
         let text = format!(
             r#"{{"address": "{address}", "dnsNames": ["localhost"], "db": {{"type": "memory"}},
                 "authority": {{"type": "softcas", "provisioners": [{{"type": "ACME", "name": "acme"}}]}},
@@ -82,16 +89,16 @@ mod tests {
     #[test]
     fn absent_means_the_defaults_and_empty_means_none() {
         let (cfg, warnings) = parse("{}", "127.0.0.1:8443").unwrap();
-        assert_eq!(cfg.validation.deny_networks.rules(), EgressRules::default());
+        assert_eq!(cfg.validation.egress, EgressRules::default());
         assert!(warnings.is_empty(), "{warnings:?}");
         let (cfg, _) = parse(r#"{"denyNetworks": []}"#, "127.0.0.1:8443").unwrap();
-        assert!(cfg.validation.deny_networks.rules().denied().is_empty());
+        assert!(cfg.validation.egress.denied().is_empty());
         let (cfg, _) = parse(
             r#"{"denyNetworks": ["10.0.0.0/8", "fd00::1"]}"#,
             "127.0.0.1:8443",
         )
         .unwrap();
-        let rules = cfg.validation.deny_networks.rules();
+        let rules = cfg.validation.egress.clone();
         assert!(rules.denied_by("10.2.3.4".parse().unwrap()).is_some());
         assert!(rules.denied_by("127.0.0.1".parse().unwrap()).is_none());
     }

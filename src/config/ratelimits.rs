@@ -1,51 +1,60 @@
-//! `authority.rateLimits`: the token buckets of [`crate::ra::limits`] and the
-//! cap on concurrent validations. Every key is optional; a limit is a number
-//! (that many per the limit's default period; `0` turns it off) or an object
-//! `{"count": 300, "period": "3h", "burst": 300}`.
+//! `authority.rateLimits`: the token buckets of `ra::limits` and the cap on
+//! concurrent validations. Every key is optional; a limit is a number (that
+//! many per the limit's default period; `0` turns it off) or an object
+//! `{"count": 300, "period": "3h", "burst": 300}`. The checked
+//! [`RateLimitSettings`] say what is set; `app` applies them over the
+//! limits' defaults, which `ra::limits` keeps.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{ConfigError, parse_go_duration};
-use crate::ra::limits::{
-    DEFAULT_CONCURRENT_VALIDATIONS, DEFAULT_MAX_KEYS, Limit, Rate, RateLimits,
-};
 
 /// The largest `concurrentValidations`.
 const MAX_CONCURRENT_VALIDATIONS: u32 = 10_000;
+/// Default of `concurrentValidations` (`ra::limits` applies it).
+pub const DEFAULT_CONCURRENT_VALIDATIONS: u32 = 64;
+/// Default of `maxTrackedKeys` (`ra::limits` applies it).
+pub const DEFAULT_MAX_TRACKED_KEYS: u64 = 200_000;
 
-/// `authority.rateLimits`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RateLimitsConfig {
+/// `authority.rateLimits`, as written (`L` is [`LimitConfig`]) and checked
+/// ([`RateLimitSettings`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitsConfig<L = LimitConfig> {
     /// Every request to the ACME listener, per client IP (default 200 per
     /// second).
-    #[serde(default)]
-    pub requests_per_ip: Option<LimitConfig>,
+    pub requests_per_ip: Option<L>,
     /// Accounts created, per client IP (default 50 per 3 h).
-    #[serde(default)]
-    pub new_accounts_per_ip: Option<LimitConfig>,
+    pub new_accounts_per_ip: Option<L>,
     /// newOrder, per account (default 300 per 3 h).
-    #[serde(default)]
-    pub new_orders_per_account: Option<LimitConfig>,
+    pub new_orders_per_account: Option<L>,
     /// Pending authorizations, per account (default 1,000).
-    #[serde(default)]
-    pub pending_authorizations_per_account: Option<LimitConfig>,
+    pub pending_authorizations_per_account: Option<L>,
     /// Failed validations, per account and identifier (default 5 per hour).
-    #[serde(default)]
-    pub failed_validations_per_account_and_identifier: Option<LimitConfig>,
+    pub failed_validations_per_account_and_identifier: Option<L>,
     /// newOrder, per EAB key (default 1,500 per 3 h).
-    #[serde(default)]
-    pub new_orders_per_eab_key: Option<LimitConfig>,
+    pub new_orders_per_eab_key: Option<L>,
     /// Validations on the network at once (default 64); more wait.
-    #[serde(default)]
     pub concurrent_validations: Option<u32>,
     /// Buckets kept in memory at most (default 200,000).
-    #[serde(default)]
     pub max_tracked_keys: Option<u64>,
+}
+
+/// `authority.rateLimits`, checked: what it sets; unset parts take the
+/// limits' defaults.
+pub type RateLimitSettings = RateLimitsConfig<LimitSetting>;
+
+/// One limit, checked: a count of 0 turns it off; unset parts take the
+/// limit's defaults (the burst: the count).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitSetting {
+    pub count: Option<u32>,
+    pub period: Option<Duration>,
+    pub burst: Option<u32>,
 }
 
 /// One limit: a count (per the default period; 0 = off) or an object.
@@ -59,15 +68,34 @@ pub struct LimitConfig {
     pub burst: Option<u32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct LimitObject {
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     count: Option<u32>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     period: Option<String>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     burst: Option<u32>,
+}
+
+impl Serialize for LimitConfig {
+    /// A bare count when only the count is set, as written most often.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self {
+                count: Some(n),
+                period: None,
+                burst: None,
+            } => s.serialize_u32(*n),
+            _ => LimitObject {
+                count: self.count,
+                period: self.period.clone(),
+                burst: self.burst,
+            }
+            .serialize(s),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for LimitConfig {
@@ -110,67 +138,62 @@ impl<'de> Deserialize<'de> for LimitConfig {
 }
 
 impl RateLimitsConfig {
-    /// The limits in force: the defaults, with each configured key applied.
-    pub fn resolve(&self) -> Result<RateLimits, ConfigError> {
-        let mut out = RateLimits::default();
-        for (limit, setting) in [
-            (Limit::RequestsPerIp, &self.requests_per_ip),
-            (Limit::NewAccountsPerIp, &self.new_accounts_per_ip),
-            (Limit::NewOrdersPerAccount, &self.new_orders_per_account),
-            (
-                Limit::PendingAuthorizationsPerAccount,
+    /// The settings, each in range; an error names the key at fault.
+    pub(super) fn check(&self) -> Result<RateLimitSettings, ConfigError> {
+        let limit =
+            |name: &str, c: &Option<LimitConfig>| c.as_ref().map(|c| c.check(name)).transpose();
+        Ok(RateLimitSettings {
+            requests_per_ip: limit("requestsPerIp", &self.requests_per_ip)?,
+            new_accounts_per_ip: limit("newAccountsPerIp", &self.new_accounts_per_ip)?,
+            new_orders_per_account: limit("newOrdersPerAccount", &self.new_orders_per_account)?,
+            pending_authorizations_per_account: limit(
+                "pendingAuthorizationsPerAccount",
                 &self.pending_authorizations_per_account,
-            ),
-            (
-                Limit::FailedValidationsPerAccountAndIdentifier,
+            )?,
+            failed_validations_per_account_and_identifier: limit(
+                "failedValidationsPerAccountAndIdentifier",
                 &self.failed_validations_per_account_and_identifier,
-            ),
-            (Limit::NewOrdersPerEabKey, &self.new_orders_per_eab_key),
-        ] {
-            if let Some(s) = setting {
-                out.set(limit, s.rate(limit)?);
-            }
-        }
-        if let Some(n) = self.concurrent_validations {
-            if !(1..=MAX_CONCURRENT_VALIDATIONS).contains(&n) {
-                return Err(ConfigError::invalid(
-                    "authority.rateLimits.concurrentValidations",
-                    format!(
-                        "{n} is out of range; give 1 to {MAX_CONCURRENT_VALIDATIONS} (default {DEFAULT_CONCURRENT_VALIDATIONS})"
-                    ),
-                ));
-            }
-            out.concurrent_validations =
-                usize::try_from(n).unwrap_or(DEFAULT_CONCURRENT_VALIDATIONS);
-        }
-        if let Some(n) = self.max_tracked_keys {
-            if !(1_000..=100_000_000).contains(&n) {
-                return Err(ConfigError::invalid(
-                    "authority.rateLimits.maxTrackedKeys",
-                    format!(
-                        "{n} is out of range; give 1000 to 100000000 (default {DEFAULT_MAX_KEYS})"
-                    ),
-                ));
-            }
-            out.max_keys = usize::try_from(n).unwrap_or(DEFAULT_MAX_KEYS);
-        }
-        Ok(out)
+            )?,
+            new_orders_per_eab_key: limit("newOrdersPerEabKey", &self.new_orders_per_eab_key)?,
+            concurrent_validations: match self.concurrent_validations {
+                Some(n) if !(1..=MAX_CONCURRENT_VALIDATIONS).contains(&n) => {
+                    return Err(ConfigError::invalid(
+                        "authority.rateLimits.concurrentValidations",
+                        format!(
+                            "{n} is out of range; give 1 to {MAX_CONCURRENT_VALIDATIONS} (default {DEFAULT_CONCURRENT_VALIDATIONS})"
+                        ),
+                    ));
+                }
+                n => n,
+            },
+            max_tracked_keys: match self.max_tracked_keys {
+                Some(n) if !(1_000..=100_000_000).contains(&n) => {
+                    return Err(ConfigError::invalid(
+                        "authority.rateLimits.maxTrackedKeys",
+                        format!(
+                            "{n} is out of range; give 1000 to 100000000 (default {DEFAULT_MAX_TRACKED_KEYS})"
+                        ),
+                    ));
+                }
+                n => n,
+            },
+        })
     }
 }
 
 impl LimitConfig {
-    /// The rate this setting gives `limit`; `None` when turned off.
-    fn rate(&self, limit: Limit) -> Result<Option<Rate>, ConfigError> {
-        let key = format!("authority.rateLimits.{}", limit.name());
-        let Some(default) = limit.default_rate() else {
-            return Ok(None);
-        };
-        let count = self.count.unwrap_or(default.count);
-        if count == 0 {
-            return Ok(None);
+    /// This limit, checked (`name` is its key under `rateLimits`).
+    fn check(&self, name: &str) -> Result<LimitSetting, ConfigError> {
+        let key = format!("authority.rateLimits.{name}");
+        if self.count == Some(0) {
+            // Off: the rest does not matter.
+            return Ok(LimitSetting {
+                count: Some(0),
+                ..LimitSetting::default()
+            });
         }
         let period = match &self.period {
-            None => default.period,
+            None => None,
             Some(p) => {
                 let d = parse_go_duration(p)
                     .map_err(|m| ConfigError::invalid(format!("{key}.period"), m))?;
@@ -180,21 +203,20 @@ impl LimitConfig {
                         format!("{p:?} is out of range; give 1ms to 8784h"),
                     ));
                 }
-                d
+                Some(d)
             }
         };
-        let burst = self.burst.unwrap_or(count);
-        if burst == 0 {
+        if self.burst == Some(0) {
             return Err(ConfigError::invalid(
                 format!("{key}.burst"),
                 "a burst of 0 would refuse everything; set count to 0 to turn the limit off",
             ));
         }
-        Ok(Some(Rate {
-            count,
+        Ok(LimitSetting {
+            count: self.count,
             period,
-            burst,
-        }))
+            burst: self.burst,
+        })
     }
 }
 
@@ -202,47 +224,38 @@ impl LimitConfig {
 mod tests {
     use super::*;
 
-    fn parse(v: serde_json::Value) -> Result<RateLimits, String> {
+    fn parse(v: serde_json::Value) -> Result<RateLimitSettings, String> {
         let c: RateLimitsConfig = serde_json::from_value(v).map_err(|e| e.to_string())?;
-        c.resolve().map_err(|e| e.to_string())
+        c.check().map_err(|e| e.to_string())
     }
 
     #[test]
-    fn defaults_and_overrides() {
-        let d = parse(serde_json::json!({})).unwrap();
-        assert_eq!(d, RateLimits::default());
+    fn settings_keep_what_is_set() {
         assert_eq!(
-            d.get(Limit::NewOrdersPerAccount),
-            Some(Rate::new(300, Duration::from_secs(3 * 3600)))
+            parse(serde_json::json!({})).unwrap(),
+            RateLimitSettings::default()
         );
         let c = parse(serde_json::json!({
             "newOrdersPerAccount": 0,
-            "newAccountsPerIp": 7,
             "requestsPerIp": {"count": 10, "period": "1s", "burst": 50},
-            "failedValidationsPerAccountAndIdentifier": {"period": "10m"},
             "concurrentValidations": 4,
-            "maxTrackedKeys": 5000
         }))
         .unwrap();
-        assert_eq!(c.get(Limit::NewOrdersPerAccount), None);
+        let off = LimitSetting {
+            count: Some(0),
+            ..LimitSetting::default()
+        };
+        assert_eq!(c.new_orders_per_account, Some(off));
         assert_eq!(
-            c.get(Limit::NewAccountsPerIp),
-            Some(Rate::new(7, Duration::from_secs(3 * 3600)))
-        );
-        assert_eq!(
-            c.get(Limit::RequestsPerIp),
-            Some(Rate {
-                count: 10,
-                period: Duration::from_secs(1),
-                burst: 50
+            c.requests_per_ip,
+            Some(LimitSetting {
+                count: Some(10),
+                period: Some(Duration::from_secs(1)),
+                burst: Some(50)
             })
         );
-        assert_eq!(
-            c.get(Limit::FailedValidationsPerAccountAndIdentifier),
-            Some(Rate::new(5, Duration::from_secs(600)))
-        );
-        assert_eq!(c.concurrent_validations, 4);
-        assert_eq!(c.max_keys, 5000);
+        assert_eq!(c.concurrent_validations, Some(4));
+        assert_eq!(c.max_tracked_keys, None);
     }
 
     #[test]

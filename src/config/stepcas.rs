@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{Config, ConfigError, Secret};
+use super::{AuthorityConfig, ConfigError, Secret};
 
 /// How the RA proves itself to step-ca: the provisioner type whose one-time
 /// tokens it signs.
@@ -23,26 +23,23 @@ pub enum IssuerType {
 
 /// `authority.certificateIssuer`, as step-ca writes it (`crt`, `key`,
 /// `password`), plus `passwordFile`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct IssuerDocument {
+pub struct IssuerConfig {
+    /// `jwk` or `x5c`, in any case.
     #[serde(rename = "type")]
-    kind: String,
+    pub kind: String,
     #[serde(default)]
-    provisioner: String,
-    #[serde(default)]
-    key: Option<PathBuf>,
-    #[serde(default)]
-    password: Option<Secret>,
-    #[serde(default)]
-    password_file: Option<PathBuf>,
-    #[serde(default)]
-    crt: Option<PathBuf>,
+    pub provisioner: String,
+    pub key: Option<PathBuf>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub crt: Option<PathBuf>,
 }
 
 /// The checked `stepcas` settings.
-#[derive(Clone, Debug)]
-pub struct StepCasConfig {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepCasSettings {
     /// Base URL of the upstream step-ca, `https://host[:port]`, no trailing `/`.
     pub ca_url: String,
     /// SHA-256 of the upstream's root certificate (DER), lower-case hex.
@@ -56,23 +53,11 @@ pub struct StepCasConfig {
     pub key: Option<PathBuf>,
     /// X5C: the certificate chain (PEM), leaf first.
     pub crt: Option<PathBuf>,
-    password: Option<Secret>,
-    password_file: Option<PathBuf>,
-}
-
-impl StepCasConfig {
-    /// The password for the issuer key: `--issuer-password-file` (kept in
-    /// `authority.issuer_password`) first, then `certificateIssuer.password`,
-    /// then the contents of `certificateIssuer.passwordFile`.
-    pub fn password(&self) -> Result<Option<Secret>, ConfigError> {
-        if let Some(p) = &self.password {
-            return Ok(Some(p.clone()));
-        }
-        self.password_file
-            .as_deref()
-            .map(read_password_file)
-            .transpose()
-    }
+    /// The password for the issuer key: `certificateIssuer.password`, else
+    /// the contents of `certificateIssuer.passwordFile`;
+    /// `--issuer-password-file` replaces it
+    /// ([`Settings::set_issuer_password`](super::Settings::set_issuer_password)).
+    pub password: Option<Secret>,
 }
 
 /// Reads a password file as step-ca does: the whole file, trailing white
@@ -85,115 +70,111 @@ pub fn read_password_file(path: &Path) -> Result<Secret, ConfigError> {
     Ok(Secret::new(text.trim_end().to_owned()))
 }
 
-impl Config {
-    /// The `stepcas` settings (`authority.type: "stepcas"`), checked.
-    pub fn stepcas(&self) -> Result<StepCasConfig, ConfigError> {
-        let a = &self.authority;
-        let url = a
-            .certificate_authority
-            .as_deref()
-            .map(str::trim)
-            .unwrap_or_default();
-        if url.is_empty() {
+/// The `stepcas` settings of `authority`, checked.
+pub(super) fn settings(a: &AuthorityConfig) -> Result<StepCasSettings, ConfigError> {
+    let url = a
+        .certificate_authority
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default();
+    if url.is_empty() {
+        return Err(ConfigError::invalid(
+            "authority.certificateAuthority",
+            "give the URL of the upstream step-ca, e.g. https://ca.example.com",
+        ));
+    }
+    let Some(rest) = url.strip_prefix("https://") else {
+        return Err(ConfigError::invalid(
+            "authority.certificateAuthority",
+            format!("{url:?} is not an https URL (step-ca serves HTTPS only)"),
+        ));
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || rest.contains(['?', '#']) {
+        return Err(ConfigError::invalid(
+            "authority.certificateAuthority",
+            format!("{url:?} is not a plain https://host[:port] URL"),
+        ));
+    }
+    let fingerprint: String = a
+        .certificate_authority_fingerprint
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ConfigError::invalid(
+            "authority.certificateAuthorityFingerprint",
+            "give the SHA-256 fingerprint of the step-ca root certificate: 64 hex digits \
+             (`step certificate fingerprint root_ca.crt`)",
+        ));
+    }
+    let Some(doc) = &a.certificate_issuer else {
+        return Err(ConfigError::invalid(
+            "authority.certificateIssuer",
+            "stepcas needs a certificateIssuer: {\"type\": \"jwk\" or \"x5c\", \"provisioner\": NAME, ...}",
+        ));
+    };
+    let doc: IssuerConfig = serde_json::from_value(doc.0.clone())
+        .map_err(|e| ConfigError::invalid("authority.certificateIssuer", e.to_string()))?;
+    let issuer = match doc.kind.to_ascii_lowercase().as_str() {
+        "jwk" => IssuerType::Jwk,
+        "x5c" => IssuerType::X5c,
+        other => {
             return Err(ConfigError::invalid(
-                "authority.certificateAuthority",
-                "give the URL of the upstream step-ca, e.g. https://ca.example.com",
+                "authority.certificateIssuer.type",
+                format!("unknown issuer type {other:?}; use \"jwk\" or \"x5c\""),
             ));
         }
-        let Some(rest) = url.strip_prefix("https://") else {
-            return Err(ConfigError::invalid(
-                "authority.certificateAuthority",
-                format!("{url:?} is not an https URL (step-ca serves HTTPS only)"),
-            ));
-        };
-        let host = rest.split('/').next().unwrap_or_default();
-        if host.is_empty() || rest.contains(['?', '#']) {
-            return Err(ConfigError::invalid(
-                "authority.certificateAuthority",
-                format!("{url:?} is not a plain https://host[:port] URL"),
-            ));
-        }
-        let fingerprint: String = a
-            .certificate_authority_fingerprint
-            .as_deref()
-            .unwrap_or_default()
-            .trim()
-            .chars()
-            .filter(|c| *c != ':')
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ConfigError::invalid(
-                "authority.certificateAuthorityFingerprint",
-                "give the SHA-256 fingerprint of the step-ca root certificate: 64 hex digits \
-                 (`step certificate fingerprint root_ca.crt`)",
-            ));
-        }
-        let Some(doc) = &a.certificate_issuer else {
-            return Err(ConfigError::invalid(
-                "authority.certificateIssuer",
-                "stepcas needs a certificateIssuer: {\"type\": \"jwk\" or \"x5c\", \"provisioner\": NAME, ...}",
-            ));
-        };
-        let doc: IssuerDocument = serde_json::from_value(doc.clone())
-            .map_err(|e| ConfigError::invalid("authority.certificateIssuer", e.to_string()))?;
-        let issuer = match doc.kind.to_ascii_lowercase().as_str() {
-            "jwk" => IssuerType::Jwk,
-            "x5c" => IssuerType::X5c,
-            other => {
+    };
+    if doc.provisioner.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "authority.certificateIssuer.provisioner",
+            "name the step-ca provisioner the RA signs its tokens for",
+        ));
+    }
+    if issuer == IssuerType::X5c && (doc.crt.is_none() || doc.key.is_none()) {
+        return Err(ConfigError::invalid(
+            "authority.certificateIssuer",
+            "x5c needs \"crt\" (the certificate chain, PEM) and \"key\" (its private key, PEM)",
+        ));
+    }
+    if doc.password.is_some() && doc.password_file.is_some() {
+        return Err(ConfigError::invalid(
+            "authority.certificateIssuer.passwordFile",
+            "give password or passwordFile, not both",
+        ));
+    }
+    for (k, path) in [
+        ("key", &doc.key),
+        ("crt", &doc.crt),
+        ("passwordFile", &doc.password_file),
+    ] {
+        if let Some(p) = path {
+            if !p.is_file() {
                 return Err(ConfigError::invalid(
-                    "authority.certificateIssuer.type",
-                    format!("unknown issuer type {other:?}; use \"jwk\" or \"x5c\""),
+                    format!("authority.certificateIssuer.{k}"),
+                    format!("{} is not a readable file", p.display()),
                 ));
             }
-        };
-        if doc.provisioner.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "authority.certificateIssuer.provisioner",
-                "name the step-ca provisioner the RA signs its tokens for",
-            ));
         }
-        if issuer == IssuerType::X5c && (doc.crt.is_none() || doc.key.is_none()) {
-            return Err(ConfigError::invalid(
-                "authority.certificateIssuer",
-                "x5c needs \"crt\" (the certificate chain, PEM) and \"key\" (its private key, PEM)",
-            ));
-        }
-        if doc.password.is_some() && doc.password_file.is_some() {
-            return Err(ConfigError::invalid(
-                "authority.certificateIssuer.passwordFile",
-                "give password or passwordFile, not both",
-            ));
-        }
-        for (k, path) in [
-            ("key", &doc.key),
-            ("crt", &doc.crt),
-            ("passwordFile", &doc.password_file),
-        ] {
-            if let Some(p) = path {
-                if !p.is_file() {
-                    return Err(ConfigError::invalid(
-                        format!("authority.certificateIssuer.{k}"),
-                        format!("{} is not a readable file", p.display()),
-                    ));
-                }
-            }
-        }
-        let (password, password_file) = match &a.issuer_password {
-            Some(p) => (Some(p.clone()), None),
-            None => (doc.password, doc.password_file),
-        };
-        Ok(StepCasConfig {
-            ca_url: url.trim_end_matches('/').to_owned(),
-            fingerprint,
-            issuer,
-            provisioner: doc.provisioner,
-            key: doc.key,
-            crt: doc.crt,
-            password,
-            password_file,
-        })
     }
+    let password = match doc.password_file {
+        Some(file) => Some(read_password_file(&file)?),
+        None => doc.password,
+    };
+    Ok(StepCasSettings {
+        ca_url: url.trim_end_matches('/').to_owned(),
+        fingerprint,
+        issuer,
+        provisioner: doc.provisioner,
+        key: doc.key,
+        crt: doc.crt,
+        password,
+    })
 }
 
 #[cfg(test)]
@@ -201,10 +182,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::Config;
 
     const FP: &str = "AB:CD:00000000000000000000000000000000000000000000000000000000ef12";
 
-    fn config(authority_extra: serde_json::Value) -> Result<StepCasConfig, ConfigError> {
+    fn stepcas(settings: super::super::Settings) -> StepCasSettings {
+        match settings.upstream {
+            super::super::Upstream::StepCas(s) => s,
+            other => panic!("not stepcas: {other:?}"),
+        }
+    }
+
+    fn config(authority_extra: serde_json::Value) -> Result<StepCasSettings, ConfigError> {
         let mut authority = json!({
             "type": "stepcas",
             "certificateAuthority": "https://ca.example.com:9000/",
@@ -216,8 +205,8 @@ mod tests {
             authority[k] = v.clone();
         }
         let doc = json!({"dnsNames": ["ra.example.com"], "authority": authority});
-        let (cfg, _) = Config::parse(&doc.to_string())?;
-        cfg.stepcas()
+        let (settings, _) = Config::parse(&doc.to_string())?;
+        Ok(stepcas(settings))
     }
 
     #[test]
@@ -230,7 +219,7 @@ mod tests {
         );
         assert_eq!(c.issuer, IssuerType::Jwk);
         assert_eq!(c.provisioner, "ra@example.com");
-        assert_eq!(c.password().unwrap().unwrap().expose(), "pw");
+        assert_eq!(c.password.as_ref().unwrap().expose(), "pw");
         assert!(!format!("{c:?}").contains("\"pw\""));
     }
 
@@ -284,7 +273,7 @@ mod tests {
         let c = config(json!({"certificateIssuer":
             {"type": "jwk", "provisioner": "p", "passwordFile": file}}))
         .unwrap();
-        assert_eq!(c.password().unwrap().unwrap().expose(), "from-file");
+        assert_eq!(c.password.as_ref().unwrap().expose(), "from-file");
 
         let doc = json!({"dnsNames": ["ra"], "authority": {
             "type": "stepcas",
@@ -292,10 +281,10 @@ mod tests {
             "certificateAuthorityFingerprint": FP,
             "certificateIssuer": {"type": "jwk", "provisioner": "p", "password": "in-config"},
             "provisioners": [{"type": "ACME", "name": "acme"}]}});
-        let (mut cfg, _) = Config::parse(&doc.to_string()).unwrap();
-        cfg.authority.issuer_password = Some(read_password_file(&file).unwrap());
+        let (mut settings, _) = Config::parse(&doc.to_string()).unwrap();
+        settings.set_issuer_password(read_password_file(&file).unwrap());
         assert_eq!(
-            cfg.stepcas().unwrap().password().unwrap().unwrap().expose(),
+            stepcas(settings).password.as_ref().unwrap().expose(),
             "from-file"
         );
     }
@@ -310,10 +299,9 @@ mod tests {
             .nth(1)
             .and_then(|s| s.split("```").next())
             .unwrap();
-        let (cfg, _) = Config::parse(json).unwrap();
-        let c = cfg.stepcas().unwrap();
+        let c = stepcas(Config::parse(json).unwrap().0);
         assert_eq!(c.issuer, IssuerType::Jwk);
         assert_eq!(c.ca_url, "https://ca.example.com:9000");
-        assert!(c.password().unwrap().is_none());
+        assert!(c.password.is_none());
     }
 }

@@ -1,3 +1,7 @@
+use std::path::Path;
+
+use serde_json::Value;
+
 use super::*;
 
 fn minimal() -> Value {
@@ -14,14 +18,8 @@ fn minimal_config_has_safe_defaults() {
     assert!(warnings.0.is_empty());
     assert_eq!(cfg.validation.http_port, 80);
     assert_eq!(cfg.validation.tls_alpn_port, 443);
-    assert_eq!(
-        cfg.store().unwrap(),
-        StoreChoice::Sled("/var/lib/acmeproxy/db".into())
-    );
-    assert_eq!(
-        cfg.metrics_listen().unwrap(),
-        MetricsListen(Some("127.0.0.1:9123".parse().unwrap()))
-    );
+    assert_eq!(cfg.store, StoreChoice::Sled("/var/lib/acmeproxy/db".into()));
+    assert_eq!(cfg.metrics, Some("127.0.0.1:9123".parse().unwrap()));
 }
 
 #[test]
@@ -29,20 +27,14 @@ fn metrics_listen_beyond_loopback_only_by_address() {
     let mut v = minimal();
     v["metrics"] = serde_json::json!({"port": 9200});
     let (cfg, warnings) = Config::parse(&v.to_string()).unwrap();
-    assert_eq!(
-        cfg.metrics_listen().unwrap(),
-        MetricsListen(Some("127.0.0.1:9200".parse().unwrap()))
-    );
+    assert_eq!(cfg.metrics, Some("127.0.0.1:9200".parse().unwrap()));
     assert!(
         warnings.0.iter().any(|w| w.contains("0.0.0.0:9200")),
         "{warnings:?}"
     );
     v["metrics"] = serde_json::json!({"address": "0.0.0.0:9123"});
     let (cfg, warnings) = Config::parse(&v.to_string()).unwrap();
-    assert_eq!(
-        cfg.metrics_listen().unwrap(),
-        MetricsListen(Some("0.0.0.0:9123".parse().unwrap()))
-    );
+    assert_eq!(cfg.metrics, Some("0.0.0.0:9123".parse().unwrap()));
     assert!(warnings.0.is_empty(), "{warnings:?}");
 }
 
@@ -92,33 +84,32 @@ fn invalid_values_name_the_key() {
 
 #[test]
 fn test_config_is_valid() {
-    let cfg = Config::for_test(Path::new("/tmp/x"));
-    assert_eq!(cfg.store().unwrap(), StoreChoice::Memory);
-    assert!(cfg.validate().is_ok());
+    let (cfg, _) = Config::for_test(Path::new("/tmp/x")).check().unwrap();
+    assert_eq!(cfg.store, StoreChoice::Memory);
 }
 
 #[test]
 fn the_go_plugins_sample_config_is_accepted_with_one_warning() {
     let text = include_str!("../../tests/fixtures/esnet-plugin-ca.json");
     let (cfg, warnings) = Config::parse(text).unwrap();
-    assert_eq!(cfg.authority.kind, "externalcas");
-    let ext = cfg.externalcas().unwrap();
-    assert_eq!(ext.ca_url, "https://acme.sectigo.com/v2/InCommonRSAOV");
-    assert_eq!(ext.eab_kid, "hG3a9f2kQx0TzL1mNp7rVw");
-    assert!(ext.eab_hmac_key().unwrap().is_some());
+    let Upstream::ExternalCas(ext) = &cfg.upstream else {
+        panic!("not externalcas: {:?}", cfg.upstream);
+    };
+    assert_eq!(
+        ext.directory_url,
+        "https://acme.sectigo.com/v2/InCommonRSAOV"
+    );
+    assert_eq!(ext.eab.as_ref().unwrap().kid, "hG3a9f2kQx0TzL1mNp7rVw");
     // The plugin's metrics port is honoured, on loopback (with a warning
     // saying how to listen on every interface, as the plugin did).
-    assert_eq!(
-        cfg.metrics_listen().unwrap(),
-        MetricsListen(Some("127.0.0.1:9234".parse().unwrap()))
-    );
+    assert_eq!(cfg.metrics, Some("127.0.0.1:9234".parse().unwrap()));
     assert!(
         warnings.0.iter().any(|w| w.contains("\"0.0.0.0:9234\"")),
         "{:?}",
         warnings.0
     );
     // bbolt is read as the embedded store, with a notice.
-    assert!(matches!(cfg.store().unwrap(), StoreChoice::Sled(_)));
+    assert!(matches!(cfg.store, StoreChoice::Sled(_)));
     let ignored = &warnings.0[0];
     for key in [
         "authority.backdate",
@@ -138,45 +129,20 @@ fn the_go_plugins_sample_config_is_accepted_with_one_warning() {
 }
 
 #[test]
-fn eab_secret_from_env_and_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("hmac");
-    std::fs::write(&file, "c2VjcmV0\n").unwrap();
-    let ext = ExternalCasConfig {
-        eab_kid: "k".into(),
-        eab_hmac_key_file: Some(file),
-        ..ExternalCasConfig::default()
-    };
-    assert_eq!(ext.eab_hmac_key().unwrap(), Some(b"secret".to_vec()));
-    let ext = ExternalCasConfig {
-        eab_kid: "k".into(),
-        eab_hmac_key_env: Some("ACMEPROXY_TEST_SURELY_UNSET_VAR".into()),
-        ..ExternalCasConfig::default()
-    };
-    let e = ext.eab_hmac_key().unwrap_err().to_string();
-    assert!(e.contains("ACMEPROXY_TEST_SURELY_UNSET_VAR"), "{e}");
-}
-
-#[test]
 fn softcas_sign_delay_is_a_go_duration() {
     let mut v = minimal();
     v["authority"]["config"] = serde_json::json!({"signDelay": "10s"});
+    let sign_delay = |settings: Settings| match settings.upstream {
+        Upstream::SoftCas(s) => s.sign_delay,
+        other => panic!("not softcas: {other:?}"),
+    };
     let (cfg, _) = Config::parse(&v.to_string()).unwrap();
-    assert_eq!(
-        cfg.softcas().unwrap().sign_delay().unwrap(),
-        std::time::Duration::from_secs(10)
-    );
+    assert_eq!(sign_delay(cfg), std::time::Duration::from_secs(10));
     v["authority"]["config"] = serde_json::json!({"signDelay": "ten seconds"});
     let e = Config::parse(&v.to_string()).unwrap_err().to_string();
     assert!(e.contains("authority.config.signDelay"), "{e}");
     assert_eq!(
-        Config::parse(&minimal().to_string())
-            .unwrap()
-            .0
-            .softcas()
-            .unwrap()
-            .sign_delay()
-            .unwrap(),
+        sign_delay(Config::parse(&minimal().to_string()).unwrap().0),
         std::time::Duration::ZERO
     );
 }
@@ -184,15 +150,132 @@ fn softcas_sign_delay_is_a_go_duration() {
 #[test]
 fn upstream_concurrency_defaults_to_32_and_is_bounded() {
     let (cfg, _) = Config::parse(&minimal().to_string()).unwrap();
-    assert_eq!(cfg.upstream_concurrency().unwrap(), 32);
+    assert_eq!(cfg.upstream_concurrency, 32);
     let mut v = minimal();
     v["authority"]["upstreamConcurrency"] = 500.into();
     let (cfg, _) = Config::parse(&v.to_string()).unwrap();
-    assert_eq!(cfg.upstream_concurrency().unwrap(), 500);
+    assert_eq!(cfg.upstream_concurrency, 500);
     for bad in [0, 5000] {
         v["authority"]["upstreamConcurrency"] = bad.into();
         let e = Config::parse(&v.to_string()).unwrap_err().to_string();
         assert!(e.contains("authority.upstreamConcurrency"), "{e}");
         assert!(e.contains("1 to 4096"), "{e}");
+    }
+}
+
+/// Documents full of secrets, each with the secret values it holds.
+fn documents_with_secrets() -> Vec<(Value, Vec<&'static str>)> {
+    let provisioners = serde_json::json!([{"type": "ACME", "name": "acme"}]);
+    let step_ca_secrets = |mut v: Value| {
+        v["password"] = "step-ca-top-password".into();
+        v["kms"] = serde_json::json!({"type": "awskms", "token": "kms-token-value"});
+        v
+    };
+    let mut externalcas = minimal();
+    externalcas["authority"] = serde_json::json!({
+        "type": "externalcas",
+        "config": {"ca_url": "https://acme.example.com/directory", "eab_kid": "kid-1",
+                   "eab_hmac_key": "c2VjcmV0LWhtYWMta2V5"},
+        "certificateIssuer": {"type": "jwk", "password": "unused-issuer-password"},
+        "provisioners": provisioners,
+    });
+    let mut stepcas = minimal();
+    stepcas["authority"] = serde_json::json!({
+        "type": "stepcas",
+        "certificateAuthority": "https://ca.example.com",
+        "certificateAuthorityFingerprint": "ab".repeat(32),
+        "certificateIssuer": {"type": "jwk", "provisioner": "ra", "password": "issuer-password-value"},
+        "provisioners": provisioners,
+    });
+    let mut vaultcas = minimal();
+    vaultcas["authority"] = serde_json::json!({
+        "type": "vaultcas",
+        "certificateAuthority": "https://vault.example.com:8200",
+        "config": {"authType": "approle",
+                   "authOptions": {"roleID": "role", "secretID": "vault-secret-id-value"}},
+        "provisioners": provisioners,
+    });
+    vec![
+        (
+            step_ca_secrets(externalcas),
+            vec![
+                "c2VjcmV0LWhtYWMta2V5",
+                "unused-issuer-password",
+                "step-ca-top-password",
+                "kms-token-value",
+            ],
+        ),
+        (step_ca_secrets(stepcas), vec!["issuer-password-value"]),
+        (step_ca_secrets(vaultcas), vec!["vault-secret-id-value"]),
+    ]
+}
+
+#[test]
+fn debug_never_shows_a_secret() {
+    for (doc, secrets) in documents_with_secrets() {
+        let text = doc.to_string();
+        let parsed = Config::from_json(&text).unwrap();
+        let (settings, _) = Config::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        for shown in [format!("{parsed:?}"), format!("{settings:?}")] {
+            for secret in &secrets {
+                assert!(!shown.contains(secret), "{secret} shows in {shown}");
+            }
+        }
+        // Serializing writes them: it is the file format.
+        let written = serde_json::to_string(&parsed).unwrap();
+        for secret in &secrets {
+            assert!(written.contains(secret), "{secret} is lost in {written}");
+        }
+    }
+    // A PostgreSQL URL's password, in a document the checks refuse.
+    let mut v = minimal();
+    v["db"] = serde_json::json!({"type": "postgresql",
+                                 "dataSource": "postgres://ra:pg-password-value@db/acme"});
+    let parsed = Config::from_json(&v.to_string()).unwrap();
+    assert!(!format!("{parsed:?}").contains("pg-password-value"));
+    let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+    assert!(!e.contains("pg-password-value"), "{e}");
+}
+
+#[test]
+fn documents_survive_a_round_trip() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = [
+        "ca.json",
+        "examples/ca.json",
+        "tests/fixtures/esnet-plugin-ca.json",
+    ];
+    let mut texts: Vec<(String, String)> = files
+        .iter()
+        .map(|p| {
+            (
+                p.to_string(),
+                std::fs::read_to_string(root.join(p)).unwrap(),
+            )
+        })
+        .collect();
+    texts.extend(
+        documents_with_secrets()
+            .into_iter()
+            .map(|(doc, _)| ("documents_with_secrets".to_owned(), doc.to_string())),
+    );
+    let mut full = minimal();
+    full["connections"] = serde_json::json!({"idleTimeout": "90s", "maxConnections": 10});
+    full["authority"]["rateLimits"] = serde_json::json!({
+        "newOrdersPerAccount": 0, "requestsPerIp": {"count": 10, "period": "1s"}});
+    full["authority"]["policy"] =
+        serde_json::json!({"x509": {"allow": {"dns": [".example.com"]}}, "ssh": {}});
+    full["validation"] = serde_json::json!({"denyNetworks": ["10.0.0.0/8"]});
+    full["root"] = serde_json::json!(["a.pem", "b.pem"]);
+    texts.push(("full".to_owned(), full.to_string()));
+    for (name, text) in texts {
+        let doc = Config::from_json(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (settings, warnings) = doc.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let written = serde_json::to_string_pretty(&doc).unwrap();
+        let again =
+            Config::from_json(&written).unwrap_or_else(|e| panic!("{name}: {e}\n{written}"));
+        let (settings_again, warnings_again) = again.check().unwrap();
+        assert_eq!(settings, settings_again, "{name}: {written}");
+        assert_eq!(warnings.0, warnings_again.0, "{name}");
     }
 }

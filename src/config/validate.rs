@@ -1,60 +1,77 @@
-//! Cross-field validation of a parsed `ca.json`: the one place start-up and
-//! `check-config` decide what is an error and what only a warning.
+//! Checks across keys of a parsed `ca.json`, and the [`Settings`] it gives:
+//! the one place start-up and `check-config` decide what is an error and
+//! what only a warning.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use serde_json::Value;
+
+use super::checks::{LIFETIME_DAYS, in_range, parse_listen, parse_resolver, sub_config};
 use super::{
-    ClaimsConfig, Config, ConfigError, MetricsListenSource, StoreChoice, Warnings,
-    parse_go_duration,
+    ClaimsConfig, Config, ConfigError, ExternalCasConfig, MAX_UPSTREAM_CONCURRENCY, MetricsConfig,
+    ProvisionerConfig, ProvisionerSettings, Settings, SoftCasConfig, SoftCasSettings, StoreChoice,
+    TlsSettings, Upstream, UpstreamKind, ValidationSettings, Warnings, parse_go_duration, stepcas,
+    vaultcas,
 };
+use crate::acme::types::ChallengeType;
+
+/// `authority.config` read as the type of the upstream `authority.type`
+/// names (vaultcas reads its own, without regard to case).
+enum UpstreamOptions {
+    Soft(SoftCasConfig),
+    External(ExternalCasConfig),
+    /// step-ca RA mode reads no `config`; the plugin's keys are honoured.
+    Step {
+        metrics: Option<MetricsConfig>,
+        certlifetime: Option<u64>,
+    },
+    Vault,
+}
+
+impl UpstreamOptions {
+    /// `authority.config.metrics` (the Go plugin's metrics listener).
+    fn metrics(&self) -> Option<&MetricsConfig> {
+        match self {
+            Self::Soft(c) => c.metrics.as_ref(),
+            Self::External(c) => c.metrics.as_ref(),
+            Self::Step { metrics, .. } => metrics.as_ref(),
+            Self::Vault => None,
+        }
+    }
+
+    /// `authority.config.certlifetime` in days.
+    fn certlifetime(&self) -> Option<u64> {
+        match self {
+            Self::Soft(c) => c.certlifetime.map(u64::from),
+            Self::External(c) => c.certlifetime.map(u64::from),
+            Self::Step { certlifetime, .. } => *certlifetime,
+            Self::Vault => None,
+        }
+    }
+}
+
+/// Adds `keys`, each after `prefix`, to the ignored keys.
+fn note(ignored: &mut BTreeSet<String>, prefix: &str, keys: Vec<&str>) {
+    ignored.extend(keys.into_iter().map(|k| format!("{prefix}{k}")));
+}
 
 impl Config {
-    pub(super) fn validate(&self) -> Result<Warnings, ConfigError> {
+    /// Checks the document and gives its settings, with what to warn about.
+    /// An error names the key at fault.
+    pub fn check(&self) -> Result<(Settings, Warnings), ConfigError> {
         let mut warnings = Vec::new();
         let mut ignored = BTreeSet::new();
-        for (name, present) in [
-            ("federatedRoots", self.federated_roots.is_some()),
-            ("crt", self.crt.is_some()),
-            ("key", self.key.is_some()),
-            ("ssh", self.ssh.is_some()),
-            ("templates", self.templates.is_some()),
-            ("commonName", self.common_name.is_some()),
-            ("insecureAddress", self.insecure_address.is_some()),
-            ("kms", self.kms.is_some()),
-            ("crl", self.crl.is_some()),
-            ("password", self.password.is_some()),
-            ("authority.template", self.authority.template.is_some()),
-            ("authority.backdate", self.authority.backdate.is_some()),
-            ("authority.options", self.authority.options.is_some()),
-            (
-                "authority.enableAdmin",
-                self.authority.enable_admin.is_some(),
-            ),
-            (
-                "authority.disableIssuedAtCheck",
-                self.authority.disable_issued_at_check.is_some(),
-            ),
-            ("authority.admins", self.authority.admins.is_some()),
-        ] {
-            if present {
-                ignored.insert(name.to_owned());
-            }
-        }
-        if let Ok(MetricsListenSource { top, plugin }) = self.metrics_sources() {
-            if top.is_some_and(|m| m.data_source.is_some()) {
-                ignored.insert("metrics.dataSource".to_owned());
-            }
-            if plugin.is_some_and(|m| m.data_source.is_some()) {
-                ignored.insert("authority.config.metrics.dataSource".to_owned());
-            }
+        let a = &self.authority;
+        note(&mut ignored, "", self.ignored_keys());
+        note(&mut ignored, "authority.", a.ignored_keys());
+        if let Some(m) = &self.metrics {
+            note(&mut ignored, "metrics.", m.ignored_keys());
         }
         if let Some(tls) = &self.tls {
-            if tls.renegotiation.is_some() {
-                ignored.insert("tls.renegotiation".to_owned());
-            }
-            if tls.cipher_suites.is_some() {
-                ignored.insert("tls.cipherSuites".to_owned());
-            }
+            note(&mut ignored, "tls.", tls.ignored_keys());
             if tls.cert_file.is_some() != tls.key_file.is_some() {
                 return Err(ConfigError::invalid(
                     "tls",
@@ -62,10 +79,12 @@ impl Config {
                 ));
             }
         }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/acmeproxy"));
         if let Some(db) = &self.db {
-            if db.badger_file_loading_mode.is_some() {
-                ignored.insert("db.badgerFileLoadingMode".to_owned());
-            }
+            note(&mut ignored, "db.", db.ignored_keys());
             if matches!(
                 db.kind.as_str(),
                 "badgerv2" | "badger" | "badgerV2" | "bbolt"
@@ -73,17 +92,16 @@ impl Config {
                 warnings.push(format!(
                     "db.type {:?} is read as the embedded sled store in {} (the step-ca database is not read)",
                     db.kind,
-                    self.data_dir().join("db").display()
+                    data_dir.join("db").display()
                 ));
             }
         }
-        for c in self.authority.claims.iter().chain(
-            self.authority
-                .provisioners
-                .iter()
-                .filter_map(|p| p.claims.as_ref()),
-        ) {
-            collect_claims_ignored(c, &mut ignored);
+        for c in a
+            .claims
+            .iter()
+            .chain(a.provisioners.iter().filter_map(|p| p.claims.as_ref()))
+        {
+            note(&mut ignored, "claims.", c.ignored_keys());
             for (k, v) in [
                 ("minTLSCertDuration", &c.min_tls_cert_duration),
                 ("maxTLSCertDuration", &c.max_tls_cert_duration),
@@ -95,6 +113,120 @@ impl Config {
                 }
             }
         }
+        self.check_provisioners(&mut ignored)?;
+        self.check_values()?;
+        let options = self.upstream_options()?;
+        if let Some(m) = options.metrics() {
+            note(&mut ignored, "authority.config.metrics.", m.ignored_keys());
+        }
+        let upstream_concurrency = match a.upstream_concurrency {
+            None => 32,
+            Some(n) if (1..=MAX_UPSTREAM_CONCURRENCY).contains(&n) => {
+                usize::try_from(n).unwrap_or(32)
+            }
+            Some(n) => {
+                return Err(ConfigError::invalid(
+                    "authority.upstreamConcurrency",
+                    format!(
+                        "{n} is out of range; give 1 to {MAX_UPSTREAM_CONCURRENCY} (default 32), more for a slow remote CA"
+                    ),
+                ));
+            }
+        };
+        let rate_limits = a.rate_limits.clone().unwrap_or_default().check()?;
+        let upstream = match &options {
+            UpstreamOptions::Soft(c) => Upstream::SoftCas(SoftCasSettings {
+                name: c.name.clone().unwrap_or_else(|| "acmeproxy".to_owned()),
+                lifetime: Duration::from_secs(u64::from(c.certlifetime.unwrap_or(90)) * 86_400),
+                sign_delay: match &c.sign_delay {
+                    None => Duration::ZERO,
+                    Some(s) => parse_go_duration(s)
+                        .map_err(|e| ConfigError::invalid("authority.config.signDelay", e))?,
+                },
+            }),
+            UpstreamOptions::External(c) => {
+                note(&mut ignored, "authority.config.", c.ignored_keys());
+                Upstream::ExternalCas(c.settings()?)
+            }
+            UpstreamOptions::Vault => Upstream::VaultCas(vaultcas::settings(a)?),
+            UpstreamOptions::Step { .. } => Upstream::StepCas(stepcas::settings(a)?),
+        };
+        let tls = self.tls_settings()?;
+        if tls.cert_file.is_none() && self.dns_names.is_empty() {
+            return Err(ConfigError::invalid(
+                "dnsNames",
+                "name at least one DNS name (or IP) for the server's own certificate",
+            ));
+        }
+        let listen = parse_listen(&self.address).map_err(|m| ConfigError::invalid("address", m))?;
+        let store = self.store_choice(&data_dir)?;
+        let metrics_config = self.metrics.as_ref().or_else(|| options.metrics());
+        let metrics = metrics_listen(metrics_config)?;
+        warnings.extend(metrics_config.and_then(metrics_port_warning));
+        let connections = self.connections.clone().unwrap_or_default().limits()?;
+        let v = &self.validation;
+        let resolvers = v
+            .resolvers
+            .iter()
+            .map(|r| parse_resolver(r))
+            .collect::<Result<Vec<SocketAddr>, _>>()?;
+        if v.timeout_seconds == 0 {
+            return Err(ConfigError::invalid(
+                "validation.timeoutSeconds",
+                "must be at least 1",
+            ));
+        }
+        let egress = v.deny_networks.rules();
+        warnings.extend(super::egress::loopback_warning(&egress, listen));
+        let certlifetime = options
+            .certlifetime()
+            .map(|d| time::Duration::days(i64::try_from(d).unwrap_or(i64::MAX).min(3650)));
+        let provisioners = a
+            .provisioners
+            .iter()
+            .map(|p| self.provisioner_settings(p, certlifetime))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !ignored.is_empty() {
+            warnings.insert(
+                0,
+                format!(
+                    "ignoring step-ca keys that acmeproxy does not use: {}",
+                    ignored.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        let settings = Settings {
+            listen,
+            dns_names: self.dns_names.clone(),
+            data_dir,
+            store,
+            json_logs: self.logger.as_ref().and_then(|l| l.format.as_deref()) == Some("json"),
+            tls,
+            metrics,
+            connections,
+            root_files: self
+                .root
+                .as_ref()
+                .map(super::OneOrMany::to_vec)
+                .unwrap_or_default(),
+            validation: ValidationSettings {
+                http_port: v.http_port,
+                tls_alpn_port: v.tls_alpn_port,
+                resolvers,
+                timeout: Duration::from_secs(v.timeout_seconds),
+                egress,
+            },
+            upstream,
+            upstream_concurrency,
+            rate_limits,
+            provisioners,
+        };
+        Ok((settings, Warnings(warnings)))
+    }
+
+    /// Each provisioner: an ACME one, named once, with a challenge; the
+    /// step-ca keys it sets noted in `ignored`.
+    fn check_provisioners(&self, ignored: &mut BTreeSet<String>) -> Result<(), ConfigError> {
         let mut names = BTreeSet::new();
         for (i, p) in self.authority.provisioners.iter().enumerate() {
             let key = format!("authority.provisioners[{i}]");
@@ -127,41 +259,23 @@ impl Config {
                     "offer at least one challenge type",
                 ));
             }
-            for (k, present) in [
-                ("options", p.options.is_some()),
-                ("forceCN", p.force_cn.is_some()),
-                ("attestationFormats", p.attestation_formats.is_some()),
-            ] {
-                if present {
-                    ignored.insert(format!("{key}.{k}"));
-                }
-            }
+            note(ignored, &format!("{key}."), p.ignored_keys());
         }
-        for (key, policy) in
-            std::iter::once(("authority.policy".to_owned(), &self.authority.policy)).chain(
+        let policies = std::iter::once(("authority.policy".to_owned(), &self.authority.policy))
+            .chain(
                 self.authority
                     .provisioners
                     .iter()
                     .enumerate()
                     .map(|(i, p)| (format!("authority.provisioners[{i}].policy"), &p.policy)),
-            )
-        {
+            );
+        for (key, policy) in policies {
             let Some(policy) = policy else { continue };
-            if policy.ssh.is_some() {
-                ignored.insert(format!("{key}.ssh"));
-            }
-            if let Some(x) = &policy.x509 {
-                for (side, names) in [("allow", &x.allow), ("deny", &x.deny)] {
-                    let Some(n) = names else { continue };
-                    for (k, v) in [
-                        ("email", &n.email),
-                        ("uri", &n.uri),
-                        ("commonName", &n.common_name),
-                    ] {
-                        if !v.is_empty() {
-                            ignored.insert(format!("{key}.x509.{side}.{k}"));
-                        }
-                    }
+            note(ignored, &format!("{key}."), policy.ignored_keys());
+            let Some(x) = &policy.x509 else { continue };
+            for (side, names) in [("allow", &x.allow), ("deny", &x.deny)] {
+                if let Some(n) = names {
+                    note(ignored, &format!("{key}.x509.{side}."), n.ignored_keys());
                 }
             }
         }
@@ -171,140 +285,201 @@ impl Config {
                 "define at least one provisioner, e.g. {\"type\": \"ACME\", \"name\": \"acme\"}",
             ));
         }
-        self.check_values()?;
-        self.upstream_concurrency()?;
-        self.rate_limits()?;
-        match self.authority.kind.as_str() {
-            "softcas" => {
-                self.softcas()?.sign_delay()?;
+        Ok(())
+    }
+
+    /// `authority.config` read as the upstream's type, its values in range.
+    fn upstream_options(&self) -> Result<UpstreamOptions, ConfigError> {
+        let config = self.authority.config.as_ref();
+        Ok(match self.authority.kind {
+            UpstreamKind::SoftCas => {
+                let c: SoftCasConfig = sub_config(config)?;
+                in_range(
+                    "authority.config.certlifetime",
+                    c.certlifetime,
+                    &LIFETIME_DAYS,
+                    "days",
+                )?;
+                UpstreamOptions::Soft(c)
             }
-            "externalcas" => {
-                // ca_url was checked with the other values (`check_values`).
-                let ext = self.externalcas()?;
-                let key = ext.eab_hmac_key()?;
-                if key.is_some() == ext.eab_kid.is_empty() {
-                    return Err(ConfigError::invalid(
-                        "authority.config.eab_kid",
-                        "eab_kid and the EAB MAC key go together: give both or neither",
-                    ));
+            UpstreamKind::ExternalCas => {
+                let c: ExternalCasConfig = sub_config(config)?;
+                c.check_values()?;
+                UpstreamOptions::External(c)
+            }
+            UpstreamKind::StepCas => {
+                let get = |k: &str| config.and_then(|c| c.0.get(k));
+                UpstreamOptions::Step {
+                    metrics: get("metrics")
+                        .map(|m| serde_json::from_value(m.clone()))
+                        .transpose()
+                        .map_err(|e| {
+                            ConfigError::invalid("authority.config.metrics", e.to_string())
+                        })?,
+                    certlifetime: get("certlifetime").and_then(Value::as_u64),
                 }
-                if let Some(b) = &ext.ca_bundle {
-                    if !b.is_file() {
-                        return Err(ConfigError::invalid(
-                            "authority.config.ca_bundle",
-                            format!("{} is not a readable file", b.display()),
-                        ));
-                    }
-                }
-                if ext.dns01_txt.is_some() {
-                    ignored.insert("authority.config.dns01_txt".to_owned());
-                }
             }
-            "vaultcas" => {
-                self.vaultcas()?;
-            }
-            "stepcas" => {
-                self.stepcas()?;
-            }
-            other => {
+            UpstreamKind::VaultCas => UpstreamOptions::Vault,
+        })
+    }
+
+    /// `tls`, the versions checked.
+    fn tls_settings(&self) -> Result<TlsSettings, ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Ok(TlsSettings::default());
+        };
+        if tls.max_version.is_some_and(|v| v < 1.2) {
+            return Err(ConfigError::invalid(
+                "tls.maxVersion",
+                "acmeproxy speaks TLS 1.2 and 1.3 only; set maxVersion to 1.2 or 1.3",
+            ));
+        }
+        if let (Some(lo), Some(hi)) = (tls.min_version, tls.max_version) {
+            if lo > hi {
                 return Err(ConfigError::invalid(
-                    "authority.type",
-                    format!(
-                        "unknown upstream {other:?}; use \"softcas\", \"externalcas\", \"stepcas\" or \"vaultcas\""
-                    ),
+                    "tls.minVersion",
+                    "minVersion is above maxVersion",
                 ));
             }
         }
-        if let Some(tls) = &self.tls {
-            if tls.max_version.is_some_and(|v| v < 1.2) {
-                return Err(ConfigError::invalid(
-                    "tls.maxVersion",
-                    "acmeproxy speaks TLS 1.2 and 1.3 only; set maxVersion to 1.2 or 1.3",
-                ));
-            }
-            if let (Some(lo), Some(hi)) = (tls.min_version, tls.max_version) {
-                if lo > hi {
+        for (k, v) in [
+            ("minVersion", tls.min_version),
+            ("maxVersion", tls.max_version),
+        ] {
+            if let Some(v) = v {
+                if !(1.0..=1.3).contains(&v) {
                     return Err(ConfigError::invalid(
-                        "tls.minVersion",
-                        "minVersion is above maxVersion",
+                        format!("tls.{k}"),
+                        format!("{v} is not a TLS version (1.2 or 1.3)"),
                     ));
                 }
             }
-            for (k, v) in [
-                ("minVersion", tls.min_version),
-                ("maxVersion", tls.max_version),
-            ] {
-                if let Some(v) = v {
-                    if !(1.0..=1.3).contains(&v) {
-                        return Err(ConfigError::invalid(
-                            format!("tls.{k}"),
-                            format!("{v} is not a TLS version (1.2 or 1.3)"),
-                        ));
-                    }
-                }
-            }
         }
-        if self
-            .tls
-            .as_ref()
-            .and_then(|t| t.cert_file.as_ref())
-            .is_none()
-            && self.dns_names.is_empty()
-        {
-            return Err(ConfigError::invalid(
-                "dnsNames",
-                "name at least one DNS name (or IP) for the server's own certificate",
-            ));
-        }
-        self.listen_addr()?;
-        if let StoreChoice::Postgres(_) = self.store()? {
-            return Err(ConfigError::invalid(
-                "db.type",
-                "the PostgreSQL store is not available in this version of acmeproxy; use \"sled\"",
-            ));
-        }
-        self.metrics_listen()?;
-        warnings.extend(self.metrics_port_warning());
-        self.connection_limits()?;
-        self.resolvers()?;
-        if self.validation.timeout_seconds == 0 {
-            return Err(ConfigError::invalid(
-                "validation.timeoutSeconds",
-                "must be at least 1",
-            ));
-        }
-        warnings.extend(super::egress::loopback_warning(
-            &self.validation.deny_networks,
-            self.listen_addr().ok(),
-        ));
-        if !ignored.is_empty() {
-            warnings.insert(
-                0,
-                format!(
-                    "ignoring step-ca keys that acmeproxy does not use: {}",
-                    ignored.into_iter().collect::<Vec<_>>().join(", ")
+        Ok(TlsSettings {
+            min_version: tls.min_version,
+            max_version: tls.max_version,
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+        })
+    }
+
+    /// The store `db` selects.
+    fn store_choice(&self, data_dir: &std::path::Path) -> Result<StoreChoice, ConfigError> {
+        let default_path = || data_dir.join("db");
+        let Some(db) = &self.db else {
+            return Ok(StoreChoice::Sled(default_path()));
+        };
+        let source = db.data_source.as_ref().map(|s| s.expose());
+        match db.kind.as_str() {
+            "sled" | "badgerv2" | "badger" | "badgerV2" | "bbolt" => Ok(StoreChoice::Sled(
+                source
+                    .filter(|_| db.kind == "sled")
+                    .map_or_else(default_path, PathBuf::from),
+            )),
+            "memory" => Ok(StoreChoice::Memory),
+            "postgresql" | "postgres" => Err(match source {
+                Some(url) if !url.is_empty() => ConfigError::invalid(
+                    "db.type",
+                    "the PostgreSQL store is not available in this version of acmeproxy; use \"sled\"",
                 ),
-            );
+                _ => ConfigError::invalid(
+                    "db.dataSource",
+                    "postgresql needs a connection URL in db.dataSource",
+                ),
+            }),
+            other => Err(ConfigError::invalid(
+                "db.type",
+                format!("unknown store {other:?}; use \"sled\" or \"postgresql\""),
+            )),
         }
-        Ok(Warnings(warnings))
+    }
+
+    /// One provisioner's settings, lifetimes resolved.
+    fn provisioner_settings(
+        &self,
+        p: &ProvisionerConfig,
+        certlifetime: Option<time::Duration>,
+    ) -> Result<ProvisionerSettings, ConfigError> {
+        type Field = fn(&ClaimsConfig) -> Option<&String>;
+        let claim = |k: &str, f: Field| -> Result<Option<time::Duration>, ConfigError> {
+            let v = p
+                .claims
+                .as_ref()
+                .and_then(f)
+                .or_else(|| self.authority.claims.as_ref().and_then(f));
+            v.map(|s| {
+                parse_go_duration(s)
+                    .ok()
+                    .and_then(|d| time::Duration::try_from(d).ok())
+                    .ok_or_else(|| {
+                        ConfigError::invalid(format!("claims.{k}"), format!("{s:?} is too long"))
+                    })
+            })
+            .transpose()
+        };
+        // Unset: the upstream's own default applies (nothing is sent).
+        let default = claim("defaultTLSCertDuration", |c| {
+            c.default_tls_cert_duration.as_ref()
+        })?
+        .or(certlifetime);
+        let max = claim("maxTLSCertDuration", |c| c.max_tls_cert_duration.as_ref())?
+            .unwrap_or(time::Duration::days(398))
+            .max(default.unwrap_or(time::Duration::ZERO));
+        let min = claim("minTLSCertDuration", |c| c.min_tls_cert_duration.as_ref())?
+            .unwrap_or(time::Duration::minutes(5))
+            .min(default.unwrap_or(max));
+        let policies = [
+            ("authority".to_owned(), &self.authority.policy),
+            (format!("provisioner {:?}", p.name), &p.policy),
+        ]
+        .into_iter()
+        .filter_map(|(level, policy)| Some((level, policy.as_ref()?.x509.clone()?)))
+        .collect();
+        Ok(ProvisionerSettings {
+            name: p.name.clone(),
+            challenges: p.challenges.clone().unwrap_or_else(|| {
+                vec![
+                    ChallengeType::Http01,
+                    ChallengeType::Dns01,
+                    ChallengeType::TlsAlpn01,
+                ]
+            }),
+            require_eab: p.require_eab,
+            default_lifetime: default,
+            min_lifetime: min,
+            max_lifetime: max,
+            policies,
+            terms_of_service: p.terms_of_service.clone(),
+            website: p.website.clone(),
+            caa_identities: p.caa_identities.clone().unwrap_or_default(),
+        })
     }
 }
 
-fn collect_claims_ignored(c: &ClaimsConfig, ignored: &mut BTreeSet<String>) {
-    for (k, present) in [
-        ("enableSSHCA", c.enable_ssh_ca.is_some()),
-        ("disableRenewal", c.disable_renewal.is_some()),
-        (
-            "allowRenewalAfterExpiry",
-            c.allow_renewal_after_expiry.is_some(),
-        ),
-        (
-            "disableSmallstepExtensions",
-            c.disable_smallstep_extensions.is_some(),
-        ),
-    ] {
-        if present {
-            ignored.insert(format!("claims.{k}"));
-        }
+/// The metrics listener of `m` (top-level `metrics`, else the plugin's):
+/// absent, 127.0.0.1:9123. Only `address` listens beyond loopback: the
+/// metrics need no credentials, so exposing them is a choice.
+fn metrics_listen(m: Option<&MetricsConfig>) -> Result<Option<SocketAddr>, ConfigError> {
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let Some(m) = m else {
+        return Ok(Some(loopback(9123)));
+    };
+    if !m.enabled {
+        return Ok(None);
+    }
+    Ok(Some(match (&m.address, m.port) {
+        (Some(a), _) => parse_listen(a).map_err(|e| ConfigError::invalid("metrics.address", e))?,
+        (None, port) => loopback(port.unwrap_or(9123)),
+    }))
+}
+
+/// A warning when `metrics.port` is given without `address`: the Go plugin
+/// listened on every interface there, acmeproxy on 127.0.0.1.
+fn metrics_port_warning(m: &MetricsConfig) -> Option<String> {
+    match (m.enabled, &m.address, m.port) {
+        (true, None, Some(p)) => Some(format!(
+            "metrics.port {p} listens on 127.0.0.1 only; set metrics.address to \"0.0.0.0:{p}\" if Prometheus scrapes from another host"
+        )),
+        _ => None,
     }
 }

@@ -7,68 +7,59 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Config, ConfigError, Secret};
+use super::{AuthorityConfig, ConfigError, Secret};
 
 /// Where the Kubernetes service account token is mounted in a pod.
 pub const DEFAULT_KUBERNETES_TOKEN_PATH: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// `authority.config` when `authority.type` is `vaultcas`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct VaultCasConfig {
     /// Mount path of the PKI secrets engine (default `pki`).
-    #[serde(default)]
     pub pki_mount_path: Option<String>,
     /// PKI role for keys without a role of their own (default `default`).
-    #[serde(default)]
     pub pki_role_default: Option<String>,
     /// PKI role for RSA keys.
-    #[serde(default, rename = "pkiRoleRSA")]
+    #[serde(rename = "pkiRoleRSA")]
     pub pki_role_rsa: Option<String>,
     /// PKI role for ECDSA keys.
-    #[serde(default, rename = "pkiRoleEC")]
+    #[serde(rename = "pkiRoleEC")]
     pub pki_role_ec: Option<String>,
     /// PKI role for Ed25519 keys.
-    #[serde(default)]
     pub pki_role_ed25519: Option<String>,
     /// `approle` or `kubernetes`.
-    #[serde(default)]
     pub auth_type: String,
     /// Mount path of the auth method (default: its type).
-    #[serde(default)]
     pub auth_mount_path: Option<String>,
-    #[serde(default)]
     pub auth_options: VaultAuthOptions,
 }
 
 /// `authority.config.authOptions`: the AppRole or the Kubernetes keys.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct VaultAuthOptions {
     /// AppRole role ID.
-    #[serde(default, rename = "roleID")]
+    #[serde(rename = "roleID")]
     pub role_id: Option<String>,
     /// AppRole secret ID, inline (prefer `secretIDFile` or `secretIDEnv`).
-    #[serde(default, rename = "secretID")]
+    #[serde(rename = "secretID")]
     pub secret_id: Option<Secret>,
     /// A file holding the AppRole secret ID.
-    #[serde(default, rename = "secretIDFile")]
+    #[serde(rename = "secretIDFile")]
     pub secret_id_file: Option<PathBuf>,
     /// An environment variable holding the AppRole secret ID.
-    #[serde(default, rename = "secretIDEnv")]
+    #[serde(rename = "secretIDEnv")]
     pub secret_id_env: Option<String>,
     /// The secret ID is a response-wrapping token to unwrap first.
-    #[serde(default)]
     pub is_wrapping_token: bool,
     /// Kubernetes auth role.
-    #[serde(default)]
     pub role: Option<String>,
     /// Kubernetes service account token (JWT) file.
-    #[serde(default)]
     pub token_path: Option<PathBuf>,
 }
 
@@ -114,99 +105,96 @@ pub struct VaultCasSettings {
     pub auth: VaultAuth,
 }
 
-impl Config {
-    /// The Vault upstream's settings (`authority.type: "vaultcas"`).
-    pub fn vaultcas(&self) -> Result<VaultCasSettings, ConfigError> {
-        let raw = self.authority.config.clone().unwrap_or(Value::Null);
-        let cfg: VaultCasConfig = if raw.is_null() {
-            VaultCasConfig::default()
-        } else {
-            serde_json::from_value(canonical_keys(raw))
-                .map_err(|e| ConfigError::invalid("authority.config", e.to_string()))?
-        };
-        let address = self
-            .authority
-            .certificate_authority
-            .as_deref()
-            .map(|s| s.trim().trim_end_matches('/'))
-            .unwrap_or_default();
-        if address.is_empty() {
-            return Err(ConfigError::invalid(
-                "authority.certificateAuthority",
-                "give Vault's address, e.g. https://vault.example.com:8200",
-            ));
-        }
-        let https = address.starts_with("https://");
-        if !(https || address.starts_with("http://")) || address.parse::<http::Uri>().is_err() {
-            return Err(ConfigError::invalid(
-                "authority.certificateAuthority",
-                format!("{address:?} is not an http(s) URL"),
-            ));
-        }
-        let fingerprint = match self
-            .authority
-            .certificate_authority_fingerprint
-            .as_deref()
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-        {
-            None => None,
-            Some(_) if !https => {
-                return Err(ConfigError::invalid(
-                    "authority.certificateAuthorityFingerprint",
-                    "a fingerprint pins Vault's HTTPS certificate; certificateAuthority must be an https:// URL",
-                ));
-            }
-            Some(f) => Some(parse_fingerprint(f).ok_or_else(|| {
-                ConfigError::invalid(
-                    "authority.certificateAuthorityFingerprint",
-                    "expected the SHA-256 of the CA certificate (DER) as 64 hex digits",
-                )
-            })?),
-        };
-        let pki_mount_path = mount_path(
-            "authority.config.pkiMountPath",
-            cfg.pki_mount_path.as_deref(),
-            "pki",
-        )?;
-        let role_default = role_name(
-            "authority.config.pkiRoleDefault",
-            cfg.pki_role_default.as_deref(),
-            "default",
-        )?;
-        let role_rsa = role_name(
-            "authority.config.pkiRoleRSA",
-            cfg.pki_role_rsa.as_deref(),
-            &role_default,
-        )?;
-        let role_ec = role_name(
-            "authority.config.pkiRoleEC",
-            cfg.pki_role_ec.as_deref(),
-            &role_default,
-        )?;
-        let role_ed25519 = role_name(
-            "authority.config.pkiRoleEd25519",
-            cfg.pki_role_ed25519.as_deref(),
-            &role_default,
-        )?;
-        let auth = auth(&cfg.auth_type, cfg.auth_options)?;
-        let auth_mount_path = mount_path(
-            "authority.config.authMountPath",
-            cfg.auth_mount_path.as_deref(),
-            cfg.auth_type.as_str(),
-        )?;
-        Ok(VaultCasSettings {
-            address: address.to_owned(),
-            fingerprint,
-            pki_mount_path,
-            role_default,
-            role_rsa,
-            role_ec,
-            role_ed25519,
-            auth_mount_path,
-            auth,
-        })
+/// The Vault upstream's settings of `authority` (`authority.type:
+/// "vaultcas"`), checked.
+pub(super) fn settings(authority: &AuthorityConfig) -> Result<VaultCasSettings, ConfigError> {
+    let raw = authority.config.clone().map(|c| c.0).unwrap_or(Value::Null);
+    let cfg: VaultCasConfig = if raw.is_null() {
+        VaultCasConfig::default()
+    } else {
+        serde_json::from_value(canonical_keys(raw))
+            .map_err(|e| ConfigError::invalid("authority.config", e.to_string()))?
+    };
+    let address = authority
+        .certificate_authority
+        .as_deref()
+        .map(|s| s.trim().trim_end_matches('/'))
+        .unwrap_or_default();
+    if address.is_empty() {
+        return Err(ConfigError::invalid(
+            "authority.certificateAuthority",
+            "give Vault's address, e.g. https://vault.example.com:8200",
+        ));
     }
+    let https = address.starts_with("https://");
+    if !(https || address.starts_with("http://")) || address.parse::<http::Uri>().is_err() {
+        return Err(ConfigError::invalid(
+            "authority.certificateAuthority",
+            format!("{address:?} is not an http(s) URL"),
+        ));
+    }
+    let fingerprint = match authority
+        .certificate_authority_fingerprint
+        .as_deref()
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+    {
+        None => None,
+        Some(_) if !https => {
+            return Err(ConfigError::invalid(
+                "authority.certificateAuthorityFingerprint",
+                "a fingerprint pins Vault's HTTPS certificate; certificateAuthority must be an https:// URL",
+            ));
+        }
+        Some(f) => Some(parse_fingerprint(f).ok_or_else(|| {
+            ConfigError::invalid(
+                "authority.certificateAuthorityFingerprint",
+                "expected the SHA-256 of the CA certificate (DER) as 64 hex digits",
+            )
+        })?),
+    };
+    let pki_mount_path = mount_path(
+        "authority.config.pkiMountPath",
+        cfg.pki_mount_path.as_deref(),
+        "pki",
+    )?;
+    let role_default = role_name(
+        "authority.config.pkiRoleDefault",
+        cfg.pki_role_default.as_deref(),
+        "default",
+    )?;
+    let role_rsa = role_name(
+        "authority.config.pkiRoleRSA",
+        cfg.pki_role_rsa.as_deref(),
+        &role_default,
+    )?;
+    let role_ec = role_name(
+        "authority.config.pkiRoleEC",
+        cfg.pki_role_ec.as_deref(),
+        &role_default,
+    )?;
+    let role_ed25519 = role_name(
+        "authority.config.pkiRoleEd25519",
+        cfg.pki_role_ed25519.as_deref(),
+        &role_default,
+    )?;
+    let auth = auth(&cfg.auth_type, cfg.auth_options)?;
+    let auth_mount_path = mount_path(
+        "authority.config.authMountPath",
+        cfg.auth_mount_path.as_deref(),
+        cfg.auth_type.as_str(),
+    )?;
+    Ok(VaultCasSettings {
+        address: address.to_owned(),
+        fingerprint,
+        pki_mount_path,
+        role_default,
+        role_rsa,
+        role_ec,
+        role_ed25519,
+        auth_mount_path,
+        auth,
+    })
 }
 
 fn auth(kind: &str, o: VaultAuthOptions) -> Result<VaultAuth, ConfigError> {
@@ -393,6 +381,7 @@ fn canonical_keys(v: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn doc(authority: Value) -> String {
         let mut a = authority;
@@ -403,7 +392,10 @@ mod tests {
     }
 
     fn settings(authority: Value) -> Result<VaultCasSettings, ConfigError> {
-        Config::parse(&doc(authority)).map(|(c, _)| c.vaultcas().unwrap())
+        Config::parse(&doc(authority)).map(|(s, _)| match s.upstream {
+            crate::config::Upstream::VaultCas(v) => v,
+            other => panic!("not vaultcas: {other:?}"),
+        })
     }
 
     const FP: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";

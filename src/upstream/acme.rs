@@ -60,6 +60,21 @@ impl std::fmt::Debug for AcmeUpstreamOptions {
     }
 }
 
+impl From<&crate::config::ExternalCasSettings> for AcmeUpstreamOptions {
+    fn from(ext: &crate::config::ExternalCasSettings) -> Self {
+        Self {
+            directory_url: ext.directory_url.clone(),
+            account_email: ext.account_email.clone(),
+            eab: ext
+                .eab
+                .as_ref()
+                .map(|e| (e.kid.clone(), e.hmac_key.expose().to_vec())),
+            ca_bundle: ext.ca_bundle.clone(),
+            timeout: ext.timeout,
+        }
+    }
+}
+
 /// The external ACME upstream.
 pub struct AcmeUpstream {
     opts: AcmeUpstreamOptions,

@@ -63,6 +63,21 @@ pub struct StepCaOptions {
     pub timeout: Duration,
 }
 
+impl From<&crate::config::StepCasSettings> for StepCaOptions {
+    fn from(sc: &crate::config::StepCasSettings) -> Self {
+        Self {
+            ca_url: sc.ca_url.clone(),
+            fingerprint: sc.fingerprint.clone(),
+            issuer: sc.issuer,
+            provisioner: sc.provisioner.clone(),
+            key: sc.key.clone(),
+            crt: sc.crt.clone(),
+            password: sc.password.clone(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The step-ca upstream.
 pub struct StepCa {
     opts: StepCaOptions,

@@ -80,7 +80,7 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     pub root_file: PathBuf,
     pub responders: Responders,
-    pub config: Config,
+    pub config: acmeproxy::config::Settings,
     shutdown: CancellationToken,
 }
 
