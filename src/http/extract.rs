@@ -147,16 +147,7 @@ pub async fn verify(
             "the JWS protected header has no \"nonce\"; get one from newNonce",
         ));
     };
-    let redeemed = state.nonces.redeem(nonce);
-    if !redeemed.is_accepted() {
-        return Err(HttpError::new(
-            ProblemType::BadNonce,
-            format!(
-                "the nonce {}; retry with the Replay-Nonce of this response",
-                redeemed.reason()
-            ),
-        ));
-    }
+    state.nonces.redeem(nonce)?;
     let signer = match (&jws.header.jwk, &jws.header.kid, key_ref) {
         (Some(_), Some(_), _) => {
             return Err(HttpError::new(
