@@ -11,6 +11,7 @@ mod finalize;
 pub mod limits;
 mod order;
 mod quota;
+mod readiness;
 pub mod renewal;
 pub mod state;
 mod worker;
@@ -32,6 +33,7 @@ use crate::validate::Validator;
 
 pub use account::{NewAccountOutcome, RevocationSigner, jws_problem};
 pub use error::RaError;
+pub use readiness::Readiness;
 pub use worker::FinalizeWorker;
 
 /// One ACME provisioner, as the Authority uses it.

@@ -188,6 +188,11 @@ impl Records {
         self.store.commit_deferred(batch.into_ops()?).await
     }
 
+    /// Whether a write can be made durable now (for readiness).
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        self.store.check_writable().await
+    }
+
     /// Waits until every batch committed so far is durable.
     pub async fn sync(&self) -> Result<(), StoreError> {
         self.store.sync().await
