@@ -44,7 +44,7 @@ impl Authority {
             }
         }
         let rest = budget.saturating_sub(started.elapsed());
-        let state = match tokio::time::timeout(rest, self.upstream.health()).await {
+        let state = match tokio::time::timeout(rest, self.upstream_health()).await {
             Ok(Ok(())) => Readiness::Ready,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "not ready: upstream");

@@ -292,6 +292,11 @@ impl Records {
             .collect()
     }
 
+    /// Number of records of a kind.
+    pub async fn count<T: Record>(&self) -> Result<u64, StoreError> {
+        self.store.count(T::TABLE).await
+    }
+
     /// Finalize jobs due at `now`, at most `limit`, oldest first.
     pub async fn due_jobs(
         &self,
