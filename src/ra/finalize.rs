@@ -9,6 +9,7 @@ use std::sync::Arc;
 use time::Duration;
 
 use super::error::{RaError, problem};
+use super::order::owned;
 use super::{Authority, Event, RevocationSigner, state};
 use crate::acme::ProblemType;
 use crate::acme::jws::PublicJwk;
@@ -16,7 +17,7 @@ use crate::acme::types::OrderStatus;
 use crate::model::{AccountId, CertId, CertificateRecord, FinalizeJob, OrderRecord, Revocation};
 use crate::policy::{cert, csr};
 use crate::store::StoreError;
-use crate::store::records::Batch;
+use crate::store::records::{Batch, Change, Versioned};
 use crate::upstream::RevokeRequest;
 
 /// RFC 5280 §5.3.1 reasons a subscriber may give (as Boulder allows, plus
@@ -38,7 +39,7 @@ impl Authority {
         csr_der: &[u8],
     ) -> Result<OrderRecord, RaError> {
         let stored = self.owned_order(&account.id, order_id).await?;
-        let order = self.refresh_order(stored).await?;
+        let order = self.refresh_order(stored).await?.value;
         if order.status != OrderStatus::Ready {
             return problem(
                 ProblemType::OrderNotReady,
@@ -122,10 +123,7 @@ impl Authority {
             Some(id) => self.records.get::<CertificateRecord>(id.as_str()).await?,
             None => None,
         };
-        match cert {
-            Some(c) if &c.account_id == account => Ok(c.value),
-            _ => Err(super::order::not_found("certificate")),
-        }
+        Ok(owned(cert, account, "certificate")?.value)
     }
 
     /// revokeCert (RFC 8555 §7.6), forwarded to the upstream and recorded.
@@ -244,47 +242,43 @@ impl Authority {
         by: &str,
     ) -> Result<CertificateRecord, RaError> {
         self.upstream.revoke_certificate(&req).await?;
-        for _ in 0..8 {
-            let Some(current) = self
-                .records
-                .get::<CertificateRecord>(cert_id.as_str())
-                .await?
-            else {
-                break;
-            };
-            if current.revocation.is_some() {
-                return Ok(current.value);
-            }
-            let mut next = current.value.clone();
-            next.revocation = Some(Revocation {
-                reason: req.reason,
-                revoked_at: self.clock.now(),
-            });
-            match self
-                .records
-                .commit(Batch::new().replace(&current, &next))
-                .await
-            {
-                Ok(()) => {
-                    crate::metrics::certificate_revoked();
-                    tracing::info!(
-                        serial = %next.serial_hex,
-                        reason = req.reason,
-                        by = %by,
-                        account = %next.account_id,
-                        upstream = %next.upstream,
-                        "certificate revoked"
-                    );
-                    return Ok(next);
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        let reason = req.reason;
+        let (cert, recorded) = self
+            .records
+            .update(
+                cert_id.as_str(),
+                |current: Option<Versioned<CertificateRecord>>| async move {
+                    let Some(current) = current else {
+                        return problem(
+                            ProblemType::ServerInternal,
+                            "could not record the revocation",
+                        );
+                    };
+                    if current.revocation.is_some() {
+                        return Ok(Change::Keep((current.value, false)));
+                    }
+                    let mut next = current.value.clone();
+                    next.revocation = Some(Revocation {
+                        reason,
+                        revoked_at: self.clock.now(),
+                    });
+                    let batch = Batch::new().replace(&current, &next);
+                    Ok(Change::Commit(batch, (next, true)))
+                },
+            )
+            .await?;
+        if recorded {
+            crate::metrics::certificate_revoked();
+            tracing::info!(
+                serial = %cert.serial_hex,
+                reason,
+                by = %by,
+                account = %cert.account_id,
+                upstream = %cert.upstream,
+                "certificate revoked"
+            );
         }
-        problem(
-            ProblemType::ServerInternal,
-            "could not record the revocation",
-        )
+        Ok(cert)
     }
 
     /// Whether `acct` holds valid, unexpired authorizations for every

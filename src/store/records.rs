@@ -1,6 +1,8 @@
-//! The typed layer over [`Store`]: records as JSON values, their indexes, and
-//! atomic batches with compare-and-swap on what was read.
+//! The typed layer over [`Store`]: records as JSON values, their indexes,
+//! atomic batches with compare-and-swap on what was read, and the one
+//! read-modify-write loop ([`Records::update`]) that retries them.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -63,12 +65,49 @@ impl Record for EabKeyRecord {
     }
 }
 
+/// Attempts of [`Records::update`] before it gives up with
+/// [`StoreError::Contended`].
+pub const UPDATE_ATTEMPTS: usize = 8;
+
+/// Attempts of [`Records::update_shared`], whose batches also write a record
+/// that concurrent updates of its siblings write too (an authorization's
+/// order).
+pub const SHARED_UPDATE_ATTEMPTS: usize = 16;
+
+/// What one attempt of an update decided.
+#[derive(Debug)]
+pub enum Change<R> {
+    /// Commit this batch durably; the update then returns the value.
+    Commit(Batch, R),
+    /// Commit this batch, durable at the next [`sync`](Records::sync) or
+    /// durable commit ([`Store::commit_deferred`]); then return the value.
+    CommitDeferred(Batch, R),
+    /// Write nothing and return the value.
+    Keep(R),
+}
+
 /// A record together with the exact bytes it was read from, so that an update
 /// can be made conditional on nobody having changed it since.
 #[derive(Clone, Debug)]
 pub struct Versioned<T> {
     pub value: T,
     raw: Vec<u8>,
+}
+
+impl<T: Record> Versioned<T> {
+    /// `value` as it will read once written by
+    /// [`Batch::replace_versioned`], so the writer can go on updating it
+    /// without reading it back.
+    pub fn encode(value: T) -> Result<Self, StoreError> {
+        match serde_json::to_vec(&value) {
+            Ok(raw) => Ok(Self { value, raw }),
+            Err(source) => Err(StoreError::Corrupt {
+                table: T::TABLE,
+                key: value.key(),
+                source,
+            }),
+        }
+    }
 }
 
 impl<T> std::ops::Deref for Versioned<T> {
@@ -127,6 +166,18 @@ impl Batch {
         self
     }
 
+    /// As [`replace`](Self::replace), writing the bytes `new` was encoded
+    /// to.
+    pub fn replace_versioned<T: Record>(mut self, old: &Versioned<T>, new: &Versioned<T>) -> Self {
+        self.ops.push(Op::put(
+            T::TABLE,
+            new.value.key(),
+            new.raw.clone(),
+            Expect::Value(old.raw.clone()),
+        ));
+        self
+    }
+
     /// Deletes `old`, only if it is still what the store holds.
     pub fn remove<T: Record>(mut self, old: &Versioned<T>) -> Self {
         self.ops.push(Op::delete(
@@ -175,6 +226,87 @@ impl Records {
             None => Ok(None),
             Some(raw) => decode::<T>(key, raw).map(Some),
         }
+    }
+
+    /// Reads the record at `key` and lets `attempt` decide what to write
+    /// (a batch conditional on what was read, or nothing); when the commit
+    /// conflicts because someone changed the record meanwhile, reads it again
+    /// and repeats. Gives up with [`StoreError::Contended`] after
+    /// [`UPDATE_ATTEMPTS`]. Returns the value of the attempt that stood.
+    pub async fn update<T, R, E, F, Fut>(&self, key: &str, attempt: F) -> Result<R, E>
+    where
+        T: Record,
+        E: From<StoreError>,
+        F: FnMut(Option<Versioned<T>>) -> Fut,
+        Fut: Future<Output = Result<Change<R>, E>>,
+    {
+        self.retry(key, None, UPDATE_ATTEMPTS, attempt).await
+    }
+
+    /// As [`update`](Self::update), starting from `current`, already read.
+    pub async fn update_from<T, R, E, F, Fut>(
+        &self,
+        current: Versioned<T>,
+        attempt: F,
+    ) -> Result<R, E>
+    where
+        T: Record,
+        E: From<StoreError>,
+        F: FnMut(Option<Versioned<T>>) -> Fut,
+        Fut: Future<Output = Result<Change<R>, E>>,
+    {
+        let key = current.value.key();
+        self.retry(&key, Some(current), UPDATE_ATTEMPTS, attempt)
+            .await
+    }
+
+    /// As [`update`](Self::update), with [`SHARED_UPDATE_ATTEMPTS`].
+    pub async fn update_shared<T, R, E, F, Fut>(&self, key: &str, attempt: F) -> Result<R, E>
+    where
+        T: Record,
+        E: From<StoreError>,
+        F: FnMut(Option<Versioned<T>>) -> Fut,
+        Fut: Future<Output = Result<Change<R>, E>>,
+    {
+        self.retry(key, None, SHARED_UPDATE_ATTEMPTS, attempt).await
+    }
+
+    /// The loop behind the `update` family.
+    async fn retry<T, R, E, F, Fut>(
+        &self,
+        key: &str,
+        mut first: Option<Versioned<T>>,
+        attempts: usize,
+        mut attempt: F,
+    ) -> Result<R, E>
+    where
+        T: Record,
+        E: From<StoreError>,
+        F: FnMut(Option<Versioned<T>>) -> Fut,
+        Fut: Future<Output = Result<Change<R>, E>>,
+    {
+        for _ in 0..attempts {
+            let current = match first.take() {
+                Some(v) => Some(v),
+                None => self.get::<T>(key).await?,
+            };
+            let committed = match attempt(current).await? {
+                Change::Keep(value) => return Ok(value),
+                Change::Commit(batch, value) => (self.commit(batch).await, value),
+                Change::CommitDeferred(batch, value) => (self.commit_deferred(batch).await, value),
+            };
+            match committed {
+                (Ok(()), value) => return Ok(value),
+                (Err(StoreError::Conflict { .. }), _) => continue,
+                (Err(e), _) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contended {
+            table: T::TABLE,
+            key: key.to_owned(),
+            attempts,
+        }
+        .into())
     }
 
     /// Applies a batch atomically and durably.
@@ -329,5 +461,93 @@ fn decode<T: Record>(key: &str, raw: Vec<u8>) -> Result<Versioned<T>, StoreError
             key: key.to_owned(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn key(kid: &str) -> EabKeyRecord {
+        EabKeyRecord {
+            kid: kid.to_owned(),
+            provisioner: "acme".to_owned(),
+            hmac_key: vec![1; 32],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            bound_account: None,
+            policy: None,
+        }
+    }
+
+    /// Changes the stored record behind the update's back.
+    async fn interfere(records: &Records) {
+        let current = records.get::<EabKeyRecord>("k").await.unwrap().unwrap();
+        let mut other = current.value.clone();
+        other.provisioner.push('x');
+        records
+            .commit(Batch::new().replace(&current, &other))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn update_retries_a_conflict_and_gives_up_after_the_bound() {
+        let records = Records::new(Arc::new(MemoryStore::new()));
+        records
+            .commit(Batch::new().insert(&key("k")))
+            .await
+            .unwrap();
+        let calls = AtomicUsize::new(0);
+        let (records, calls) = (&records, &calls);
+
+        // Interfered with once: the second attempt stands.
+        let kept = records
+            .update("k", |current: Option<Versioned<EabKeyRecord>>| async move {
+                let current = current.unwrap();
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    interfere(records).await;
+                }
+                let mut next = current.value.clone();
+                next.provisioner = "updated".to_owned();
+                let batch = Batch::new().replace(&current, &next);
+                Ok::<_, StoreError>(Change::Commit(batch, next.provisioner))
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, "updated");
+        assert_eq!(calls.swap(0, Ordering::SeqCst), 2);
+
+        // Interfered with every time: Contended after UPDATE_ATTEMPTS.
+        let e = records
+            .update("k", |current: Option<Versioned<EabKeyRecord>>| async move {
+                let current = current.unwrap();
+                calls.fetch_add(1, Ordering::SeqCst);
+                interfere(records).await;
+                let batch = Batch::new().replace(&current, &current.value);
+                Ok::<_, StoreError>(Change::Commit(batch, ()))
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Contended { table: Table::EabKeys, ref key, attempts }
+                if key == "k" && attempts == UPDATE_ATTEMPTS),
+            "{e:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), UPDATE_ATTEMPTS);
+
+        // Nothing to write: no commit, the value as is.
+        let absent = records
+            .update(
+                "nope",
+                |current: Option<Versioned<EabKeyRecord>>| async move {
+                    Ok::<_, StoreError>(Change::Keep(current.is_none()))
+                },
+            )
+            .await
+            .unwrap();
+        assert!(absent);
     }
 }
