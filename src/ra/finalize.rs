@@ -39,7 +39,8 @@ impl Authority {
         csr_der: &[u8],
     ) -> Result<OrderRecord, RaError> {
         let stored = self.owned_order(&account.id, order_id).await?;
-        let order = self.refresh_order(stored).await?.value;
+        let current = self.refresh_order(stored).await?;
+        let order = &current.value;
         if order.status != OrderStatus::Ready {
             return problem(
                 ProblemType::OrderNotReady,
@@ -61,10 +62,9 @@ impl Authority {
         csr::check_against_order(&parsed, &order.identifiers, &account_key)
             .map_err(|e| RaError::new(ProblemType::BadCsr, e.0))?;
 
-        let Some(current) = self.records.get::<OrderRecord>(order.id.as_str()).await? else {
-            return Err(super::order::not_found("order"));
-        };
-        let mut next = current.value.clone();
+        // The order as refreshed above; if anyone changed it since, the
+        // commit below conflicts.
+        let mut next = order.clone();
         if !state::begin_finalize(&mut next) {
             return problem(
                 ProblemType::OrderNotReady,
