@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Semaphore;
 
+use super::state::FinalizeOutcome;
 use super::{Authority, Event, state};
 use crate::acme::types::OrderStatus;
 use crate::acme::{Problem, ProblemType};
@@ -245,7 +246,7 @@ impl Authority {
              create a new order",
         );
         let outcome = match self.records.get::<OrderRecord>(order_id.as_str()).await {
-            Ok(Some(order)) => self.finish(&order, Err(p), None).await,
+            Ok(Some(order)) => self.finish(&order, FinalizeOutcome::Failed(p)).await,
             Ok(None) => self.drop_job(order_id).await,
             Err(e) => Err(e.into()),
         };
@@ -285,7 +286,10 @@ impl Authority {
                     "the upstream CA did not issue the certificate before the order expired (last error: {why}); create a new order"
                 ),
             );
-            return self.finish(&order, Err(p), None).await.map(|()| None);
+            return self
+                .finish(&order, FinalizeOutcome::Failed(p))
+                .await
+                .map(|()| None);
         }
         let not_after = order.not_after.or_else(|| {
             self.default_lifetime(&order.provisioner)
@@ -343,7 +347,7 @@ impl Authority {
                     upstream: self.upstream.name().to_owned(),
                     revocation: None,
                 };
-                self.finish(&order, Ok(record.id.clone()), Some(record))
+                self.finish(&order, FinalizeOutcome::Issued(Box::new(record)))
                     .await
                     .map(|()| None)
             }
@@ -356,7 +360,9 @@ impl Authority {
                     *kind,
                     format!("the upstream CA refused the certificate: {detail}"),
                 );
-                self.finish(&order, Err(p), None).await.map(|()| None)
+                self.finish(&order, FinalizeOutcome::Failed(p))
+                    .await
+                    .map(|()| None)
             }
             Err(e) => {
                 tracing::warn!(order = %order.id, attempt = job.attempts + 1, error = %crate::telemetry::causes(&e), "upstream failed; will retry");
@@ -370,10 +376,13 @@ impl Authority {
     async fn finish(
         &self,
         order: &Versioned<OrderRecord>,
-        result: Result<CertId, Problem>,
-        cert: Option<CertificateRecord>,
+        outcome: FinalizeOutcome,
     ) -> Result<(), super::RaError> {
-        let (result, cert) = (&result, &cert);
+        let outcome = &outcome;
+        let cert = match outcome {
+            FinalizeOutcome::Issued(c) => Some(&**c),
+            FinalizeOutcome::Failed(_) => None,
+        };
         let stored = self
             .records
             .update_from(
@@ -383,13 +392,8 @@ impl Authority {
                         return Ok(Change::Keep(Finish::Gone));
                     };
                     let mut next = order.value.clone();
-                    if !state::end_finalize(&mut next, result.clone()) {
+                    if !state::end_finalize(&mut next, outcome) {
                         return Ok(Change::Keep(Finish::NotProcessing));
-                    }
-                    // The order shows the validity the upstream actually gave.
-                    if let Some(c) = cert {
-                        next.not_before = Some(c.not_before);
-                        next.not_after = Some(c.not_after);
                     }
                     let Some(job) = self.records.get::<FinalizeJob>(order.id.as_str()).await?
                     else {
