@@ -14,7 +14,7 @@ use super::problem::HttpError;
 use crate::acme::ProblemType;
 use crate::acme::jws::{FlattenedJws, PublicJwk};
 use crate::model::AccountRecord;
-use crate::ra::{RaError, jws_problem};
+use crate::ra::jws_problem;
 
 /// Which key reference a resource accepts (RFC 8555 §6.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,11 +188,10 @@ pub async fn verify(
         }
     };
     let key = match &signer {
-        Signer::Key(k) => k.clone(),
-        Signer::Account(a) => PublicJwk::from_json(&a.jwk)
-            .map_err(|e| HttpError::from(RaError::internal("reading the account key", e)))?,
+        Signer::Key(k) => k,
+        Signer::Account(a) => &a.jwk,
     };
-    jws.verify(&key)
+    jws.verify(key)
         .map_err(|e| HttpError::from(jws_problem(e)))?;
     Ok(Signed {
         jws,

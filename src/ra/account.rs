@@ -91,7 +91,7 @@ impl Authority {
         let account = AccountRecord {
             id: id.clone(),
             provisioner: provisioner.to_owned(),
-            jwk: jwk.to_json(),
+            jwk: jwk.clone(),
             thumbprint,
             status: AccountStatus::Valid,
             contact,
@@ -335,9 +335,7 @@ impl Authority {
             );
         }
         let old = PublicJwk::from_json(&payload.old_key).map_err(jws_problem)?;
-        let current_key = PublicJwk::from_json(&account.jwk)
-            .map_err(|e| RaError::internal("reading the account key", e))?;
-        if old != current_key {
+        if old != account.jwk {
             return problem(
                 ProblemType::Malformed,
                 "the keyChange \"oldKey\" is not the account's current key",
@@ -361,7 +359,7 @@ impl Authority {
             return problem(ProblemType::AccountDoesNotExist, "the account is gone");
         };
         let mut next = current.value.clone();
-        next.jwk = new_key.to_json();
+        next.jwk = new_key;
         next.thumbprint = new_tp.clone();
         let batch = Batch::new()
             .replace(&current, &next)

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::error::{RaError, problem};
 use super::{Authority, Event, state};
-use crate::acme::jws::{PublicJwk, key_authorization};
+use crate::acme::jws::key_authorization;
 use crate::acme::types::{AuthorizationStatus, ChallengeStatus, ChallengeType, OrderStatus};
 use crate::acme::{Problem, ProblemType};
 use crate::model::{AccountRecord, AuthzRecord, OrderRecord};
@@ -112,9 +112,7 @@ impl Authority {
         let Some(ch) = authz.challenges.get(index) else {
             return Ok(None);
         };
-        let jwk = PublicJwk::from_json(&account.jwk)
-            .map_err(|e| RaError::internal("reading the account key", e))?;
-        let key_auth = key_authorization(&ch.token, &jwk);
+        let key_auth = key_authorization(&ch.token, &account.jwk);
         match self.validating.lock() {
             Ok(mut set) => {
                 if !set.insert(authz.id.clone()) {

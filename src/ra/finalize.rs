@@ -12,7 +12,6 @@ use super::error::{RaError, problem};
 use super::order::owned;
 use super::{Authority, Event, RevocationSigner, state};
 use crate::acme::ProblemType;
-use crate::acme::jws::PublicJwk;
 use crate::acme::types::OrderStatus;
 use crate::model::{AccountId, CertId, CertificateRecord, FinalizeJob, OrderRecord, Revocation};
 use crate::policy::{cert, csr};
@@ -57,9 +56,7 @@ impl Authority {
             );
         }
         let parsed = csr::parse_csr(csr_der).map_err(|e| RaError::new(ProblemType::BadCsr, e.0))?;
-        let account_key = PublicJwk::from_json(&account.jwk)
-            .map_err(|e| RaError::internal("reading the account key", e))?;
-        csr::check_against_order(&parsed, &order.identifiers, &account_key)
+        csr::check_against_order(&parsed, &order.identifiers, &account.jwk)
             .map_err(|e| RaError::new(ProblemType::BadCsr, e.0))?;
 
         // The order as refreshed above; if anyone changed it since, the
