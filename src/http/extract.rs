@@ -56,6 +56,13 @@ impl Signed {
         }
     }
 
+    /// The signing account of a POST-as-GET (an empty payload, RFC 8555
+    /// §6.3): a read of a resource that account owns.
+    pub fn post_as_get_account(&self) -> Result<&AccountRecord, HttpError> {
+        self.require_post_as_get()?;
+        self.account()
+    }
+
     /// The payload as JSON of type `T`.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, HttpError> {
         if self.jws.is_post_as_get() {
