@@ -23,46 +23,26 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync {
     fn key(&self) -> String;
 }
 
-impl Record for AccountRecord {
-    const TABLE: Table = Table::Accounts;
-    fn key(&self) -> String {
-        self.id.to_string()
-    }
+/// Implements [`Record`] for each type: its table, and the field that is its
+/// key.
+macro_rules! records {
+    ($($ty:ty => $table:ident by $field:ident),* $(,)?) => {$(
+        impl Record for $ty {
+            const TABLE: Table = Table::$table;
+            fn key(&self) -> String {
+                self.$field.to_string()
+            }
+        }
+    )*};
 }
 
-impl Record for OrderRecord {
-    const TABLE: Table = Table::Orders;
-    fn key(&self) -> String {
-        self.id.to_string()
-    }
-}
-
-impl Record for AuthzRecord {
-    const TABLE: Table = Table::Authzs;
-    fn key(&self) -> String {
-        self.id.to_string()
-    }
-}
-
-impl Record for CertificateRecord {
-    const TABLE: Table = Table::Certs;
-    fn key(&self) -> String {
-        self.id.to_string()
-    }
-}
-
-impl Record for FinalizeJob {
-    const TABLE: Table = Table::Jobs;
-    fn key(&self) -> String {
-        self.order_id.to_string()
-    }
-}
-
-impl Record for EabKeyRecord {
-    const TABLE: Table = Table::EabKeys;
-    fn key(&self) -> String {
-        self.kid.clone()
-    }
+records! {
+    AccountRecord => Accounts by id,
+    OrderRecord => Orders by id,
+    AuthzRecord => Authzs by id,
+    CertificateRecord => Certs by id,
+    FinalizeJob => Jobs by order_id,
+    EabKeyRecord => EabKeys by kid,
 }
 
 /// Attempts of [`Records::update`] before it gives up with
@@ -333,11 +313,10 @@ impl Records {
     /// Creates an account and its key index entry. `Conflict` on the
     /// `AccountKeys` table means another account has this key already.
     pub fn account_insert_ops(batch: Batch, account: &AccountRecord) -> Batch {
-        batch.insert(account).op(Op::put(
+        batch.insert(account).op(index_entry(
             Table::AccountKeys,
-            account.thumbprint.clone(),
-            account.id.as_str().as_bytes().to_vec(),
-            Expect::Absent,
+            &account.thumbprint,
+            &account.id,
         ))
     }
 
@@ -346,11 +325,7 @@ impl Records {
         &self,
         thumbprint: &str,
     ) -> Result<Option<Versioned<AccountRecord>>, StoreError> {
-        let Some(id) = self.store.get(Table::AccountKeys, thumbprint).await? else {
-            return Ok(None);
-        };
-        let id = String::from_utf8_lossy(&id).into_owned();
-        self.get::<AccountRecord>(&id).await
+        self.by_index(Table::AccountKeys, thumbprint).await
     }
 
     /// Creates an order with its authorizations and the account's list entry,
@@ -392,12 +367,9 @@ impl Records {
 
     /// Index entry for a certificate's serial.
     pub fn cert_insert_ops(batch: Batch, cert: &CertificateRecord) -> Batch {
-        batch.insert(cert).op(Op::put(
-            Table::CertSerials,
-            cert.serial_hex.clone(),
-            cert.id.as_str().as_bytes().to_vec(),
-            Expect::Absent,
-        ))
+        batch
+            .insert(cert)
+            .op(index_entry(Table::CertSerials, &cert.serial_hex, &cert.id))
     }
 
     /// The certificate with this serial (lower-case hex).
@@ -405,11 +377,20 @@ impl Records {
         &self,
         serial_hex: &str,
     ) -> Result<Option<Versioned<CertificateRecord>>, StoreError> {
-        let Some(id) = self.store.get(Table::CertSerials, serial_hex).await? else {
+        self.by_index(Table::CertSerials, serial_hex).await
+    }
+
+    /// The record whose key the index `table` holds at `index_key`.
+    async fn by_index<T: Record>(
+        &self,
+        table: Table,
+        index_key: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        let Some(id) = self.store.get(table, index_key).await? else {
             return Ok(None);
         };
         let id = String::from_utf8_lossy(&id).into_owned();
-        self.get::<CertificateRecord>(&id).await
+        self.get::<T>(&id).await
     }
 
     /// Every record of a kind, in key order, after `after`, at most `limit`.
@@ -451,6 +432,16 @@ impl Records {
         due.truncate(limit);
         Ok(due)
     }
+}
+
+/// A new entry of the index `table`: `index_key` → the record key `id`.
+fn index_entry(table: Table, index_key: &str, id: &impl std::fmt::Display) -> Op {
+    Op::put(
+        table,
+        index_key,
+        id.to_string().into_bytes(),
+        Expect::Absent,
+    )
 }
 
 fn decode<T: Record>(key: &str, raw: Vec<u8>) -> Result<Versioned<T>, StoreError> {
