@@ -195,8 +195,8 @@ impl Records {
         Self { store }
     }
 
-    /// The underlying store.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The underlying store (for the composition root).
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
