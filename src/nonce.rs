@@ -47,36 +47,22 @@ const RAW_LEN: usize = 8 + 8 + TAG_LEN;
 /// Characters of an encoded nonce (base64url without padding).
 const ENCODED_LEN: usize = (RAW_LEN * 4).div_ceil(3);
 
-/// Why a nonce was refused, for the `badNonce` detail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Redeem {
-    /// Good, and now used up.
-    Accepted,
+/// Why a nonce was refused: what the client is told in the `badNonce`
+/// problem (RFC 8555 §6.5). Redeeming has no internal failure: the replay
+/// window lives in this process's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NonceError {
     /// Not a nonce of this server process (forged, garbled, or issued before
     /// a restart).
+    #[error("is not a nonce of this server (or was issued before it restarted)")]
     Unknown,
     /// Redeemed before.
+    #[error("was already used")]
     Replayed,
     /// Older than the lifetime, or pushed out of the replay window by newer
     /// nonces.
+    #[error("has expired")]
     Expired,
-}
-
-impl Redeem {
-    /// Whether the nonce was good.
-    pub fn is_accepted(self) -> bool {
-        self == Self::Accepted
-    }
-
-    /// What the client is told.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Unknown => "is not a nonce of this server (or was issued before it restarted)",
-            Self::Replayed => "was already used",
-            Self::Expired => "has expired",
-        }
-    }
 }
 
 /// Issues and redeems nonces.
@@ -150,18 +136,18 @@ impl NonceService {
 
     /// Redeems a nonce: accepted once, if this process issued it, within its
     /// lifetime and within the replay window.
-    pub fn redeem(&self, nonce: &str) -> Redeem {
+    pub fn redeem(&self, nonce: &str) -> Result<(), NonceError> {
         if nonce.len() != ENCODED_LEN {
-            return Redeem::Unknown;
+            return Err(NonceError::Unknown);
         }
         let mut raw = [0u8; RAW_LEN];
         match URL_SAFE_NO_PAD.decode_slice(nonce.as_bytes(), &mut raw) {
             Ok(RAW_LEN) => {}
-            _ => return Redeem::Unknown,
+            _ => return Err(NonceError::Unknown),
         }
         let tag = hmac::sign(&self.inner.key, &raw[..16]);
         if !ring_eq(&tag.as_ref()[..TAG_LEN], &raw[16..]) {
-            return Redeem::Unknown;
+            return Err(NonceError::Unknown);
         }
         let mut word = [0u8; 8];
         word.copy_from_slice(&raw[..8]);
@@ -171,7 +157,7 @@ impl NonceService {
         let now = self.inner.clock.now().unix_timestamp();
         let age = now.saturating_sub(issued);
         if age > self.inner.max_age.whole_seconds() || age < -60 {
-            return Redeem::Expired;
+            return Err(NonceError::Expired);
         }
         self.inner.check_window(counter)
     }
@@ -183,41 +169,41 @@ impl NonceService {
 }
 
 impl Inner {
-    fn check_window(&self, counter: u64) -> Redeem {
+    fn check_window(&self, counter: u64) -> Result<(), NonceError> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         let next = self.next.load(Ordering::Relaxed);
         if counter >= next {
             // A good MAC on a counter not yet issued: cannot happen with a
             // key of this process.
-            return Redeem::Unknown;
+            return Err(NonceError::Unknown);
         }
         let slots = self.window / 64;
         let newest_word = (next - 1) / 64;
         let w = counter / 64;
         // The window is the last `slots` words; each has a slot of its own.
         if w.saturating_add(slots) <= newest_word {
-            return Redeem::Expired;
+            return Err(NonceError::Expired);
         }
         let Ok(slot) = usize::try_from(w % slots) else {
-            return Redeem::Unknown;
+            return Err(NonceError::Unknown);
         };
         let (Some(tag), Some(bits)) = (seen.tags.get(slot).copied(), seen.bits.get(slot).copied())
         else {
-            return Redeem::Unknown;
+            return Err(NonceError::Unknown);
         };
         let want = w + 1;
         let bits = match tag.cmp(&want) {
-            std::cmp::Ordering::Greater => return Redeem::Expired,
+            std::cmp::Ordering::Greater => return Err(NonceError::Expired),
             std::cmp::Ordering::Less => 0,
             std::cmp::Ordering::Equal => bits,
         };
         let bit = 1u64 << (counter % 64);
         if bits & bit != 0 {
-            return Redeem::Replayed;
+            return Err(NonceError::Replayed);
         }
         seen.tags[slot] = want;
         seen.bits[slot] = bits | bit;
-        Redeem::Accepted
+        Ok(())
     }
 }
 
@@ -242,14 +228,14 @@ mod tests {
         let (svc, _) = service(DEFAULT_WINDOW);
         let a = svc.issue();
         assert_eq!(a.len(), ENCODED_LEN);
-        assert_eq!(svc.redeem(&a), Redeem::Accepted);
-        assert_eq!(svc.redeem(&a), Redeem::Replayed);
+        assert_eq!(svc.redeem(&a), Ok(()));
+        assert_eq!(svc.redeem(&a), Err(NonceError::Replayed));
         // Out of order is fine within the window.
         let b = svc.issue();
         let c = svc.issue();
-        assert_eq!(svc.redeem(&c), Redeem::Accepted);
-        assert_eq!(svc.redeem(&b), Redeem::Accepted);
-        assert_eq!(svc.redeem(&b), Redeem::Replayed);
+        assert_eq!(svc.redeem(&c), Ok(()));
+        assert_eq!(svc.redeem(&b), Ok(()));
+        assert_eq!(svc.redeem(&b), Err(NonceError::Replayed));
     }
 
     #[test]
@@ -265,17 +251,20 @@ mod tests {
             good[..ENCODED_LEN - 1].to_owned(),
             "é".repeat(ENCODED_LEN / 2),
         ] {
-            assert_eq!(svc.redeem(&bad), Redeem::Unknown, "{bad:?}");
+            assert_eq!(svc.redeem(&bad), Err(NonceError::Unknown), "{bad:?}");
         }
         // Flip one bit of the counter: the MAC no longer matches.
         let mut raw = URL_SAFE_NO_PAD.decode(&good).unwrap();
         raw[7] ^= 1;
-        assert_eq!(svc.redeem(&URL_SAFE_NO_PAD.encode(&raw)), Redeem::Unknown);
+        assert_eq!(
+            svc.redeem(&URL_SAFE_NO_PAD.encode(&raw)),
+            Err(NonceError::Unknown)
+        );
         // Another process (another key) issued it.
         let (other, _) = service(DEFAULT_WINDOW);
-        assert_eq!(other.redeem(&svc.issue()), Redeem::Unknown);
+        assert_eq!(other.redeem(&svc.issue()), Err(NonceError::Unknown));
         // The good one still works.
-        assert_eq!(svc.redeem(&good), Redeem::Accepted);
+        assert_eq!(svc.redeem(&good), Ok(()));
     }
 
     #[test]
@@ -283,8 +272,8 @@ mod tests {
         let (svc, clock) = service(DEFAULT_WINDOW);
         let a = svc.issue();
         clock.advance(Duration::minutes(6));
-        assert_eq!(svc.redeem(&a), Redeem::Expired);
-        assert_eq!(svc.redeem(&svc.issue()), Redeem::Accepted);
+        assert_eq!(svc.redeem(&a), Err(NonceError::Expired));
+        assert_eq!(svc.redeem(&svc.issue()), Ok(()));
     }
 
     #[test]
@@ -292,17 +281,21 @@ mod tests {
         let (svc, _) = service(128);
         let old = svc.issue();
         let kept = svc.issue();
-        assert_eq!(svc.redeem(&kept), Redeem::Accepted);
+        assert_eq!(svc.redeem(&kept), Ok(()));
         for _ in 0..200 {
             svc.issue();
         }
-        assert_eq!(svc.redeem(&old), Redeem::Expired);
-        assert_eq!(svc.redeem(&kept), Redeem::Expired, "not accepted again");
+        assert_eq!(svc.redeem(&old), Err(NonceError::Expired));
+        assert_eq!(
+            svc.redeem(&kept),
+            Err(NonceError::Expired),
+            "not accepted again"
+        );
         // The slots are reused for new counters.
         let fresh: Vec<String> = (0..128).map(|_| svc.issue()).collect();
         for n in &fresh[64..] {
-            assert_eq!(svc.redeem(n), Redeem::Accepted);
-            assert_eq!(svc.redeem(n), Redeem::Replayed);
+            assert_eq!(svc.redeem(n), Ok(()));
+            assert_eq!(svc.redeem(n), Err(NonceError::Replayed));
         }
     }
 
@@ -311,9 +304,9 @@ mod tests {
         let (svc, _) = service(128);
         let all: Vec<String> = (0..130).map(|_| svc.issue()).collect();
         // Counter 129 is in word 2; counter 1 is in word 0, same slot.
-        assert_eq!(svc.redeem(&all[129]), Redeem::Accepted);
-        assert_eq!(svc.redeem(&all[1]), Redeem::Expired);
-        assert_eq!(svc.redeem(&all[129]), Redeem::Replayed);
+        assert_eq!(svc.redeem(&all[129]), Ok(()));
+        assert_eq!(svc.redeem(&all[1]), Err(NonceError::Expired));
+        assert_eq!(svc.redeem(&all[129]), Err(NonceError::Replayed));
     }
 
     #[test]
@@ -324,8 +317,8 @@ mod tests {
                 let svc = svc.clone();
                 std::thread::spawn(move || {
                     let mine: Vec<String> = (0..5_000).map(|_| svc.issue()).collect();
-                    let ok = mine.iter().filter(|n| svc.redeem(n).is_accepted()).count();
-                    let again = mine.iter().filter(|n| svc.redeem(n).is_accepted()).count();
+                    let ok = mine.iter().filter(|n| svc.redeem(n).is_ok()).count();
+                    let again = mine.iter().filter(|n| svc.redeem(n).is_ok()).count();
                     (mine, ok, again)
                 })
             })

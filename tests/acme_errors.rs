@@ -1072,16 +1072,14 @@ async fn eab_policy_survives_key_removal_and_the_mac_key_is_erased() {
         key,
         kid: resp.location(),
     };
-    let stored = acmeproxy::ra::eab::list_keys(ra.records()).await.unwrap();
+    let stored = ra.eab_keys().await.unwrap();
     assert!(stored[0].bound_account.is_some());
     assert!(
         stored[0].hmac_key.is_empty(),
         "the bound key's MAC key is erased"
     );
 
-    acmeproxy::ra::eab::remove_key(ra.records(), "team")
-        .await
-        .unwrap();
+    ra.remove_eab_key("team").await.unwrap();
     let doc = raw
         .post_kid(
             &acct,

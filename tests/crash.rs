@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use acmeproxy::app::{self, Overrides};
 use acmeproxy::config::Config;
-use acmeproxy::store::Table;
 use acmeproxy::upstream::softcas::{SoftCas, SoftCasOptions};
 use acmeproxy::upstream::{
     CertificateAuthorityService, Checkpoint, IssuedChain, RevokeRequest, SignRequest, UpstreamError,
@@ -182,9 +181,9 @@ async fn finalize_survives_sigkill_between_finalize_and_completion() {
     assert_eq!(leaf_sans(&chain), vec![name]);
     verify_chain(&chain, &root_pem);
     // One certificate, issued once, and the job is gone.
-    let store = server.authority().records().store();
-    assert_eq!(store.count(Table::Certs).await.unwrap(), 1);
-    assert_eq!(store.count(Table::Jobs).await.unwrap(), 0);
+    let ra = server.authority();
+    assert_eq!(ra.admin_certificates(None).await.unwrap().len(), 1);
+    assert_eq!(ra.finalize_backlog().await.unwrap(), 0);
 
     shutdown.cancel();
     bounded("graceful stop", STOP_LIMIT, server.wait())

@@ -11,6 +11,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use acmeproxy::acme::jws::PublicJwk;
 use acmeproxy::acme::types::{
     AccountStatus, AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier, OrderStatus,
 };
@@ -515,11 +516,17 @@ fn at(minutes: i64) -> OffsetDateTime {
 }
 
 fn account(thumbprint: &str) -> AccountRecord {
+    let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    let jwk =
+        match PublicJwk::from_json(&serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x})) {
+            Ok(k) => k,
+            Err(e) => panic!("the test key: {e}"),
+        };
     AccountRecord {
         eab_policy: None,
         id: AccountId::random(),
         provisioner: "acme".to_owned(),
-        jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": thumbprint}),
+        jwk,
         thumbprint: thumbprint.to_owned(),
         status: AccountStatus::Valid,
         contact: vec!["mailto:ops@example.com".to_owned()],

@@ -262,10 +262,10 @@ async fn dns_orders_chain_to_the_openbao_root_and_revocation_reaches_it() {
         "{serial} in pki_int/certs/revoked"
     );
 
-    let upstream = ts.server.as_ref().unwrap().authority().upstream();
-    upstream.health().await.unwrap();
+    let ra = ts.server.as_ref().unwrap().authority();
+    ra.upstream_health().await.unwrap();
     bao.ok(Method::POST, "sys/seal", Value::Null).await;
-    let e = upstream.health().await.unwrap_err();
+    let e = ra.upstream_health().await.unwrap_err();
     assert!(e.is_transient() && e.to_string().contains("sealed"), "{e}");
     assert_eq!(
         bao.audit_count("auth/approle/login"),

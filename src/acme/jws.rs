@@ -249,6 +249,21 @@ impl PublicJwk {
     }
 }
 
+/// Serialized as its JWK object, public members only ([`PublicJwk::to_json`]).
+impl serde::Serialize for PublicJwk {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+/// Read from a JWK object with the checks of [`PublicJwk::from_json`].
+impl<'de> serde::Deserialize<'de> for PublicJwk {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Self::from_json(&v).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for PublicJwk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PublicJwk")

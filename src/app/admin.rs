@@ -229,6 +229,25 @@ fn secs(ts: &str) -> String {
     }
 }
 
+/// A table of objects with an id, a status and a creation time: the
+/// columns are `id`, the member `owner`, `status`, `created` and the list
+/// member `names`.
+fn status_table(rows: &[Value], headers: [&str; 5], (owner, names): (&str, &str)) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                s(r, "id"),
+                s(r, owner),
+                s(r, "status"),
+                secs(&s(r, "created")),
+                joined(r, names),
+            ]
+        })
+        .collect();
+    table(&headers, &cells);
+}
+
 fn print_human(req: &AdminRequest, data: &Value) {
     let rows = data.as_array().cloned().unwrap_or_default();
     match req {
@@ -255,20 +274,10 @@ fn print_human(req: &AdminRequest, data: &Value) {
                 })
                 .collect::<Vec<_>>(),
         ),
-        AdminRequest::AccountsList => table(
-            &["ID", "PROVISIONER", "STATUS", "CREATED", "CONTACT"],
-            &rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        s(r, "id"),
-                        s(r, "provisioner"),
-                        s(r, "status"),
-                        secs(&s(r, "created")),
-                        joined(r, "contact"),
-                    ]
-                })
-                .collect::<Vec<_>>(),
+        AdminRequest::AccountsList => status_table(
+            &rows,
+            ["ID", "PROVISIONER", "STATUS", "CREATED", "CONTACT"],
+            ("provisioner", "contact"),
         ),
         AdminRequest::AccountShow { .. } | AdminRequest::AccountDeactivate { .. } => {
             for k in [
@@ -309,20 +318,10 @@ fn print_human(req: &AdminRequest, data: &Value) {
             s(data, "account"),
             s(data, "buckets_reset")
         ),
-        AdminRequest::OrdersList { .. } => table(
-            &["ID", "ACCOUNT", "STATUS", "CREATED", "IDENTIFIERS"],
-            &rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        s(r, "id"),
-                        s(r, "account"),
-                        s(r, "status"),
-                        secs(&s(r, "created")),
-                        joined(r, "identifiers"),
-                    ]
-                })
-                .collect::<Vec<_>>(),
+        AdminRequest::OrdersList { .. } => status_table(
+            &rows,
+            ["ID", "ACCOUNT", "STATUS", "CREATED", "IDENTIFIERS"],
+            ("account", "identifiers"),
         ),
         AdminRequest::CertsList { .. } => table(
             &["ID", "SERIAL", "NOT AFTER", "REVOKED", "ACCOUNT", "NAMES"],

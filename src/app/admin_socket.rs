@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acme::types::OrderStatus;
 use crate::model::{AccountRecord, CertificateRecord, EabKeyRecord, EabPolicy, OrderRecord};
-use crate::ra::{Authority, RaError, eab};
+use crate::ra::{Authority, RaError};
 
 /// The socket's file name in the data directory.
 pub const SOCKET_NAME: &str = "admin.sock";
@@ -295,15 +295,9 @@ async fn execute(ra: &Authority, req: AdminRequest) -> Result<Value, RaError> {
                 "provisioner": k.provisioner,
             })
         }
-        AdminRequest::EabList => Value::Array(
-            eab::list_keys(ra.records())
-                .await?
-                .iter()
-                .map(eab_view)
-                .collect(),
-        ),
+        AdminRequest::EabList => Value::Array(ra.eab_keys().await?.iter().map(eab_view).collect()),
         AdminRequest::EabRemove { kid } => {
-            eab::remove_key(ra.records(), &kid).await?;
+            ra.remove_eab_key(&kid).await?;
             json!({"removed": kid})
         }
         AdminRequest::AccountsList => Value::Array(

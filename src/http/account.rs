@@ -100,8 +100,7 @@ pub(super) async fn orders(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let signed = verify(&st, &prov, &headers, &uri, &body, KeyRef::Kid).await?;
-    signed.require_post_as_get()?;
-    let acct = signed.account()?;
+    let acct = signed.post_as_get_account()?;
     if acct.id.as_str() != id {
         return Err(HttpError::new(
             ProblemType::Unauthorized,

@@ -23,8 +23,7 @@ pub(super) async fn certificate(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let signed = verify(&st, &prov, &headers, &uri, &body, KeyRef::Kid).await?;
-    signed.require_post_as_get()?;
-    let acct = signed.account()?;
+    let acct = signed.post_as_get_account()?;
     let cert = st.ra.certificate(&acct.id, &id).await?;
     let mut resp = cert.chain_pem.into_response();
     resp.headers_mut().insert(

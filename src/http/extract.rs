@@ -14,7 +14,7 @@ use super::problem::HttpError;
 use crate::acme::ProblemType;
 use crate::acme::jws::{FlattenedJws, PublicJwk};
 use crate::model::AccountRecord;
-use crate::ra::{RaError, jws_problem};
+use crate::ra::jws_problem;
 
 /// Which key reference a resource accepts (RFC 8555 §6.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,13 @@ impl Signed {
                 "this request must be signed by an account (\"kid\")",
             )),
         }
+    }
+
+    /// The signing account of a POST-as-GET (an empty payload, RFC 8555
+    /// §6.3): a read of a resource that account owns.
+    pub fn post_as_get_account(&self) -> Result<&AccountRecord, HttpError> {
+        self.require_post_as_get()?;
+        self.account()
     }
 
     /// The payload as JSON of type `T`.
@@ -147,16 +154,7 @@ pub async fn verify(
             "the JWS protected header has no \"nonce\"; get one from newNonce",
         ));
     };
-    let redeemed = state.nonces.redeem(nonce);
-    if !redeemed.is_accepted() {
-        return Err(HttpError::new(
-            ProblemType::BadNonce,
-            format!(
-                "the nonce {}; retry with the Replay-Nonce of this response",
-                redeemed.reason()
-            ),
-        ));
-    }
+    state.nonces.redeem(nonce)?;
     let signer = match (&jws.header.jwk, &jws.header.kid, key_ref) {
         (Some(_), Some(_), _) => {
             return Err(HttpError::new(
@@ -197,11 +195,10 @@ pub async fn verify(
         }
     };
     let key = match &signer {
-        Signer::Key(k) => k.clone(),
-        Signer::Account(a) => PublicJwk::from_json(&a.jwk)
-            .map_err(|e| HttpError::from(RaError::internal("reading the account key", e)))?,
+        Signer::Key(k) => k,
+        Signer::Account(a) => &a.jwk,
     };
-    jws.verify(&key)
+    jws.verify(key)
         .map_err(|e| HttpError::from(jws_problem(e)))?;
     Ok(Signed {
         jws,

@@ -70,7 +70,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(directory::not_found)
         .method_not_allowed_fallback(directory::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), acme_headers));
-    let readiness = Arc::new(ready::Readiness::for_authority(Arc::clone(&state.ra)));
+    let readiness = Arc::new(ready::CachedReadiness::for_authority(Arc::clone(&state.ra)));
     Router::new()
         .route("/roots.pem", get(directory::roots))
         .route("/health", get(directory::health))

@@ -54,8 +54,7 @@ pub(super) async fn order(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let signed = verify(&st, &prov, &headers, &uri, &body, KeyRef::Kid).await?;
-    signed.require_post_as_get()?;
-    let acct = signed.account()?;
+    let acct = signed.post_as_get_account()?;
     let order = st.ra.order(&acct.id, &id).await?;
     Ok(order_response(&signed.links, &order))
 }

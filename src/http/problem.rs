@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::acme::{Problem, ProblemType};
+use crate::nonce::NonceError;
 use crate::ra::RaError;
 
 /// An error answer of the ACME front end.
@@ -41,9 +42,12 @@ impl From<RaError> for HttpError {
     }
 }
 
-impl From<crate::store::StoreError> for HttpError {
-    fn from(e: crate::store::StoreError) -> Self {
-        RaError::from(e).into()
+impl From<NonceError> for HttpError {
+    fn from(e: NonceError) -> Self {
+        Self::new(
+            ProblemType::BadNonce,
+            format!("the nonce {e}; retry with the Replay-Nonce of this response"),
+        )
     }
 }
 

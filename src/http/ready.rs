@@ -1,4 +1,5 @@
-//! GET /ready: whether the store takes writes and the upstream answers.
+//! GET /ready: whether the store takes writes and the upstream answers, as
+//! [`Authority::readiness`] finds; this module caches and renders it.
 //!
 //! `/ready` is unauthenticated, so it must not cost a store write and an
 //! upstream request per GET. It answers from the last check while that is
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::ra::Authority;
+use crate::ra::{Authority, Readiness};
 
 /// How long a check result is served before the next request refreshes it.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
@@ -26,48 +27,43 @@ pub const MAX_AGE: Duration = Duration::from_secs(1);
 /// take; below the 5 s probe timeout of the Helm chart.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// The outcome of one check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadyState {
-    Ready,
-    StoreNotWritable,
-    StoreTimedOut,
-    UpstreamUnreachable,
-    UpstreamTimedOut,
+/// The `/ready` answer for a readiness state.
+fn response(state: Readiness) -> Response {
+    let (status, text) = match state {
+        Readiness::StoreFailed(cause) => {
+            let text = format!(
+                "store failed: {cause}; acmeproxy restarts once the data directory takes writes again\n"
+            );
+            return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+        }
+        Readiness::Ready => (StatusCode::OK, "ready\n"),
+        Readiness::StoreNotWritable => (StatusCode::SERVICE_UNAVAILABLE, "store not writable\n"),
+        Readiness::StoreTimedOut => (StatusCode::SERVICE_UNAVAILABLE, "store check timed out\n"),
+        Readiness::UpstreamUnreachable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "upstream CA unreachable\n")
+        }
+        Readiness::UpstreamTimedOut => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream CA check timed out\n",
+        ),
+    };
+    (status, text).into_response()
 }
 
-impl ReadyState {
-    fn response(self) -> Response {
-        let (status, text) = match self {
-            Self::Ready => (StatusCode::OK, "ready\n"),
-            Self::StoreNotWritable => (StatusCode::SERVICE_UNAVAILABLE, "store not writable\n"),
-            Self::StoreTimedOut => (StatusCode::SERVICE_UNAVAILABLE, "store check timed out\n"),
-            Self::UpstreamUnreachable => {
-                (StatusCode::SERVICE_UNAVAILABLE, "upstream CA unreachable\n")
-            }
-            Self::UpstreamTimedOut => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream CA check timed out\n",
-            ),
-        };
-        (status, text).into_response()
-    }
-}
-
-type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ReadyState> + Send>> + Send + Sync>;
+type Probe = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Readiness> + Send>> + Send + Sync>;
 
 /// The cached readiness of one server.
-pub struct Readiness {
+pub struct CachedReadiness {
     probe: Probe,
-    last: Mutex<Option<(Instant, ReadyState)>>,
+    last: Mutex<Option<(Instant, Readiness)>>,
 }
 
-impl Readiness {
+impl CachedReadiness {
     /// Readiness from `probe`, a full check (tests give their own).
     pub fn new<F, Fut>(probe: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ReadyState> + Send + 'static,
+        Fut: Future<Output = Readiness> + Send + 'static,
     {
         Self {
             probe: Box::new(move || Box::pin(probe())),
@@ -78,63 +74,30 @@ impl Readiness {
     /// Readiness of `ra`: its store takes a write, its upstream answers.
     /// Keeps the `upstream_up` metric current.
     pub fn for_authority(ra: Arc<Authority>) -> Self {
-        Self::new(move || check(Arc::clone(&ra), CHECK_TIMEOUT))
+        Self::new(move || {
+            let ra = Arc::clone(&ra);
+            async move { ra.readiness(CHECK_TIMEOUT).await }
+        })
     }
 
     /// The current state: the cached one while fresh, else one refresh
     /// shared by every request that waits for it.
-    pub async fn state(&self) -> ReadyState {
+    pub async fn state(&self) -> Readiness {
         let mut last = self.last.lock().await;
-        if let Some((at, state)) = *last {
+        if let Some((at, state)) = &*last {
             if at.elapsed() < MAX_AGE {
-                return state;
+                return state.clone();
             }
         }
         let state = (self.probe)().await;
-        *last = Some((Instant::now(), state));
+        *last = Some((Instant::now(), state.clone()));
         state
     }
 
     /// The `/ready` answer.
     pub async fn response(&self) -> Response {
-        self.state().await.response()
+        response(self.state().await)
     }
-}
-
-/// One full check within `budget`.
-async fn check(ra: Arc<Authority>, budget: Duration) -> ReadyState {
-    let started = Instant::now();
-    match tokio::time::timeout(budget, ra.records().store().check_writable()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "not ready: store");
-            return ReadyState::StoreNotWritable;
-        }
-        Err(_) => {
-            tracing::warn!(
-                timeout_ms = budget.as_millis() as u64,
-                "not ready: the store write did not finish in time"
-            );
-            return ReadyState::StoreTimedOut;
-        }
-    }
-    let rest = budget.saturating_sub(started.elapsed());
-    let state = match tokio::time::timeout(rest, ra.upstream().health()).await {
-        Ok(Ok(())) => ReadyState::Ready,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "not ready: upstream");
-            ReadyState::UpstreamUnreachable
-        }
-        Err(_) => {
-            tracing::warn!(
-                timeout_ms = budget.as_millis() as u64,
-                "not ready: the upstream did not answer in time"
-            );
-            ReadyState::UpstreamTimedOut
-        }
-    };
-    crate::metrics::upstream_up(state == ReadyState::Ready);
-    state
 }
 
 #[cfg(test)]
@@ -143,15 +106,15 @@ mod tests {
 
     use super::*;
 
-    fn counting(delay: Duration) -> (Arc<AtomicUsize>, Readiness) {
+    fn counting(delay: Duration) -> (Arc<AtomicUsize>, CachedReadiness) {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&calls);
-        let r = Readiness::new(move || {
+        let r = CachedReadiness::new(move || {
             let c = Arc::clone(&c);
             async move {
                 c.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
-                ReadyState::Ready
+                Readiness::Ready
             }
         });
         (calls, r)
@@ -171,7 +134,7 @@ mod tests {
                 })
                 .collect();
             for b in batch {
-                assert_eq!(b.await.unwrap(), ReadyState::Ready);
+                assert_eq!(b.await.unwrap(), Readiness::Ready);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

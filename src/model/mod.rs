@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::acme::Problem;
+use crate::acme::jws::PublicJwk;
 use crate::acme::types::{
     AccountStatus, AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier, OrderStatus,
 };
@@ -21,8 +22,9 @@ pub struct AccountRecord {
     pub id: AccountId,
     /// The provisioner (directory) the account was created under.
     pub provisioner: String,
-    /// The account's public key as a JWK (RFC 7517), public members only.
-    pub jwk: serde_json::Value,
+    /// The account's public key, stored as its JWK (RFC 7517), public
+    /// members only.
+    pub jwk: PublicJwk,
     /// RFC 7638 thumbprint of `jwk`, base64url.
     pub thumbprint: String,
     pub status: AccountStatus,
@@ -205,5 +207,31 @@ mod b64 {
         URL_SAFE_NO_PAD
             .decode(s.as_bytes())
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An account as the server stored it before the key was typed: it must
+    /// load, and be written back byte for byte.
+    #[test]
+    fn a_stored_account_record_loads_and_is_written_back_unchanged() {
+        for stored in [
+            r#"{"id":"AAAAAAAAAAAAAAAAAAAAAA","provisioner":"acme","jwk":{"crv":"P-256","kty":"EC","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},"thumbprint":"oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U","status":"valid","contact":["mailto:a@example.org"],"terms_of_service_agreed":true,"eab_kid":"team","eab_policy":{"allow_dns":["*.team.test"],"allow_ip":[],"deny_dns":[],"deny_ip":[],"allow_wildcard_names":false,"prevalidated":false},"eab_jws":{"payload":"e30","protected":"e30","signature":"AA"},"created_at":"1970-01-01T00:00:00Z"}"#,
+            r#"{"id":"AAAAAAAAAAAAAAAAAAAAAA","provisioner":"acme","jwk":{"crv":"P-256","kty":"EC","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},"thumbprint":"oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U","status":"valid","contact":["mailto:a@example.org"],"terms_of_service_agreed":true,"eab_kid":null,"eab_policy":null,"eab_jws":null,"created_at":"1970-01-01T00:00:00Z"}"#,
+        ] {
+            let record: AccountRecord = serde_json::from_str(stored).unwrap();
+            assert_eq!(record.jwk.thumbprint(), record.thumbprint);
+            assert_eq!(serde_json::to_string(&record).unwrap(), stored);
+        }
+    }
+
+    #[test]
+    fn a_stored_key_with_private_members_is_refused() {
+        let stored = r#"{"id":"AAAAAAAAAAAAAAAAAAAAAA","provisioner":"acme","jwk":{"crv":"P-256","d":"AA","kty":"EC","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},"thumbprint":"x","status":"valid","contact":[],"terms_of_service_agreed":true,"eab_kid":null,"eab_policy":null,"eab_jws":null,"created_at":"1970-01-01T00:00:00Z"}"#;
+        let e = serde_json::from_str::<AccountRecord>(stored).unwrap_err();
+        assert!(e.to_string().contains("private key material"), "{e}");
     }
 }

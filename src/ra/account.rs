@@ -10,7 +10,7 @@ use crate::acme::eab::{EabBinding, EabError};
 use crate::acme::jws::{FlattenedJws, PublicJwk};
 use crate::acme::types::{AccountStatus, AccountUpdateRequest, KeyChangeInner, NewAccountRequest};
 use crate::model::{AccountId, AccountRecord, EabKeyRecord};
-use crate::store::records::{Batch, Versioned};
+use crate::store::records::{Batch, Change, Versioned};
 use crate::store::{Expect, Op, Records, StoreError, Table};
 
 /// Who signed a revokeCert request (RFC 8555 §7.6).
@@ -91,7 +91,7 @@ impl Authority {
         let account = AccountRecord {
             id: id.clone(),
             provisioner: provisioner.to_owned(),
-            jwk: jwk.to_json(),
+            jwk: jwk.clone(),
             thumbprint,
             status: AccountStatus::Valid,
             contact,
@@ -254,53 +254,42 @@ impl Authority {
         let Some(req) = req else {
             return Ok(account.clone());
         };
-        for _ in 0..8 {
-            let Some(current) = self
-                .records
-                .get::<AccountRecord>(account.id.as_str())
-                .await?
-            else {
-                return problem(ProblemType::AccountDoesNotExist, "the account is gone");
-            };
-            let mut next = current.value.clone();
-            if let Some(contact) = &req.contact {
-                next.contact = check_contacts(contact.clone())?;
-            }
-            match req.status.as_deref() {
-                None => {}
-                Some("deactivated") => next.status = AccountStatus::Deactivated,
-                Some("valid") if next.status == AccountStatus::Valid => {}
-                Some(other) => {
-                    return problem(
-                        ProblemType::Malformed,
-                        format!(
-                            "an account's status can only be set to \"deactivated\", not {other:?}"
-                        ),
-                    );
+        let req = &req;
+        let (next, deactivated) = self
+            .records
+            .update(account.id.as_str(), |current: Option<Versioned<AccountRecord>>| async move {
+                let Some(current) = current else {
+                    return problem(ProblemType::AccountDoesNotExist, "the account is gone");
+                };
+                let mut next = current.value.clone();
+                if let Some(contact) = &req.contact {
+                    next.contact = check_contacts(contact.clone())?;
                 }
-            }
-            if next == current.value {
-                return Ok(next);
-            }
-            match self
-                .records
-                .commit(Batch::new().replace(&current, &next))
-                .await
-            {
-                Ok(()) => {
-                    if next.status != current.value.status {
-                        tracing::info!(account = %next.id, "account deactivated");
+                match req.status.as_deref() {
+                    None => {}
+                    Some("deactivated") => next.status = AccountStatus::Deactivated,
+                    Some("valid") if next.status == AccountStatus::Valid => {}
+                    Some(other) => {
+                        return problem(
+                            ProblemType::Malformed,
+                            format!(
+                                "an account's status can only be set to \"deactivated\", not {other:?}"
+                            ),
+                        );
                     }
-                    return Ok(next);
                 }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+                if next == current.value {
+                    return Ok(Change::Keep((next, false)));
+                }
+                let deactivated = next.status != current.value.status;
+                let batch = Batch::new().replace(&current, &next);
+                Ok(Change::Commit(batch, (next, deactivated)))
+            })
+            .await?;
+        if deactivated {
+            tracing::info!(account = %next.id, "account deactivated");
         }
-        problem(
-            ProblemType::ServerInternal,
-            "the account changed concurrently too often; try again",
-        )
+        Ok(next)
     }
 
     /// keyChange (RFC 8555 §7.3.5): `inner` is the inner JWS, `outer_url` the
@@ -346,9 +335,7 @@ impl Authority {
             );
         }
         let old = PublicJwk::from_json(&payload.old_key).map_err(jws_problem)?;
-        let current_key = PublicJwk::from_json(&account.jwk)
-            .map_err(|e| RaError::internal("reading the account key", e))?;
-        if old != current_key {
+        if old != account.jwk {
             return problem(
                 ProblemType::Malformed,
                 "the keyChange \"oldKey\" is not the account's current key",
@@ -372,7 +359,7 @@ impl Authority {
             return problem(ProblemType::AccountDoesNotExist, "the account is gone");
         };
         let mut next = current.value.clone();
-        next.jwk = new_key.to_json();
+        next.jwk = new_key;
         next.thumbprint = new_tp.clone();
         let batch = Batch::new()
             .replace(&current, &next)

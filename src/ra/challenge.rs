@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use super::error::{RaError, problem};
 use super::{Authority, Event, state};
-use crate::acme::jws::{PublicJwk, key_authorization};
-use crate::acme::types::{AuthorizationStatus, ChallengeStatus, ChallengeType};
+use crate::acme::jws::key_authorization;
+use crate::acme::types::{AuthorizationStatus, ChallengeStatus, ChallengeType, OrderStatus};
 use crate::acme::{Problem, ProblemType};
 use crate::model::{AccountRecord, AuthzRecord, OrderRecord};
 use crate::store::StoreError;
-use crate::store::records::Batch;
+use crate::store::records::{Batch, Change, Versioned};
 
 impl Authority {
     /// The client says a challenge is ready (RFC 8555 §7.5.1). Starts the
@@ -112,9 +112,7 @@ impl Authority {
         let Some(ch) = authz.challenges.get(index) else {
             return Ok(None);
         };
-        let jwk = PublicJwk::from_json(&account.jwk)
-            .map_err(|e| RaError::internal("reading the account key", e))?;
-        let key_auth = key_authorization(&ch.token, &jwk);
+        let key_auth = key_authorization(&ch.token, &account.jwk);
         match self.validating.lock() {
             Ok(mut set) => {
                 if !set.insert(authz.id.clone()) {
@@ -208,55 +206,53 @@ impl Authority {
         index: usize,
         result: Result<(), Problem>,
     ) -> Result<(), RaError> {
-        for _ in 0..16 {
-            let Some(current) = self.records.get::<AuthzRecord>(authz.id.as_str()).await? else {
-                return Ok(());
-            };
-            let now = self.clock.now();
-            let mut next = current.value.clone();
-            if !state::apply_validation(&mut next, index, result.clone(), now) {
-                return Ok(());
-            }
-            let mut batch = Batch::new().replace(&current, &next);
-            let order = self
-                .records
-                .get::<OrderRecord>(next.order_id.as_str())
-                .await?;
-            let mut finished_order = None;
-            if let Some(order) = &order {
-                let authzs: Vec<AuthzRecord> = self
-                    .order_authzs(order)
-                    .await?
-                    .into_iter()
-                    .map(|a| {
-                        if a.id == next.id {
-                            state::authz_at(next.clone(), now)
-                        } else {
-                            a
-                        }
-                    })
-                    .collect();
-                let next_order = state::order_at(order.value.clone(), &authzs, now);
-                if next_order != order.value {
-                    finished_order = Some(next_order.status);
-                    batch = batch.replace(order, &next_order);
-                }
-            }
-            match self.records.commit(batch).await {
-                Ok(()) => {
-                    if finished_order == Some(crate::acme::types::OrderStatus::Invalid) {
-                        crate::metrics::order_finished(crate::acme::types::OrderStatus::Invalid);
+        let result = &result;
+        let finished_order = self
+            .records
+            .update_shared(
+                authz.id.as_str(),
+                |current: Option<Versioned<AuthzRecord>>| async move {
+                    let Some(current) = current else {
+                        return Ok(Change::Keep(None));
+                    };
+                    let now = self.clock.now();
+                    let mut next = current.value.clone();
+                    if !state::apply_validation(&mut next, index, result.clone(), now) {
+                        return Ok(Change::Keep(None));
                     }
-                    return Ok(());
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+                    let mut batch = Batch::new().replace(&current, &next);
+                    let order = self
+                        .records
+                        .get::<OrderRecord>(next.order_id.as_str())
+                        .await?;
+                    let mut finished_order = None;
+                    if let Some(order) = &order {
+                        let authzs: Vec<AuthzRecord> = self
+                            .order_authzs(order)
+                            .await?
+                            .into_iter()
+                            .map(|a| {
+                                if a.id == next.id {
+                                    state::authz_at(next.clone(), now)
+                                } else {
+                                    a
+                                }
+                            })
+                            .collect();
+                        let next_order = state::order_at(order.value.clone(), &authzs, now);
+                        if next_order != order.value {
+                            finished_order = Some(next_order.status);
+                            batch = batch.replace(order, &next_order);
+                        }
+                    }
+                    Ok::<_, RaError>(Change::Commit(batch, finished_order))
+                },
+            )
+            .await?;
+        if finished_order == Some(OrderStatus::Invalid) {
+            crate::metrics::order_finished(OrderStatus::Invalid);
         }
-        problem(
-            ProblemType::ServerInternal,
-            "the authorization changed concurrently too often",
-        )
+        Ok(())
     }
 }
 

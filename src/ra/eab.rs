@@ -13,7 +13,7 @@ use crate::store::{Records, StoreError};
 
 /// Creates a key for `provisioner`: a random 256-bit MAC key, and `kid` or a
 /// random one.
-pub async fn create_key(
+pub(crate) async fn create_key(
     records: &Records,
     provisioner: &str,
     kid: Option<String>,
@@ -59,7 +59,7 @@ pub async fn create_key(
 }
 
 /// Every key (MAC keys included: callers must not print them).
-pub async fn list_keys(records: &Records) -> Result<Vec<EabKeyRecord>, RaError> {
+pub(crate) async fn list_keys(records: &Records) -> Result<Vec<EabKeyRecord>, RaError> {
     Ok(records
         .list::<EabKeyRecord>(None, usize::MAX)
         .await?
@@ -70,7 +70,7 @@ pub async fn list_keys(records: &Records) -> Result<Vec<EabKeyRecord>, RaError> 
 
 /// Removes a key. Accounts bound with it keep working, under the key's name
 /// policy (copied into the account when it was bound).
-pub async fn remove_key(records: &Records, kid: &str) -> Result<(), RaError> {
+pub(crate) async fn remove_key(records: &Records, kid: &str) -> Result<(), RaError> {
     let Some(k) = records.get::<EabKeyRecord>(kid).await? else {
         return problem(
             ProblemType::Malformed,
@@ -143,5 +143,16 @@ impl Authority {
             );
         }
         create_key(&self.records, provisioner, kid, policy, self.clock.now()).await
+    }
+
+    /// Every EAB key (MAC keys included: callers must not print them).
+    pub async fn eab_keys(&self) -> Result<Vec<EabKeyRecord>, RaError> {
+        list_keys(&self.records).await
+    }
+
+    /// Removes an EAB key. Accounts bound with it keep working, under the
+    /// key's name policy (copied into the account when it was bound).
+    pub async fn remove_eab_key(&self, kid: &str) -> Result<(), RaError> {
+        remove_key(&self.records, kid).await
     }
 }

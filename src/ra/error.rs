@@ -4,7 +4,7 @@
 use std::error::Error as StdError;
 
 use crate::acme::{Problem, ProblemType};
-use crate::store::StoreError;
+use crate::store::{StoreError, Table};
 use crate::upstream::UpstreamError;
 
 /// An error from the Authority.
@@ -76,7 +76,26 @@ pub const STORE_RETRY_AFTER_SECS: u64 = 30;
 
 impl From<StoreError> for RaError {
     fn from(e: StoreError) -> Self {
-        Self::internal("accessing the store", e).with_retry_after(STORE_RETRY_AFTER_SECS)
+        match &e {
+            StoreError::Contended { table, .. } => {
+                let what = match table {
+                    Table::Accounts | Table::AccountKeys => "account",
+                    Table::Authzs => "authorization",
+                    Table::Certs | Table::CertSerials => "certificate",
+                    Table::EabKeys => "External Account Binding key",
+                    Table::Jobs => "finalize job",
+                    Table::Orders | Table::AccountOrders => "order",
+                    Table::Meta => "server setting",
+                };
+                let mut out = Self::new(
+                    ProblemType::ServerInternal,
+                    format!("the {what} changed concurrently too often; try again"),
+                );
+                out.source = Some(Box::new(e));
+                out
+            }
+            _ => Self::internal("accessing the store", e).with_retry_after(STORE_RETRY_AFTER_SECS),
+        }
     }
 }
 

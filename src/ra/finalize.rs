@@ -9,14 +9,14 @@ use std::sync::Arc;
 use time::Duration;
 
 use super::error::{RaError, problem};
+use super::order::owned;
 use super::{Authority, Event, RevocationSigner, state};
 use crate::acme::ProblemType;
-use crate::acme::jws::PublicJwk;
 use crate::acme::types::OrderStatus;
 use crate::model::{AccountId, CertId, CertificateRecord, FinalizeJob, OrderRecord, Revocation};
 use crate::policy::{cert, csr};
 use crate::store::StoreError;
-use crate::store::records::Batch;
+use crate::store::records::{Batch, Change, Versioned};
 use crate::upstream::RevokeRequest;
 
 /// RFC 5280 §5.3.1 reasons a subscriber may give (as Boulder allows, plus
@@ -38,7 +38,8 @@ impl Authority {
         csr_der: &[u8],
     ) -> Result<OrderRecord, RaError> {
         let stored = self.owned_order(&account.id, order_id).await?;
-        let order = self.refresh_order(stored).await?;
+        let current = self.refresh_order(stored).await?;
+        let order = &current.value;
         if order.status != OrderStatus::Ready {
             return problem(
                 ProblemType::OrderNotReady,
@@ -55,15 +56,12 @@ impl Authority {
             );
         }
         let parsed = csr::parse_csr(csr_der).map_err(|e| RaError::new(ProblemType::BadCsr, e.0))?;
-        let account_key = PublicJwk::from_json(&account.jwk)
-            .map_err(|e| RaError::internal("reading the account key", e))?;
-        csr::check_against_order(&parsed, &order.identifiers, &account_key)
+        csr::check_against_order(&parsed, &order.identifiers, &account.jwk)
             .map_err(|e| RaError::new(ProblemType::BadCsr, e.0))?;
 
-        let Some(current) = self.records.get::<OrderRecord>(order.id.as_str()).await? else {
-            return Err(super::order::not_found("order"));
-        };
-        let mut next = current.value.clone();
+        // The order as refreshed above; if anyone changed it since, the
+        // commit below conflicts.
+        let mut next = order.clone();
         if !state::begin_finalize(&mut next) {
             return problem(
                 ProblemType::OrderNotReady,
@@ -122,10 +120,7 @@ impl Authority {
             Some(id) => self.records.get::<CertificateRecord>(id.as_str()).await?,
             None => None,
         };
-        match cert {
-            Some(c) if &c.account_id == account => Ok(c.value),
-            _ => Err(super::order::not_found("certificate")),
-        }
+        Ok(owned(cert, account, "certificate")?.value)
     }
 
     /// revokeCert (RFC 8555 §7.6), forwarded to the upstream and recorded.
@@ -244,47 +239,43 @@ impl Authority {
         by: &str,
     ) -> Result<CertificateRecord, RaError> {
         self.upstream.revoke_certificate(&req).await?;
-        for _ in 0..8 {
-            let Some(current) = self
-                .records
-                .get::<CertificateRecord>(cert_id.as_str())
-                .await?
-            else {
-                break;
-            };
-            if current.revocation.is_some() {
-                return Ok(current.value);
-            }
-            let mut next = current.value.clone();
-            next.revocation = Some(Revocation {
-                reason: req.reason,
-                revoked_at: self.clock.now(),
-            });
-            match self
-                .records
-                .commit(Batch::new().replace(&current, &next))
-                .await
-            {
-                Ok(()) => {
-                    crate::metrics::certificate_revoked();
-                    tracing::info!(
-                        serial = %next.serial_hex,
-                        reason = req.reason,
-                        by = %by,
-                        account = %next.account_id,
-                        upstream = %next.upstream,
-                        "certificate revoked"
-                    );
-                    return Ok(next);
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        let reason = req.reason;
+        let (cert, recorded) = self
+            .records
+            .update(
+                cert_id.as_str(),
+                |current: Option<Versioned<CertificateRecord>>| async move {
+                    let Some(current) = current else {
+                        return problem(
+                            ProblemType::ServerInternal,
+                            "could not record the revocation",
+                        );
+                    };
+                    if current.revocation.is_some() {
+                        return Ok(Change::Keep((current.value, false)));
+                    }
+                    let mut next = current.value.clone();
+                    next.revocation = Some(Revocation {
+                        reason,
+                        revoked_at: self.clock.now(),
+                    });
+                    let batch = Batch::new().replace(&current, &next);
+                    Ok(Change::Commit(batch, (next, true)))
+                },
+            )
+            .await?;
+        if recorded {
+            crate::metrics::certificate_revoked();
+            tracing::info!(
+                serial = %cert.serial_hex,
+                reason,
+                by = %by,
+                account = %cert.account_id,
+                upstream = %cert.upstream,
+                "certificate revoked"
+            );
         }
-        problem(
-            ProblemType::ServerInternal,
-            "could not record the revocation",
-        )
+        Ok(cert)
     }
 
     /// Whether `acct` holds valid, unexpired authorizations for every

@@ -11,6 +11,7 @@ mod finalize;
 pub mod limits;
 mod order;
 mod quota;
+mod readiness;
 pub mod renewal;
 pub mod state;
 mod worker;
@@ -27,11 +28,12 @@ use tokio_util::task::TaskTracker;
 use crate::acme::types::ChallengeType;
 use crate::model::Clock;
 use crate::store::Records;
-use crate::upstream::CertificateAuthorityService;
+use crate::upstream::{CertificateAuthorityService, UpstreamError};
 use crate::validate::Validator;
 
 pub use account::{NewAccountOutcome, RevocationSigner, jws_problem};
 pub use error::RaError;
+pub use readiness::Readiness;
 pub use worker::FinalizeWorker;
 
 /// One ACME provisioner, as the Authority uses it.
@@ -166,24 +168,31 @@ impl Authority {
         self.provisioners.get(name)
     }
 
-    /// The typed store.
-    pub fn records(&self) -> &Records {
+    /// The typed store (for the composition root; handlers go through the
+    /// Authority's methods).
+    pub(crate) fn records(&self) -> &Records {
         &self.records
     }
 
-    /// The upstream CA.
-    pub fn upstream(&self) -> &Arc<dyn CertificateAuthorityService> {
+    /// The upstream CA (for the composition root).
+    pub(crate) fn upstream(&self) -> &Arc<dyn CertificateAuthorityService> {
         &self.upstream
     }
 
     /// The rate limits' buckets (per-IP limits are applied by the HTTP layer).
-    pub fn limiter(&self) -> &limits::RateLimiter {
+    pub(crate) fn limiter(&self) -> &limits::RateLimiter {
         &self.limiter
     }
 
-    /// The clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
+    /// Asks the upstream CA, uncached, whether it answers now.
+    pub async fn upstream_health(&self) -> Result<(), UpstreamError> {
+        self.upstream.health().await
+    }
+
+    /// Finalize jobs stored and not finished yet (each order in
+    /// `processing` has one).
+    pub async fn finalize_backlog(&self) -> Result<u64, RaError> {
+        Ok(self.records.count::<crate::model::FinalizeJob>().await?)
     }
 
     /// Sets the roots (self-signed, DER) that the RA's chains lead to.

@@ -19,8 +19,8 @@ use crate::model::{
     random_token,
 };
 use crate::policy::identifiers::check_identifiers;
-use crate::store::records::{Batch, Versioned};
-use crate::store::{Records, StoreError};
+use crate::store::Records;
+use crate::store::records::{Batch, Change, Versioned};
 
 /// Orders per page of the account's orders list.
 pub(super) const ORDERS_PAGE: usize = 100;
@@ -203,7 +203,7 @@ impl Authority {
     /// An order of `account`, with expiry and authorization outcomes applied.
     pub async fn order(&self, account: &AccountId, id: &str) -> Result<OrderRecord, RaError> {
         let order = self.owned_order(account, id).await?;
-        self.refresh_order(order).await
+        Ok(self.refresh_order(order).await?.value)
     }
 
     pub(super) async fn owned_order(
@@ -215,54 +215,44 @@ impl Authority {
             Some(id) => self.records.get::<OrderRecord>(id.as_str()).await?,
             None => None,
         };
-        match order {
-            Some(o) if &o.account_id == account => Ok(o),
-            _ => Err(not_found("order")),
-        }
+        owned(order, account, "order")
     }
 
     /// Brings a stored order up to date (expiry, authorization results) and
-    /// stores the change, retrying on concurrent updates.
+    /// stores the change, retrying on concurrent updates. Returns the order
+    /// as the store now holds it.
     pub(super) async fn refresh_order(
         &self,
-        mut order: Versioned<OrderRecord>,
-    ) -> Result<OrderRecord, RaError> {
-        for _ in 0..8 {
-            if !matches!(order.status, OrderStatus::Pending | OrderStatus::Ready) {
-                return Ok(order.value);
-            }
-            let now = self.clock.now();
-            let authzs = self.order_authzs(&order).await?;
-            let next = state::order_at(order.value.clone(), &authzs, now);
-            if next == order.value {
-                return Ok(next);
-            }
-            // Deferred: this status follows from the authorizations and the
-            // clock, so a crash that loses it only means computing it again.
-            match self
-                .records
-                .commit_deferred(Batch::new().replace(&order, &next))
-                .await
-            {
-                Ok(()) => {
-                    if next.status == OrderStatus::Invalid {
-                        crate::metrics::order_finished(next.status);
-                    }
-                    return Ok(next);
+        order: Versioned<OrderRecord>,
+    ) -> Result<Versioned<OrderRecord>, RaError> {
+        let (order, invalidated) = self
+            .records
+            .update_from(order, |current| async move {
+                let Some(order) = current else {
+                    return Err(not_found("order"));
+                };
+                if !matches!(order.status, OrderStatus::Pending | OrderStatus::Ready) {
+                    return Ok(Change::Keep((order, false)));
                 }
-                Err(StoreError::Conflict { .. }) => {
-                    match self.records.get::<OrderRecord>(order.id.as_str()).await? {
-                        Some(o) => order = o,
-                        None => return Err(not_found("order")),
-                    }
+                let now = self.clock.now();
+                let authzs = self.order_authzs(&order).await?;
+                let next = state::order_at(order.value.clone(), &authzs, now);
+                if next == order.value {
+                    return Ok(Change::Keep((order, false)));
                 }
-                Err(e) => return Err(e.into()),
-            }
+                let invalidated = next.status == OrderStatus::Invalid;
+                let next = Versioned::encode(next)?;
+                // Deferred: this status follows from the authorizations and
+                // the clock, so a crash that loses it only means computing it
+                // again.
+                let batch = Batch::new().replace_versioned(&order, &next);
+                Ok(Change::CommitDeferred(batch, (next, invalidated)))
+            })
+            .await?;
+        if invalidated {
+            crate::metrics::order_finished(OrderStatus::Invalid);
         }
-        problem(
-            ProblemType::ServerInternal,
-            "the order changed concurrently too often; try again",
-        )
+        Ok(order)
     }
 
     pub(super) async fn order_authzs(
@@ -322,10 +312,7 @@ impl Authority {
             Some(id) => self.records.get::<AuthzRecord>(id.as_str()).await?,
             None => None,
         };
-        match authz {
-            Some(a) if &a.account_id == account => Ok(a),
-            _ => Err(not_found("authorization")),
-        }
+        owned(authz, account, "authorization")
     }
 
     /// Deactivates an authorization (RFC 8555 §7.5.2).
@@ -343,53 +330,84 @@ impl Authority {
                 ),
             );
         }
-        for _ in 0..8 {
-            let current = self.owned_authz(account, id).await?;
-            let now = self.clock.now();
-            let shown = state::authz_at(current.value.clone(), now);
-            if !matches!(
-                shown.status,
-                AuthorizationStatus::Pending | AuthorizationStatus::Valid
-            ) {
-                return problem(
-                    ProblemType::Malformed,
-                    format!(
-                        "only a pending or valid authorization can be deactivated; this one is {}",
-                        serde_json::to_value(shown.status)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default()
-                    ),
-                );
-            }
-            let mut next = current.value.clone();
-            next.status = AuthorizationStatus::Deactivated;
-            match self
-                .records
-                .commit(Batch::new().replace(&current, &next))
-                .await
-            {
-                Ok(()) => {
-                    if shown.status == AuthorizationStatus::Pending {
-                        self.authz_no_longer_pending(account.as_str());
-                    }
-                    if let Some(order) = self
-                        .records
-                        .get::<OrderRecord>(next.order_id.as_str())
-                        .await?
-                    {
-                        self.refresh_order(order).await?;
-                    }
-                    return Ok(next);
+        let Some(authz_id) = AuthzId::parse(id) else {
+            return Err(not_found("authorization"));
+        };
+        let (next, was_pending) = self
+            .records
+            .update(authz_id.as_str(), |current: Option<Versioned<AuthzRecord>>| async move {
+                let current = owned(current, account, "authorization")?;
+                let shown = state::authz_at(current.value.clone(), self.clock.now());
+                if !matches!(
+                    shown.status,
+                    AuthorizationStatus::Pending | AuthorizationStatus::Valid
+                ) {
+                    return problem(
+                        ProblemType::Malformed,
+                        format!(
+                            "only a pending or valid authorization can be deactivated; this one is {}",
+                            serde_json::to_value(shown.status)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default()
+                        ),
+                    );
                 }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+                let mut next = current.value.clone();
+                next.status = AuthorizationStatus::Deactivated;
+                let batch = Batch::new().replace(&current, &next);
+                let was_pending = shown.status == AuthorizationStatus::Pending;
+                Ok(Change::Commit(batch, (next, was_pending)))
+            })
+            .await?;
+        if was_pending {
+            self.authz_no_longer_pending(account.as_str());
         }
-        problem(
-            ProblemType::ServerInternal,
-            "the authorization changed concurrently too often; try again",
-        )
+        if let Some(order) = self
+            .records
+            .get::<OrderRecord>(next.order_id.as_str())
+            .await?
+        {
+            self.refresh_order(order).await?;
+        }
+        Ok(next)
+    }
+}
+
+/// A record that belongs to one account.
+pub(super) trait Owned {
+    /// The account it belongs to.
+    fn owner(&self) -> &AccountId;
+}
+
+impl Owned for OrderRecord {
+    fn owner(&self) -> &AccountId {
+        &self.account_id
+    }
+}
+
+impl Owned for AuthzRecord {
+    fn owner(&self) -> &AccountId {
+        &self.account_id
+    }
+}
+
+impl Owned for crate::model::CertificateRecord {
+    fn owner(&self) -> &AccountId {
+        &self.account_id
+    }
+}
+
+/// `record` if it exists and belongs to `account`; else the 404 of
+/// [`not_found`], the same whether it is missing or someone else's.
+pub(super) fn owned<T: Owned>(
+    record: Option<Versioned<T>>,
+    account: &AccountId,
+    what: &str,
+) -> Result<Versioned<T>, RaError> {
+    match record {
+        Some(r) if r.value.owner() == account => Ok(r),
+        _ => Err(not_found(what)),
     }
 }
 

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::acme::types::{AuthorizationStatus, ChallengeStatus, OrderStatus};
 use crate::acme::{Problem, ProblemType};
-use crate::model::{AuthzRecord, OrderRecord};
+use crate::model::{AuthzRecord, CertificateRecord, OrderRecord};
 
 /// The authorization as it stands at `now`: a pending or valid one past its
 /// expiry is `expired`.
@@ -148,22 +148,32 @@ pub fn begin_finalize(order: &mut OrderRecord) -> bool {
     true
 }
 
-/// `processing` → `valid` with a certificate, or → `invalid` with a problem.
-pub fn end_finalize(
-    order: &mut OrderRecord,
-    result: Result<crate::model::CertId, Problem>,
-) -> bool {
+/// How a finalize job ended (RFC 8555 §7.4).
+#[derive(Clone, Debug, PartialEq)]
+pub enum FinalizeOutcome {
+    /// The upstream issued this certificate.
+    Issued(Box<CertificateRecord>),
+    /// The order fails with this problem.
+    Failed(Problem),
+}
+
+/// Ends finalization of a `processing` order with its outcome: `valid` with
+/// the certificate (and the validity the upstream actually gave), or
+/// `invalid` with the problem. False if the order is not `processing`.
+pub fn end_finalize(order: &mut OrderRecord, outcome: &FinalizeOutcome) -> bool {
     if order.status != OrderStatus::Processing {
         return false;
     }
-    match result {
-        Ok(cert) => {
+    match outcome {
+        FinalizeOutcome::Issued(cert) => {
             order.status = OrderStatus::Valid;
-            order.certificate_id = Some(cert);
+            order.certificate_id = Some(cert.id.clone());
+            order.not_before = Some(cert.not_before);
+            order.not_after = Some(cert.not_after);
         }
-        Err(p) => {
+        FinalizeOutcome::Failed(p) => {
             order.status = OrderStatus::Invalid;
-            order.error = Some(p);
+            order.error = Some(p.clone());
         }
     }
     true
@@ -270,8 +280,23 @@ mod tests {
         assert_eq!(o3.status, OrderStatus::Ready);
         assert!(begin_finalize(&mut o3));
         assert!(!begin_finalize(&mut o3));
-        assert!(end_finalize(&mut o3, Ok(crate::model::CertId::random())));
+        let cert = CertificateRecord {
+            id: crate::model::CertId::random(),
+            account_id: o3.account_id.clone(),
+            order_id: o3.id.clone(),
+            serial_hex: "01".to_owned(),
+            chain_pem: String::new(),
+            not_before: now(),
+            not_after: now() + Duration::days(1),
+            upstream: "test".to_owned(),
+            revocation: None,
+        };
+        let issued = FinalizeOutcome::Issued(Box::new(cert.clone()));
+        assert!(end_finalize(&mut o3, &issued));
         assert_eq!(o3.status, OrderStatus::Valid);
+        assert_eq!(o3.certificate_id, Some(cert.id));
+        assert_eq!(o3.not_after, Some(cert.not_after));
+        assert!(!end_finalize(&mut o3, &issued), "only once");
     }
 
     #[test]

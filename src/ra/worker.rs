@@ -11,12 +11,13 @@ use async_trait::async_trait;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Semaphore;
 
+use super::state::FinalizeOutcome;
 use super::{Authority, Event, state};
 use crate::acme::types::OrderStatus;
 use crate::acme::{Problem, ProblemType};
 use crate::model::{CertId, CertificateRecord, FinalizeJob, OrderId, OrderRecord};
 use crate::policy::cert;
-use crate::store::records::{Batch, Versioned};
+use crate::store::records::{Batch, Change, Versioned};
 use crate::store::{Records, StoreError};
 use crate::upstream::{Checkpoint, SignRequest, UpstreamError};
 
@@ -150,34 +151,35 @@ struct JobCheckpoint {
 #[async_trait]
 impl Checkpoint for JobCheckpoint {
     async fn save(&self, state: &str) -> Result<(), UpstreamError> {
-        let internal = |e: StoreError| UpstreamError::Internal {
-            context: "saving the upstream state with the finalize job".into(),
-            source: Some(Box::new(e)),
-        };
-        for _ in 0..8 {
-            let Some(job) = self
-                .records
-                .get::<FinalizeJob>(self.order_id.as_str())
-                .await
-                .map_err(internal)?
-            else {
-                return Err(UpstreamError::Internal {
-                    context: "the finalize job vanished".into(),
-                    source: None,
-                });
-            };
-            let mut next = job.value.clone();
-            next.upstream_state = Some(state.to_owned());
-            match self.records.commit(Batch::new().replace(&job, &next)).await {
-                Ok(()) => return Ok(()),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(internal(e)),
-            }
+        let found = self
+            .records
+            .update(
+                self.order_id.as_str(),
+                |job: Option<Versioned<FinalizeJob>>| async move {
+                    let Some(job) = job else {
+                        return Ok(Change::Keep(false));
+                    };
+                    let mut next = job.value.clone();
+                    next.upstream_state = Some(state.to_owned());
+                    Ok::<_, StoreError>(Change::Commit(Batch::new().replace(&job, &next), true))
+                },
+            )
+            .await;
+        match found {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(UpstreamError::Internal {
+                context: "the finalize job vanished".into(),
+                source: None,
+            }),
+            Err(StoreError::Contended { .. }) => Err(UpstreamError::Internal {
+                context: "the finalize job changed concurrently".into(),
+                source: None,
+            }),
+            Err(e) => Err(UpstreamError::Internal {
+                context: "saving the upstream state with the finalize job".into(),
+                source: Some(Box::new(e)),
+            }),
         }
-        Err(UpstreamError::Internal {
-            context: "the finalize job changed concurrently".into(),
-            source: None,
-        })
     }
 }
 
@@ -244,7 +246,7 @@ impl Authority {
              create a new order",
         );
         let outcome = match self.records.get::<OrderRecord>(order_id.as_str()).await {
-            Ok(Some(order)) => self.finish(&order, Err(p), None).await,
+            Ok(Some(order)) => self.finish(&order, FinalizeOutcome::Failed(p)).await,
             Ok(None) => self.drop_job(order_id).await,
             Err(e) => Err(e.into()),
         };
@@ -284,7 +286,10 @@ impl Authority {
                     "the upstream CA did not issue the certificate before the order expired (last error: {why}); create a new order"
                 ),
             );
-            return self.finish(&order, Err(p), None).await.map(|()| None);
+            return self
+                .finish(&order, FinalizeOutcome::Failed(p))
+                .await
+                .map(|()| None);
         }
         let not_after = order.not_after.or_else(|| {
             self.default_lifetime(&order.provisioner)
@@ -342,7 +347,7 @@ impl Authority {
                     upstream: self.upstream.name().to_owned(),
                     revocation: None,
                 };
-                self.finish(&order, Ok(record.id.clone()), Some(record))
+                self.finish(&order, FinalizeOutcome::Issued(Box::new(record)))
                     .await
                     .map(|()| None)
             }
@@ -355,7 +360,9 @@ impl Authority {
                     *kind,
                     format!("the upstream CA refused the certificate: {detail}"),
                 );
-                self.finish(&order, Err(p), None).await.map(|()| None)
+                self.finish(&order, FinalizeOutcome::Failed(p))
+                    .await
+                    .map(|()| None)
             }
             Err(e) => {
                 tracing::warn!(order = %order.id, attempt = job.attempts + 1, error = %crate::telemetry::causes(&e), "upstream failed; will retry");
@@ -369,67 +376,68 @@ impl Authority {
     async fn finish(
         &self,
         order: &Versioned<OrderRecord>,
-        result: Result<CertId, Problem>,
-        cert: Option<CertificateRecord>,
+        outcome: FinalizeOutcome,
     ) -> Result<(), super::RaError> {
-        let mut order = order.clone();
-        for _ in 0..8 {
-            let mut next = order.value.clone();
-            if !state::end_finalize(&mut next, result.clone()) {
-                self.drop_job(&order.id).await?;
-                return Ok(());
-            }
-            // The order shows the validity the upstream actually gave.
-            if let Some(c) = &cert {
-                next.not_before = Some(c.not_before);
-                next.not_after = Some(c.not_after);
-            }
-            let Some(job) = self.records.get::<FinalizeJob>(order.id.as_str()).await? else {
-                return Ok(());
-            };
-            // The certificate before the order that points to it (readers may
-            // see a batch's first keys a moment before its last).
-            let mut batch = Batch::new();
-            if let Some(c) = &cert {
-                batch = Records::cert_insert_ops(batch, c);
-            }
-            let batch = batch.replace(&order, &next).remove(&job);
-            match self.records.commit(batch).await {
-                Ok(()) => {
-                    crate::metrics::order_finished(next.status);
-                    if let Some(c) = &cert {
-                        crate::metrics::certificate_issued();
-                        // Logged once the outcome is stored, by the process
-                        // that stored it.
-                        let names: Vec<String> =
-                            next.identifiers.iter().map(ToString::to_string).collect();
-                        let seconds = (self.clock.now() - job.created_at).as_seconds_f64();
-                        tracing::info!(
-                            order = %next.id,
-                            account = %next.account_id,
-                            names = %names.join(","),
-                            serial = %c.serial_hex,
-                            upstream = %c.upstream,
-                            not_after = %c.not_after,
-                            seconds = format_args!("{seconds:.3}"),
-                            "certificate issued"
-                        );
+        let outcome = &outcome;
+        let cert = match outcome {
+            FinalizeOutcome::Issued(c) => Some(&**c),
+            FinalizeOutcome::Failed(_) => None,
+        };
+        let stored = self
+            .records
+            .update_from(
+                order.clone(),
+                |order: Option<Versioned<OrderRecord>>| async move {
+                    let Some(order) = order else {
+                        return Ok(Change::Keep(Finish::Gone));
+                    };
+                    let mut next = order.value.clone();
+                    if !state::end_finalize(&mut next, outcome) {
+                        return Ok(Change::Keep(Finish::NotProcessing));
                     }
-                    return Ok(());
-                }
-                Err(StoreError::Conflict { .. }) => {
-                    match self.records.get::<OrderRecord>(order.id.as_str()).await? {
-                        Some(o) => order = o,
-                        None => return Ok(()),
+                    let Some(job) = self.records.get::<FinalizeJob>(order.id.as_str()).await?
+                    else {
+                        return Ok(Change::Keep(Finish::Gone));
+                    };
+                    // The certificate before the order that points to it
+                    // (readers may see a batch's first keys a moment before its
+                    // last).
+                    let mut batch = Batch::new();
+                    if let Some(c) = cert {
+                        batch = Records::cert_insert_ops(batch, c);
                     }
-                }
-                Err(e) => return Err(e.into()),
-            }
+                    let batch = batch.replace(&order, &next).remove(&job);
+                    Ok::<_, StoreError>(Change::Commit(
+                        batch,
+                        Finish::Stored(Box::new(next), job.created_at),
+                    ))
+                },
+            )
+            .await?;
+        let (next, job_created) = match stored {
+            Finish::Gone => return Ok(()),
+            Finish::NotProcessing => return self.drop_job(&order.id).await,
+            Finish::Stored(next, job_created) => (next, job_created),
+        };
+        crate::metrics::order_finished(next.status);
+        if let Some(c) = cert {
+            crate::metrics::certificate_issued();
+            // Logged once the outcome is stored, by the process that stored
+            // it.
+            let names: Vec<String> = next.identifiers.iter().map(ToString::to_string).collect();
+            let seconds = (self.clock.now() - job_created).as_seconds_f64();
+            tracing::info!(
+                order = %next.id,
+                account = %next.account_id,
+                names = %names.join(","),
+                serial = %c.serial_hex,
+                upstream = %c.upstream,
+                not_after = %c.not_after,
+                seconds = format_args!("{seconds:.3}"),
+                "certificate issued"
+            );
         }
-        Err(super::RaError::new(
-            ProblemType::ServerInternal,
-            "the order changed concurrently too often",
-        ))
+        Ok(())
     }
 
     /// Records the failure and schedules the next attempt; returns its time
@@ -439,30 +447,36 @@ impl Authority {
         job: &FinalizeJob,
         why: &str,
     ) -> Result<Option<OffsetDateTime>, super::RaError> {
-        for _ in 0..8 {
-            let Some(current) = self
-                .records
-                .get::<FinalizeJob>(job.order_id.as_str())
-                .await?
-            else {
-                return Ok(None);
-            };
-            let mut next = current.value.clone();
-            next.attempts = next.attempts.saturating_add(1);
-            next.last_error = Some(why.to_owned());
-            next.next_attempt_at = self.clock.now() + backoff(next.attempts, self.opts.max_backoff);
-            match self
-                .records
-                .commit(Batch::new().replace(&current, &next))
-                .await
-            {
-                Ok(()) => return Ok(Some(next.next_attempt_at)),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
+        let scheduled = self
+            .records
+            .update(
+                job.order_id.as_str(),
+                |current: Option<Versioned<FinalizeJob>>| async move {
+                    let Some(current) = current else {
+                        return Ok(Change::Keep(None));
+                    };
+                    let mut next = current.value.clone();
+                    next.attempts = next.attempts.saturating_add(1);
+                    next.last_error = Some(why.to_owned());
+                    next.next_attempt_at =
+                        self.clock.now() + backoff(next.attempts, self.opts.max_backoff);
+                    let at = next.next_attempt_at;
+                    Ok::<_, StoreError>(Change::Commit(
+                        Batch::new().replace(&current, &next),
+                        Some(at),
+                    ))
+                },
+            )
+            .await;
+        match scheduled {
+            Ok(at) => Ok(at),
+            // Changed under us every time: look again after the shortest
+            // back-off.
+            Err(StoreError::Contended { .. }) => {
+                Ok(Some(self.clock.now() + backoff(1, self.opts.max_backoff)))
             }
+            Err(e) => Err(e.into()),
         }
-        // Changed under us every time: look again after the shortest back-off.
-        Ok(Some(self.clock.now() + backoff(1, self.opts.max_backoff)))
     }
 
     async fn drop_job(&self, order_id: &OrderId) -> Result<(), super::RaError> {
@@ -474,6 +488,16 @@ impl Authority {
         }
         Ok(())
     }
+}
+
+/// What [`Authority::finish`] found.
+enum Finish {
+    /// The order or its job is gone: nothing to store.
+    Gone,
+    /// The order is no longer `processing`: only the job is dropped.
+    NotProcessing,
+    /// The outcome is stored: the order as written, and when its job began.
+    Stored(Box<OrderRecord>, OffsetDateTime),
 }
 
 /// Exponential back-off: 1 s, 2 s, 4 s, … capped at `max`.

@@ -123,6 +123,14 @@ pub enum StoreError {
     /// A precondition of a batch did not hold; nothing was written.
     #[error("conflict on {table:?} key {key:?}: the record changed or already exists")]
     Conflict { table: Table, key: String },
+    /// An update ([`Records::update`]) met a conflict on every attempt:
+    /// other writers kept changing the record.
+    #[error("{table:?} key {key:?} changed concurrently on each of {attempts} attempts")]
+    Contended {
+        table: Table,
+        key: String,
+        attempts: usize,
+    },
     /// A record could not be decoded.
     #[error("corrupt record in {table:?} key {key:?}")]
     Corrupt {
