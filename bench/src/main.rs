@@ -10,21 +10,13 @@
 //!
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-7>
 
-#[path = "acmeproxy-bench/backlog.rs"]
 mod backlog;
-#[path = "acmeproxy-bench/client.rs"]
 mod client;
-#[path = "acmeproxy-bench/flow.rs"]
 mod flow;
-#[path = "acmeproxy-bench/nonceflood.rs"]
 mod nonceflood;
-#[path = "acmeproxy-bench/pacer.rs"]
 mod pacer;
-#[path = "acmeproxy-bench/procstat.rs"]
 mod procstat;
-#[path = "acmeproxy-bench/responder.rs"]
 mod responder;
-#[path = "acmeproxy-bench/stats.rs"]
 mod stats;
 
 use std::net::SocketAddr;

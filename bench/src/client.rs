@@ -299,13 +299,11 @@ impl AccountKey {
             return Err(FlowError::Protocol("short P-256 public key".to_owned()));
         };
         let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
-        // RFC 7638 §3: the required members in lexicographic order, no spaces.
-        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-        let thumbprint = URL_SAFE_NO_PAD.encode(ring::digest::digest(
-            &ring::digest::SHA256,
-            canonical.as_bytes(),
-        ));
         let jwk = serde_json::json!({"crv": "P-256", "kty": "EC", "x": x, "y": y});
+        // RFC 7638: the server's own thumbprint, so both sides agree.
+        let thumbprint = acmeproxy::acme::jws::PublicJwk::from_json(&jwk)
+            .map_err(|e| FlowError::Protocol(format!("the account key's JWK: {e}")))?
+            .thumbprint();
         Ok(Self {
             pair,
             jwk,
