@@ -19,6 +19,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # The workspace's other members: cargo reads their manifests.
 COPY bench ./bench
+COPY testkit ./testkit
 RUN cargo build --release --locked -p acmeproxy \
     && strip target/release/acmeproxy
 

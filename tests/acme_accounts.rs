@@ -6,12 +6,12 @@
 //! offers (§7.1.3, RFC 8738 §7).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::collections::BTreeSet;
 
-use common::TestServer;
-use common::raw::{Account, Key, Raw, dns, ip, jws};
+use kit::TestServer;
+use kit::raw::{Account, Key, Raw, dns, ip, jws};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -7,7 +7,7 @@
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-6.7>
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,10 +23,10 @@ use acmeproxy::store::{Op, Records, Store, StoreError, Table};
 use acmeproxy::upstream::CertificateAuthorityService;
 use acmeproxy::upstream::softcas::{SoftCas, SoftCasOptions};
 use acmeproxy::validate::{HickoryResolver, ValidationSettings, Validator};
-use common::raw::{
+use kit::raw::{
     Account, Key, Raw, assert_problem_doc, b64, csr, dns, eab, ip, jws, jws_bytes, jws_parts,
 };
-use common::{Options, TestServer};
+use kit::{Options, TestServer};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -1100,7 +1100,7 @@ async fn eab_policy_survives_key_removal_and_the_mac_key_is_erased() {
 /// (it used to end in a reset, `curl: (92)`, in most tries).
 #[tokio::test]
 async fn early_errors_over_http2_end_their_streams_cleanly() {
-    let Some(curl) = common::find_in_path("curl") else {
+    let Some(curl) = kit::find_in_path("curl") else {
         assert!(
             std::env::var_os("CI").is_none(),
             "curl is not installed (CI is set)"

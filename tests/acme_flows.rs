@@ -2,13 +2,13 @@
 //! http-01, dns-01, tls-alpn-01, wildcards, IP identifiers, download, revoke.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
-use common::TestServer;
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
     RevocationReason, RevocationRequest,
 };
+use kit::TestServer;
 use rustls::pki_types::CertificateDer;
 use x509_parser::der_parser::asn1_rs::Any;
 use x509_parser::prelude::*;
@@ -377,12 +377,12 @@ async fn renewal_info_and_replaces() {
 
 #[tokio::test]
 async fn provisioner_policy_refuses_names_with_the_rule() {
-    let ts = TestServer::start_with(common::Options {
+    let ts = TestServer::start_with(kit::Options {
         provisioner_extra: serde_json::json!({"policy": {"x509": {
             "allow": {"dns": ["*.team.test"], "ip": ["127.0.0.0/8"]},
             "deny": {"dns": ["secret.team.test"]}
         }}}),
-        ..common::Options::default()
+        ..kit::Options::default()
     })
     .await;
     let (account, _) = ts.account().await;
@@ -477,8 +477,8 @@ async fn slow_validation_is_answered_processing_then_valid() {
 /// basicConstraints, never an encoded `cA FALSE`.
 #[tokio::test]
 async fn every_certificate_is_strict_der() {
-    use common::raw::Key;
-    use common::strict_der::check_pem;
+    use kit::raw::Key;
+    use kit::strict_der::check_pem;
 
     let ts = TestServer::start().await;
     let (account, _) = ts.account().await;
@@ -538,12 +538,12 @@ fn strict_der_refuses_an_encoded_default() {
     let mut params = rcgen::CertificateParams::new(vec!["x.test".into()]).unwrap();
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
     let cert = params.self_signed(&key).unwrap();
-    let err = common::strict_der::check(cert.der()).unwrap_err();
+    let err = kit::strict_der::check(cert.der()).unwrap_err();
     assert!(err.contains("DEFAULT"), "{err}");
     params.is_ca = rcgen::IsCa::NoCa;
     let cert = params.self_signed(&key).unwrap();
     assert_eq!(
-        common::strict_der::check(cert.der())
+        kit::strict_der::check(cert.der())
             .unwrap()
             .basic_constraints,
         None

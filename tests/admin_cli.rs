@@ -2,14 +2,14 @@
 //! a running server through its admin socket, and the errors when none runs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
-use common::run_cli as cli;
+use kit::run_cli as cli;
 
 use std::path::Path;
 
-use common::{Options, TestServer};
 use instant_acme::{ChallengeType, Identifier, NewOrder, RetryPolicy};
+use kit::{Options, TestServer};
 use serde_json::Value;
 
 fn json(args: &[&str]) -> Value {

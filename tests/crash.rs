@@ -11,7 +11,7 @@
 //! server. The other tests run the real `acmeproxy` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -34,8 +34,8 @@ use instant_acme::{
 };
 use tokio_util::sync::CancellationToken;
 
-use common::Responders;
-use common::crash_support::{
+use kit::Responders;
+use kit::crash_support::{
     Binary, CALL_LIMIT, START_LIMIT, ServerProcess, SlowHttp01, assert_problem,
     assert_unauthorized, authorize_http01, bind_loopback, bounded, existing_account, issue,
     leaf_der, leaf_sans, new_account, served_leaf, server_config, temp_dir, verify_chain,

@@ -5,7 +5,7 @@
 //! peers other than root and the server's own user.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::path::Path;
 use std::process::Command;
@@ -195,7 +195,7 @@ async fn the_admin_socket_refuses_other_users() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::os::unix::process::CommandExt;
 
-    let ts = common::TestServer::start().await;
+    let ts = kit::TestServer::start().await;
     let socket = ts.data_dir.join("admin.sock");
     let mode = std::fs::metadata(&socket).unwrap().mode();
     assert_eq!(mode & 0o777, 0o600, "the admin socket is private");

@@ -9,7 +9,7 @@
 //! missing client skips its scenario with a message, or fails it when `CI`
 //! is set. uacme also needs root (a private mount namespace for its CA bundle).
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::fs;
 use std::io;
@@ -19,11 +19,11 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use acmeproxy::validate::MockDns;
+use acmeproxy_testkit::MockDns;
 use serde_json::json;
 
-use common::clients::{Challenge, Client, Ports, run_client, verify_cert};
-use common::{ChildGuard, fetch_roots_pem, free_ports, tail};
+use kit::clients::{Challenge, Client, Ports, run_client, verify_cert};
+use kit::{ChildGuard, fetch_roots_pem, free_ports, tail};
 
 /// How long the server may take to answer its directory (it creates its CA at first start).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -237,11 +237,6 @@ fn attempt_with(
 
 /// The DNS server the validator resolves names through, with dns-01 TXT
 /// records read from `records`.
-///
-/// Wiring point for the project's mock DNS: once
-/// `acmeproxy::validate::mockdns::MockDns` is merged, start it here instead
-/// (`MockDns::start("127.0.0.1:0".parse()?)` with `records` as its records
-/// directory) and return it; the tests use only `.addr()` and drop.
 fn start_dns(records: &Path) -> io::Result<MockDns> {
     let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     dns.set_records_dir(Some(records.to_owned()));

@@ -13,7 +13,7 @@
 //! the `processing` order (RFC 8555 section 7.4) until it is valid.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -22,13 +22,13 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use acmeproxy::validate::MockDns;
+use acmeproxy_testkit::MockDns;
 use serde_json::json;
 
-use common::clients::{Challenge, Client, Ports, run_client, verify_cert};
-use common::pebble::{Pebble, PebbleOptions};
-use common::slowproxy::SlowProxy;
-use common::{ChildGuard, fetch_roots_pem, free_ports, tail};
+use kit::clients::{Challenge, Client, Ports, run_client, verify_cert};
+use kit::pebble::{Pebble, PebbleOptions};
+use kit::slowproxy::SlowProxy;
+use kit::{ChildGuard, fetch_roots_pem, free_ports, tail};
 
 /// How long the server may take to answer its directory (it gets its own
 /// certificate from Pebble first).
@@ -81,12 +81,12 @@ fn certbot_through_a_chain_of_two_ras() {
     fs::write(&root, runtime.block_on(pebble.root_pem())).unwrap();
 
     // The inner RA, in front of Pebble; accounts need EAB.
-    let inner = runtime.block_on(common::TestServer::start_with(common::Options {
+    let inner = runtime.block_on(kit::TestServer::start_with(kit::Options {
         db: "sled",
         require_eab: true,
         root: Some(root.clone()),
         authority: Some(pebble.authority_json()),
-        ..common::Options::default()
+        ..kit::Options::default()
     }));
     let key = runtime
         .block_on(inner.server.as_ref().unwrap().authority().create_eab_key(

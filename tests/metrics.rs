@@ -4,16 +4,16 @@
 //! (Metrics are process-wide, so this file runs one server.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{Options, TestServer};
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
 };
+use kit::{Options, TestServer};
 
 const NAME: &str = "metrics-probe.example.test";
 

@@ -5,14 +5,14 @@
 //! concurrency cap wait instead of failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
-use common::run_cli as cli;
+use kit::run_cli as cli;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{Key, Raw, dns, ip};
-use common::{Options, TestServer};
+use kit::raw::{Key, Raw, dns, ip};
+use kit::{Options, TestServer};
 use serde_json::{Value, json};
 
 /// A server with `rateLimits` (and softcas, one provisioner).
@@ -40,7 +40,7 @@ fn detail(doc: &Value) -> String {
 }
 
 /// The Retry-After of a 429, in seconds.
-fn retry_after(r: &common::raw::Resp) -> u64 {
+fn retry_after(r: &kit::raw::Resp) -> u64 {
     r.header("retry-after")
         .unwrap_or_else(|| panic!("a 429 without Retry-After: {:?}", r.headers))
         .parse()
@@ -316,7 +316,7 @@ async fn validations_beyond_the_cap_wait_their_turn() {
         let authz = raw.fetch(&acct, &authz_url).await;
         let ch = Raw::challenge(&authz, "http-01");
         let token = ch["token"].as_str().unwrap();
-        let ka = common::raw::key_authorization(token, &acct.key);
+        let ka = kit::raw::key_authorization(token, &acct.key);
         ts.responders.set_http01_slow(token, &ka, delay);
         pending.push((authz_url, ch));
     }

@@ -17,7 +17,7 @@
 //! order would make Pebble issue a second certificate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,9 +39,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::*;
 
-use common::clients::{Issued, verify_cert};
-use common::pebble::{Pebble, PebbleOptions};
-use common::{ChildGuard, Responders, free_ports, tail};
+use kit::clients::{Issued, verify_cert};
+use kit::pebble::{Pebble, PebbleOptions};
+use kit::{ChildGuard, Responders, free_ports, tail};
 
 /// The name the client orders; only its order is frozen in the child.
 const NAME: &str = "crash.test";
@@ -247,7 +247,7 @@ impl Drop for Killed {
 }
 
 async fn crash_and_restart(window: Window) {
-    if !Pebble::available() || common::find_in_path("openssl").is_none() {
+    if !Pebble::available() || kit::find_in_path("openssl").is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "pebble or openssl is not installed (tests/interop/install-clients.sh installs them)"

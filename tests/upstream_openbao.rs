@@ -1,6 +1,6 @@
 //! The Vault PKI upstream (`authority.type: "vaultcas"`) against a real Vault
 //! API server: OpenBao, from `tests/interop/install-openbao.sh`, run as
-//! `bao server -dev` on loopback and set up by tests/common/openbao.rs with
+//! `bao server -dev` on loopback and set up by testkit/src/openbao.rs with
 //! a root CA in `pki`, an intermediate in `pki_int` signed by it, PKI roles
 //! per key type (Vault's defaults: `require_cn`, `use_csr_common_name`,
 //! `use_csr_sans`) and an AppRole.
@@ -17,22 +17,22 @@
 //! `CI` is set.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::clients::{Challenge, Client, Ports, run_client, verify_cert};
-use common::openbao::{
-    self, OpenBao, OpenBaoOptions, ROLE_ANY, ROLE_EC, ROLE_MAX_TTL, ROLE_NO_CN, ROLE_TTL,
-};
-use common::{ChildGuard, Options, TestServer, free_ports, tail};
 use instant_acme::{
     Account, ChallengeType, Error, Identifier, NewOrder, OrderStatus, RetryPolicy,
     RevocationReason, RevocationRequest,
 };
+use kit::clients::{Challenge, Client, Ports, run_client, verify_cert};
+use kit::openbao::{
+    self, OpenBao, OpenBaoOptions, ROLE_ANY, ROLE_EC, ROLE_MAX_TTL, ROLE_NO_CN, ROLE_TTL,
+};
+use kit::{ChildGuard, Options, TestServer, free_ports, tail};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, SignatureAlgorithm};
 use reqwest::Method;
 use rustls::pki_types::CertificateDer;
@@ -664,8 +664,8 @@ async fn client_scenario(client: Client, name: &str) {
 async fn run_scenario(bao: &OpenBao, client: Client, name: &str, tmp: &Path) -> Result<(), String> {
     let records = tmp.join("dns-records");
     std::fs::create_dir_all(&records).map_err(|e| e.to_string())?;
-    let dns = acmeproxy::validate::MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .map_err(|e| e.to_string())?;
+    let dns =
+        kit::MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| e.to_string())?;
     dns.set_records_dir(Some(records.clone()));
     let [acme, http01, tls_alpn01] = free_ports().map_err(|e| e.to_string())?;
     let ports = Ports {

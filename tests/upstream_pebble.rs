@@ -4,16 +4,16 @@
 //! an upstream outage during finalize, and one upstream account reused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::time::{Duration, Instant};
 
-use common::pebble::{Pebble, PebbleOptions};
-use common::{Options, TestServer};
 use instant_acme::{
     Account, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy, RevocationReason,
     RevocationRequest,
 };
+use kit::pebble::{Pebble, PebbleOptions};
+use kit::{Options, TestServer};
 use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::*;
 

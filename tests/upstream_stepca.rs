@@ -18,7 +18,7 @@
 //! is set (CI runs the build script through `make test-deps`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::collections::HashMap;
 use std::fs;
@@ -34,12 +34,12 @@ use acmeproxy::upstream::stepca::{StepCa as StepCaUpstream, StepCaOptions};
 use acmeproxy::upstream::{
     CertificateAuthorityService, NoCheckpoint, RevokeRequest, SignRequest, UpstreamError,
 };
-use acmeproxy::validate::MockDns;
+use acmeproxy_testkit::MockDns;
 use serde_json::{Value, json};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use common::clients::{Challenge, Client, Issued, Ports, run_client, verify_cert};
-use common::{ChildGuard, fetch_roots_pem, free_ports, run_bounded, tail};
+use kit::clients::{Challenge, Client, Issued, Ports, run_client, verify_cert};
+use kit::{ChildGuard, fetch_roots_pem, free_ports, run_bounded, tail};
 
 /// How long step-ca and acmeproxy may take to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -683,7 +683,7 @@ fn stepca_missing() -> Option<String> {
             ));
         }
     }
-    common::find_in_path("openssl")
+    kit::find_in_path("openssl")
         .is_none()
         .then(|| "openssl is not installed".to_owned())
 }

@@ -1,18 +1,18 @@
 //! The Vault PKI upstream (`authority.type: "vaultcas"`) against a stand-in
-//! that follows Vault's documented HTTP API (tests/common/vault_standin.rs),
+//! that follows Vault's documented HTTP API (testkit/src/vault_standin.rs),
 //! only for what a real Vault (tests/upstream_openbao.rs runs OpenBao)
 //! cannot produce here: a server that refuses a renewal before the max TTL
 //! instead of capping it, and a Kubernetes login (OpenBao would need a
 //! Kubernetes API server to review the service account token).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::time::{Duration, Instant};
 
-use common::vault_standin::{StandinOptions, VaultStandin};
-use common::{Options, TestServer};
 use instant_acme::{Account, ChallengeType, Error, Identifier, NewOrder, OrderStatus, RetryPolicy};
+use kit::vault_standin::{StandinOptions, VaultStandin};
+use kit::{Options, TestServer};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, SignatureAlgorithm};
 use serde_json::{Value, json};
 

@@ -10,13 +10,13 @@
 //! validator's unit tests (src/validate/http01/tests.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use acmeproxy_testkit as kit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::raw::{Key, Raw, assert_problem_doc, dns};
-use common::{Options, TestServer};
+use kit::raw::{Key, Raw, assert_problem_doc, dns};
+use kit::{Options, TestServer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -18,7 +18,7 @@ use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 
 use acmeproxy::config::Config;
-use acmeproxy::validate::MockDns;
+use acmeproxy_testkit::MockDns;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

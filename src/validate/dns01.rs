@@ -96,8 +96,8 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::validate::mockdns::MockDns;
     use crate::validate::testutil::{LOCAL, settings};
+    use acmeproxy_testkit::MockDns;
 
     const KEY_AUTH: &str = "token123.thumbprint456";
 

@@ -220,10 +220,10 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::validate::mockdns::MockDns;
     use crate::validate::testutil::{
         LOCAL, TlsOptions, TlsResponder, acme_extension, certificate, certificate_with, settings,
     };
+    use acmeproxy_testkit::MockDns;
 
     const KEY_AUTH: &str = "token.thumbprint";
 

@@ -13,21 +13,21 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// How long a single client invocation may run before it is killed.
-pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a child gets between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
 /// A long-running child (a server under test). On drop it gets SIGTERM,
 /// then SIGKILL if it is still alive after a few seconds.
-pub(crate) struct ChildGuard {
+pub struct ChildGuard {
     child: Child,
     what: String,
 }
 
 impl ChildGuard {
     /// Starts `cmd` with stdout and stderr appended to `log`.
-    pub(crate) fn spawn(what: &str, cmd: &mut Command, log: &Path) -> Result<Self, String> {
+    pub fn spawn(what: &str, cmd: &mut Command, log: &Path) -> Result<Self, String> {
         let out = open_log(log)?;
         let err = out
             .try_clone()
@@ -46,7 +46,7 @@ impl ChildGuard {
     }
 
     /// Fails when the child has already exited (e.g. a server that could not start).
-    pub(crate) fn check_running(&mut self) -> Result<(), String> {
+    pub fn check_running(&mut self) -> Result<(), String> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(format!("{} exited early: {status}", self.what)),
@@ -69,11 +69,7 @@ impl Drop for ChildGuard {
 
 /// Runs one client invocation with stdin closed and all output appended to
 /// `log`, killing its whole process group after `timeout`. Returns the wall time.
-pub(crate) fn run_bounded(
-    cmd: &mut Command,
-    timeout: Duration,
-    log: &Path,
-) -> Result<Duration, String> {
+pub fn run_bounded(cmd: &mut Command, timeout: Duration, log: &Path) -> Result<Duration, String> {
     let mut out = open_log(log)?;
     let _ = writeln!(out, "# {cmd:?}");
     let err = out
@@ -138,7 +134,7 @@ fn open_log(path: &Path) -> Result<File, String> {
 }
 
 /// The last `lines` lines of a text file, indented, for error messages.
-pub(crate) fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
@@ -152,7 +148,7 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// `n` distinct TCP ports on 127.0.0.1 that were free a moment ago.
-pub(crate) fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
+pub fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
     let listeners = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<io::Result<Vec<_>>>()?;
@@ -164,7 +160,7 @@ pub(crate) fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
 }
 
 /// Where `binary` is found on `PATH`, if anywhere.
-pub(crate) fn find_in_path(binary: &str) -> Option<PathBuf> {
+pub fn find_in_path(binary: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(binary))
@@ -172,7 +168,7 @@ pub(crate) fn find_in_path(binary: &str) -> Option<PathBuf> {
 }
 
 /// Whether this process runs as root (needed for `unshare -m`).
-pub(crate) fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -180,16 +176,14 @@ pub(crate) fn is_root() -> bool {
 }
 
 /// Path of a helper script under `tests/interop/`.
-pub(crate) fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/interop")
-        .join(name)
+pub fn script(name: &str) -> PathBuf {
+    crate::repo_root().join("tests/interop").join(name)
 }
 
 /// A tiny http-01 responder for clients that only write token files
 /// (uacme's hook, dehydrated's WELLKNOWN): serves
 /// `GET /.well-known/acme-challenge/TOKEN` from `webroot/TOKEN`.
-pub(crate) struct HttpResponder {
+pub struct HttpResponder {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -197,7 +191,7 @@ pub(crate) struct HttpResponder {
 
 impl HttpResponder {
     /// Listens on 127.0.0.1:`port`; logs each request to `log`.
-    pub(crate) fn start(port: u16, webroot: &Path, log: &Path) -> Result<Self, String> {
+    pub fn start(port: u16, webroot: &Path, log: &Path) -> Result<Self, String> {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .map_err(|e| format!("http-01 responder cannot listen on port {port}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -277,7 +271,7 @@ fn serve_token(mut conn: TcpStream, webroot: &Path, log: &Path) {
 /// server's certificate, as a user fetches it once (`curl -k`) before
 /// pinning it, and writes it to `out`. Clients in the tests then trust only
 /// these bytes, so a root that does not work as a trust anchor fails them.
-pub(crate) fn fetch_roots_pem(port: u16, out: &Path) -> Result<Vec<u8>, String> {
+pub fn fetch_roots_pem(port: u16, out: &Path) -> Result<Vec<u8>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -309,8 +303,8 @@ pub(crate) fn fetch_roots_pem(port: u16, out: &Path) -> Result<Vec<u8>, String> 
 }
 
 /// Runs the `acmeproxy` binary with `args`; returns (success, stdout, stderr).
-pub(crate) fn run_cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_acmeproxy"))
+pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(crate::acmeproxy_bin())
         .args(args)
         .output()
         .unwrap();

@@ -2,6 +2,7 @@
 //! answers A, AAAA and TXT questions (RFC 1035 §4) over UDP and TCP on one
 //! port from records set in memory or, for TXT, from files that ACME client
 //! hooks write (lego's `exec` provider, certbot's `--manual-auth-hook`).
+//! Messages are read and written with `hickory-proto`.
 //!
 //! It is not a general DNS server: one question per message, no zones, no
 //! NXDOMAIN (unknown names get NOERROR with no answers), TTL 0 everywhere.
@@ -16,15 +17,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::TXT;
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
-const TYPE_A: u16 = 1;
-const TYPE_TXT: u16 = 16;
-const TYPE_AAAA: u16 = 28;
-const CLASS_IN: u16 = 1;
-const RCODE_FORMERR: u16 = 1;
 /// Largest UDP answer without EDNS (RFC 1035 §4.2.1); bigger ones are truncated.
 const UDP_MAX: usize = 512;
 /// Tries to find a port free for both UDP and TCP when asked for port 0.
@@ -134,23 +133,23 @@ struct Records {
 }
 
 impl Records {
-    fn answers(&mut self, name: &str, qtype: u16) -> Vec<Vec<u8>> {
-        self.queries.push(format!("{name} {}", type_name(qtype)));
+    fn answers(&mut self, name: &str, qtype: RecordType) -> Vec<RData> {
+        self.queries.push(format!("{name} {qtype}"));
         match qtype {
-            TYPE_A | TYPE_AAAA => {
+            RecordType::A | RecordType::AAAA => {
                 let ips = match self.addresses.get(name) {
                     Some(ips) => ips.clone(),
                     None => self.default_address.into_iter().collect(),
                 };
                 ips.into_iter()
                     .filter_map(|ip| match ip {
-                        IpAddr::V4(v4) if qtype == TYPE_A => Some(v4.octets().to_vec()),
-                        IpAddr::V6(v6) if qtype == TYPE_AAAA => Some(v6.octets().to_vec()),
+                        IpAddr::V4(v4) if qtype == RecordType::A => Some(RData::A(v4.into())),
+                        IpAddr::V6(v6) if qtype == RecordType::AAAA => Some(RData::AAAA(v6.into())),
                         _ => None,
                     })
                     .collect()
             }
-            TYPE_TXT => {
+            RecordType::TXT => {
                 let mut values = self.txt.get(name).cloned().unwrap_or_default();
                 if let Some(dir) = self.records_dir.as_ref().filter(|_| safe_file_name(name)) {
                     if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
@@ -266,102 +265,60 @@ async fn read_tcp_message(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
 
 /// Builds the response to `query`; `None` when it is not worth answering.
 fn respond(query: &[u8], records: &Mutex<Records>, limit: Option<usize>) -> Option<Vec<u8>> {
-    let id = read_u16(query, 0)?;
-    let flags = read_u16(query, 2)?;
-    if flags & 0x8000 != 0 {
-        return None; // a response, not a query
-    }
-    // QR, the query's opcode, AA, the query's RD, RA.
-    let reply_flags = 0x8000 | (flags & 0x7800) | 0x0400 | (flags & 0x0100) | 0x0080;
-    let question = match parse_question(query) {
-        Some(q) if read_u16(query, 4) == Some(1) => q,
-        _ => return Some(header(id, reply_flags | RCODE_FORMERR, 0, 0)),
+    let Ok(request) = Message::from_vec(query) else {
+        // Not a message we can read: FORMERR when it has a header at all.
+        let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
+        query.get(..12)?;
+        return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+            .to_vec()
+            .ok();
     };
-    let answers = if question.qclass == CLASS_IN {
+    if request.message_type() != MessageType::Query {
+        return None;
+    }
+    let mut response = Message::new();
+    response
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_authoritative(true)
+        .set_recursion_desired(request.recursion_desired())
+        .set_recursion_available(true);
+    let [question] = request.queries() else {
+        response.set_response_code(ResponseCode::FormErr);
+        return response.to_vec().ok();
+    };
+    response.add_query(question.clone());
+    let name = normalize(&question.name().to_ascii());
+    let answers = if question.query_class() == DNSClass::IN {
         records
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .answers(&question.name, question.qtype)
+            .answers(&name, question.query_type())
     } else {
         Vec::new()
     };
-    let question_bytes = query.get(12..question.end)?;
-    let mut out = header(id, reply_flags, 1, u16::try_from(answers.len()).ok()?);
-    out.extend_from_slice(question_bytes);
-    for rdata in &answers {
-        out.extend_from_slice(&[0xc0, 0x0c]); // pointer to the question's name
-        out.extend_from_slice(&question.qtype.to_be_bytes());
-        out.extend_from_slice(&CLASS_IN.to_be_bytes());
-        out.extend_from_slice(&0u32.to_be_bytes()); // TTL
-        out.extend_from_slice(&u16::try_from(rdata.len()).ok()?.to_be_bytes());
-        out.extend_from_slice(rdata);
+    for rdata in answers {
+        response.add_answer(Record::from_rdata(question.name().clone(), 0, rdata));
     }
+    let out = response.to_vec().ok()?;
     if limit.is_some_and(|max| out.len() > max) {
         // Truncated (TC): the question alone, so the client retries over TCP.
-        let mut short = header(id, reply_flags | 0x0200, 1, 0);
-        short.extend_from_slice(question_bytes);
-        return Some(short);
+        response.take_answers();
+        response.set_truncated(true);
+        return response.to_vec().ok();
     }
     Some(out)
 }
 
-struct Question {
-    /// Lower case, dot-separated, no trailing dot.
-    name: String,
-    qtype: u16,
-    qclass: u16,
-    /// Offset just past the question.
-    end: usize,
-}
-
-fn parse_question(message: &[u8]) -> Option<Question> {
-    let mut pos = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = usize::from(*message.get(pos)?);
-        pos += 1;
-        if len == 0 {
-            break;
-        }
-        if len > 63 {
-            return None; // compression pointers do not occur in a lone question
-        }
-        let label = message.get(pos..pos + len)?;
-        labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
-        pos += len;
-    }
-    Some(Question {
-        name: labels.join("."),
-        qtype: read_u16(message, pos)?,
-        qclass: read_u16(message, pos + 2)?,
-        end: pos + 4,
-    })
-}
-
-fn header(id: u16, flags: u16, qdcount: u16, ancount: u16) -> Vec<u8> {
-    let mut out = Vec::with_capacity(UDP_MAX);
-    for field in [id, flags, qdcount, ancount, 0, 0] {
-        out.extend_from_slice(&field.to_be_bytes());
-    }
-    out
-}
-
 /// TXT RDATA: the value as character-strings of at most 255 bytes.
-fn txt_rdata(value: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value.len() + 1);
-    if value.is_empty() {
-        out.push(0);
-    }
-    for chunk in value.as_bytes().chunks(255) {
-        out.push(u8::try_from(chunk.len()).unwrap_or(u8::MAX));
-        out.extend_from_slice(chunk);
-    }
-    out
-}
-
-fn read_u16(message: &[u8], pos: usize) -> Option<u16> {
-    let bytes = message.get(pos..pos + 2)?;
-    Some(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]))
+fn txt_rdata(value: &str) -> RData {
+    let chunks: Vec<&[u8]> = if value.is_empty() {
+        vec![b""]
+    } else {
+        value.as_bytes().chunks(255).collect()
+    };
+    RData::TXT(TXT::from_bytes(chunks))
 }
 
 /// Whether `name` can name a file inside the records directory (no `/`, no `..`).
@@ -377,64 +334,64 @@ fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn type_name(qtype: u16) -> String {
-    match qtype {
-        TYPE_A => "A".to_owned(),
-        TYPE_AAAA => "AAAA".to_owned(),
-        TYPE_TXT => "TXT".to_owned(),
-        other => format!("TYPE{other}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv6Addr;
 
+    use hickory_proto::rr::Name;
+
     use super::*;
 
-    fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-        let mut q = header(id, 0x0100, 1, 0);
-        for label in name.split('.') {
-            q.push(u8::try_from(label.len()).unwrap());
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.push(0);
-        q.extend_from_slice(&qtype.to_be_bytes());
-        q.extend_from_slice(&CLASS_IN.to_be_bytes());
-        q
+    fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut q = Message::new();
+        q.set_id(id)
+            .set_recursion_desired(true)
+            .add_query(hickory_proto::op::Query::query(
+                Name::from_ascii(name).unwrap(),
+                qtype,
+            ));
+        q.to_vec().unwrap()
     }
 
     fn records() -> Mutex<Records> {
         Mutex::new(Records::default())
     }
 
+    fn parse(r: &[u8]) -> Message {
+        Message::from_vec(r).unwrap()
+    }
+
     #[test]
-    fn a_answer_points_back_to_the_question() {
-        let q = query(0xbeef, "WWW.Example.com", TYPE_A);
-        let r = respond(&q, &records(), Some(UDP_MAX)).unwrap();
-        assert_eq!(&r[..2], &[0xbe, 0xef]);
-        // QR, AA, RD, RA; NOERROR; one question, one answer.
-        assert_eq!(read_u16(&r, 2), Some(0x8580));
-        assert_eq!((read_u16(&r, 4), read_u16(&r, 6)), (Some(1), Some(1)));
-        let question_end = q.len();
-        assert_eq!(&r[12..question_end], &q[12..]);
-        let answer = &r[question_end..];
-        assert_eq!(&answer[..2], &[0xc0, 0x0c]);
-        assert_eq!(read_u16(answer, 2), Some(TYPE_A));
-        assert_eq!(read_u16(answer, 10), Some(4));
-        assert_eq!(&answer[12..16], &[127, 0, 0, 1]);
+    fn a_answer_echoes_the_question() {
+        let q = query(0xbeef, "WWW.Example.com", RecordType::A);
+        let r = parse(&respond(&q, &records(), Some(UDP_MAX)).unwrap());
+        assert_eq!(r.id(), 0xbeef);
+        assert_eq!(r.message_type(), MessageType::Response);
+        assert!(r.authoritative() && r.recursion_desired() && r.recursion_available());
+        assert_eq!(r.response_code(), ResponseCode::NoError);
+        assert_eq!(r.queries(), parse(&q).queries());
+        let [answer] = r.answers() else {
+            panic!("one answer: {r:?}")
+        };
+        assert_eq!(answer.data(), &RData::A(Ipv4Addr::LOCALHOST.into()));
+        assert_eq!(answer.ttl(), 0);
     }
 
     #[test]
     fn unknown_names_and_types_get_empty_noerror() {
         let recs = records();
         recs.lock().unwrap().default_address = None;
-        for qtype in [TYPE_A, TYPE_AAAA, TYPE_TXT, 15] {
-            let r = respond(&query(1, "nothing.test", qtype), &recs, None).unwrap();
-            assert_eq!(read_u16(&r, 2).unwrap() & 0x000f, 0);
-            assert_eq!(read_u16(&r, 6), Some(0));
+        for qtype in [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::TXT,
+            RecordType::MX,
+        ] {
+            let r = parse(&respond(&query(1, "nothing.test", qtype), &recs, None).unwrap());
+            assert_eq!(r.response_code(), ResponseCode::NoError);
+            assert!(r.answers().is_empty());
         }
-        assert_eq!(recs.lock().unwrap().queries[3], "nothing.test TYPE15");
+        assert_eq!(recs.lock().unwrap().queries[3], "nothing.test MX");
     }
 
     #[test]
@@ -444,14 +401,22 @@ mod tests {
             .unwrap()
             .addresses
             .insert("v6.test".into(), vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]);
-        let r = respond(&query(1, "v6.test", TYPE_AAAA), &recs, None).unwrap();
-        assert_eq!(read_u16(&r, 6), Some(1));
-        assert_eq!(&r[r.len() - 16..], &Ipv6Addr::LOCALHOST.octets());
+        let r = parse(&respond(&query(1, "v6.test", RecordType::AAAA), &recs, None).unwrap());
+        assert_eq!(r.answers().len(), 1);
+        assert_eq!(
+            r.answers()[0].data(),
+            &RData::AAAA(Ipv6Addr::LOCALHOST.into())
+        );
 
-        let rdata = txt_rdata(&"y".repeat(300));
-        assert_eq!(rdata.len(), 302);
-        assert_eq!((rdata[0], rdata[256]), (255, 45));
-        assert_eq!(txt_rdata(""), vec![0]);
+        let RData::TXT(txt) = txt_rdata(&"y".repeat(300)) else {
+            panic!("TXT")
+        };
+        let lens: Vec<usize> = txt.txt_data().iter().map(|s| s.len()).collect();
+        assert_eq!(lens, [255, 45]);
+        let RData::TXT(empty) = txt_rdata("") else {
+            panic!("TXT")
+        };
+        assert_eq!(empty.txt_data().len(), 1);
     }
 
     #[test]
@@ -461,13 +426,13 @@ mod tests {
             .unwrap()
             .txt
             .insert("big.test".into(), vec!["z".repeat(600)]);
-        let q = query(7, "big.test", TYPE_TXT);
-        let udp = respond(&q, &recs, Some(UDP_MAX)).unwrap();
-        assert_ne!(read_u16(&udp, 2).unwrap() & 0x0200, 0, "TC set");
-        assert_eq!(read_u16(&udp, 6), Some(0));
-        let tcp = respond(&q, &recs, None).unwrap();
-        assert_eq!(read_u16(&tcp, 2).unwrap() & 0x0200, 0);
-        assert_eq!(read_u16(&tcp, 6), Some(1));
+        let q = query(7, "big.test", RecordType::TXT);
+        let udp = parse(&respond(&q, &recs, Some(UDP_MAX)).unwrap());
+        assert!(udp.truncated(), "TC set");
+        assert!(udp.answers().is_empty());
+        let tcp = parse(&respond(&q, &recs, None).unwrap());
+        assert!(!tcp.truncated());
+        assert_eq!(tcp.answers().len(), 1);
     }
 
     #[test]
@@ -475,14 +440,17 @@ mod tests {
         let recs = records();
         assert!(respond(&[0, 1, 0], &recs, None).is_none());
         // Responses are not answered.
-        let mut q = query(1, "a.test", TYPE_A);
+        let mut q = query(1, "a.test", RecordType::A);
         q[2] |= 0x80;
         assert!(respond(&q, &recs, None).is_none());
         // Two questions: FORMERR.
-        let mut q = query(1, "a.test", TYPE_A);
-        q[5] = 2;
-        let r = respond(&q, &recs, None).unwrap();
-        assert_eq!(read_u16(&r, 2).unwrap() & 0x000f, RCODE_FORMERR);
+        let mut two = parse(&query(1, "a.test", RecordType::A));
+        two.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("b.test").unwrap(),
+            RecordType::A,
+        ));
+        let r = parse(&respond(&two.to_vec().unwrap(), &recs, None).unwrap());
+        assert_eq!(r.response_code(), ResponseCode::FormErr);
     }
 
     #[test]

@@ -446,7 +446,7 @@ impl Binary {
         let log = self.dir.join("server.log");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_acmeproxy"));
+            let mut cmd = Command::new(crate::acmeproxy_bin());
             cmd.arg("serve").arg(&self.config_path);
             let mut proc = ServerProcess::spawn("acmeproxy", &mut cmd, &log, false);
             match wait_ready(&mut proc, &self.directory_url, &self.root_file, START_LIMIT).await {

@@ -16,7 +16,7 @@ use super::{HttpResponder, STEP_TIMEOUT, find_in_path, is_root, run_bounded, scr
 
 /// An ACME client program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Client {
+pub enum Client {
     /// Debian's certbot (2.1 on bookworm), on PATH.
     Certbot,
     /// Today's certbot from PyPI, in the virtualenv that
@@ -29,7 +29,7 @@ pub(crate) enum Client {
 
 impl Client {
     /// The executable's name.
-    pub(crate) fn binary(self) -> &'static str {
+    pub fn binary(self) -> &'static str {
         match self {
             Self::Certbot => "certbot",
             Self::CertbotPypi => "certbot-pypi",
@@ -40,7 +40,7 @@ impl Client {
     }
 
     /// The program to run: a name looked up in PATH, or a path.
-    pub(crate) fn program(self) -> PathBuf {
+    pub fn program(self) -> PathBuf {
         match self {
             Self::CertbotPypi => std::env::var_os("ACMEPROXY_CERTBOT_VENV")
                 .map_or_else(
@@ -53,7 +53,7 @@ impl Client {
     }
 
     /// Why this client cannot run on this machine, if it cannot.
-    pub(crate) fn missing_prerequisite(self) -> Option<String> {
+    pub fn missing_prerequisite(self) -> Option<String> {
         if self == Self::CertbotPypi && !self.program().is_file() {
             return Some(format!(
                 "{} is not installed (run tests/interop/install-clients.sh as root)",
@@ -91,7 +91,7 @@ impl fmt::Display for Client {
 
 /// A challenge type (RFC 8555 section 8, RFC 8737).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Challenge {
+pub enum Challenge {
     Dns01,
     Http01,
     TlsAlpn01,
@@ -109,61 +109,61 @@ impl fmt::Display for Challenge {
 
 /// Where the validator looks for the client's challenge answers.
 #[derive(Clone, Debug)]
-pub(crate) struct Ports {
+pub struct Ports {
     /// The validator connects here for http-01; the client's responder listens on 127.0.0.1.
-    pub(crate) http01: u16,
+    pub http01: u16,
     /// The validator connects here for tls-alpn-01.
-    pub(crate) tls_alpn01: u16,
+    pub tls_alpn01: u16,
     /// The DNS server the validator resolves through (lego checks dns-01 TXT records there).
-    pub(crate) dns: SocketAddr,
+    pub dns: SocketAddr,
     /// That DNS server's records directory: a TXT query for name N also returns
     /// the lines of the file `<dns_records>/<N lower case, no trailing dot>`.
-    pub(crate) dns_records: PathBuf,
+    pub dns_records: PathBuf,
 }
 
 /// A certificate as the client stored it, copied right after the step.
 #[derive(Clone, Debug)]
-pub(crate) struct Issued {
+pub struct Issued {
     /// Leaf first, then the chain the server returned.
-    pub(crate) fullchain: PathBuf,
+    pub fullchain: PathBuf,
     /// The certificate's private key.
-    pub(crate) key: PathBuf,
+    pub key: PathBuf,
 }
 
 /// What one client run produced.
 #[derive(Debug)]
-pub(crate) struct Outcome {
-    pub(crate) issued: Issued,
+pub struct Outcome {
+    pub issued: Issued,
     /// What a plain `certbot renew` (no --force-renewal) did right after
     /// issue, for certbot: whether it asked renewalInfo (ARI, RFC 9773) and
     /// whether it renewed.
-    pub(crate) plain_renew: Option<PlainRenew>,
-    pub(crate) renewed: Issued,
+    pub plain_renew: Option<PlainRenew>,
+    pub renewed: Issued,
     /// Wall time of the issuing invocation (account already registered for
     /// certbot, uacme and dehydrated; lego registers in the same run).
-    pub(crate) issue_time: Duration,
-    pub(crate) renew_time: Duration,
-    pub(crate) revoke_time: Duration,
+    pub issue_time: Duration,
+    pub renew_time: Duration,
+    pub revoke_time: Duration,
     /// Per-step logs (`register.log`, `issue.log`, ...).
-    pub(crate) logs: PathBuf,
+    pub logs: PathBuf,
 }
 
 /// What a plain `certbot renew` did.
 #[derive(Debug)]
-pub(crate) struct PlainRenew {
+pub struct PlainRenew {
     /// Its log shows a request to the server's renewal-info resource.
-    pub(crate) asked_ari: bool,
+    pub asked_ari: bool,
     /// The certificate changed.
-    pub(crate) renewed: bool,
+    pub renewed: bool,
 }
 
 /// Facts read from a verified certificate.
 #[derive(Debug)]
-pub(crate) struct CertFacts {
+pub struct CertFacts {
     /// Serial number, upper-case hex as openssl prints it.
-    pub(crate) serial: String,
+    pub serial: String,
     /// Certificates in the returned chain after the leaf.
-    pub(crate) chain_len: usize,
+    pub chain_len: usize,
 }
 
 /// The client invocations for one run.
@@ -184,7 +184,7 @@ struct Plan {
 /// gets a certificate for `name` with `challenge`, renews it (forced), and
 /// revokes the renewed one. `ca_file` is the PEM the client trusts for the
 /// server's HTTPS. State and logs go to `workdir/<client>/`.
-pub(crate) fn run_client(
+pub fn run_client(
     client: Client,
     directory_url: &str,
     ca_file: &Path,
@@ -263,7 +263,7 @@ pub(crate) fn run_client(
 
 /// Checks with openssl that the certificate covers `name`, verifies up to
 /// `root` through the chain the server returned, and matches its key.
-pub(crate) fn verify_cert(cert: &Issued, name: &str, root: &Path) -> Result<CertFacts, String> {
+pub fn verify_cert(cert: &Issued, name: &str, root: &Path) -> Result<CertFacts, String> {
     let pem = fs::read_to_string(&cert.fullchain)
         .map_err(|e| format!("{}: {e}", cert.fullchain.display()))?;
     let blocks = pem_certificates(&pem);

@@ -50,6 +50,8 @@ struct SubjectPublicKeyInfo<'a> {
     _key: BitString<'a>,
 }
 
+/// Read only to check its encoding; the value itself is not used.
+#[allow(dead_code)]
 #[derive(asn1::Asn1Read)]
 enum Time {
     Utc(asn1::UtcTime),

@@ -1,10 +1,13 @@
-//! Test support: a server started in-process on 127.0.0.1 with a free port,
-//! a temporary data directory and softcas; challenge responders for http-01,
-//! tls-alpn-01 and dns-01 (a mock DNS server); an instant-acme client.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+//! The acmeproxy test kit (a dev-dependency, never shipped): a server
+//! started in-process on 127.0.0.1 with a free port, a temporary data
+//! directory and softcas; challenge responders for http-01, tls-alpn-01 and
+//! dns-01 (a mock DNS server); an instant-acme client; the raw JWS client;
+//! process guards and the launchers of the programs the tests drive.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod clients;
 pub mod crash_support;
+mod mockdns;
 pub mod openbao;
 pub mod pebble;
 pub mod procs;
@@ -14,16 +17,15 @@ pub mod slowproxy;
 pub mod strict_der;
 pub mod vault_standin;
 
-#[allow(unused_imports)]
-pub(crate) use procs::*;
+pub use mockdns::MockDns;
+pub use procs::*;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use acmeproxy::app::Server;
 use acmeproxy::config::Config;
-use acmeproxy::validate::mockdns::MockDns;
 use instant_acme::{Account, AccountCredentials, NewAccount};
 use tokio_util::sync::CancellationToken;
 
@@ -256,3 +258,26 @@ impl Drop for TestServer {
 
 /// Keeps the mock DNS type reachable for tests that build their own.
 pub type Dns = Arc<MockDns>;
+
+/// The repository's top directory (the server package).
+pub fn repo_root() -> PathBuf {
+    let kit = Path::new(env!("CARGO_MANIFEST_DIR"));
+    kit.parent().unwrap_or(kit).to_owned()
+}
+
+/// The `acmeproxy` binary cargo built for the integration test running now:
+/// test executables live in `target/<profile>/deps/`, the binary one level up.
+pub fn acmeproxy_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable under target/<profile>/deps");
+    let bin = profile_dir.join("acmeproxy");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests through cargo, which builds it",
+        bin.display()
+    );
+    bin
+}
