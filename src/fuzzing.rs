@@ -1,7 +1,7 @@
 //! Fuzz harnesses: one function per fuzz target, taking the raw input bytes.
 //!
 //! The coverage-guided fuzzer (`fuzz/`, `make fuzz`) calls these functions,
-//! and so does `tests/fuzz_corpus.rs`, which replays every file of
+//! and so does `tests/acme/fuzz_corpus.rs`, which replays every file of
 //! `fuzz/corpus/<target>/` as an ordinary test. Each harness feeds the input
 //! to the code that reads client- or network-controlled data and checks what
 //! must hold whatever the input: no panic, and the invariants asserted below.

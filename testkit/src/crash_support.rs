@@ -1,4 +1,4 @@
-//! Support for the crash tests (`tests/crash.rs`): a server process that a
+//! Support for the crash tests (`tests/acme/crash.rs`): a server process that a
 //! test can SIGKILL or SIGTERM and that is killed when the test fails, bounded
 //! waits for files, readiness and exits, re-binding a port after a kill, a
 //! slow http-01 responder (RFC 8555 section 8.3) that keeps a challenge POST

@@ -175,6 +175,17 @@ pub fn is_root() -> bool {
         .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
 }
 
+/// The name libtest knows test `name` by when it is defined in the module
+/// `module_path` (what `module_path!()` gives there): the path without the
+/// test crate's name, for re-running one test of the running binary with
+/// `--exact` (the crash tests run a server as such a child process).
+pub fn test_name(module_path: &str, name: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_, module)) => format!("{module}::{name}"),
+        None => name.to_owned(),
+    }
+}
+
 /// Path of a helper script under `tests/interop/`.
 pub fn script(name: &str) -> PathBuf {
     crate::repo_root().join("tests/interop").join(name)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # install-clients.sh: installs the ACME clients and tools that
-# tests/interop.rs drives and Pebble, the upstream CA of tests/upstream_pebble.rs (Debian/Ubuntu). Idempotent: runs apt-get only
+# tests/interop/clients.rs drives and Pebble, the upstream CA of tests/upstreams/pebble.rs (Debian/Ubuntu). Idempotent: runs apt-get only
 # when a package is missing, and `apt-get update` only then. Needs root for
 # that; prints what it did.
 #

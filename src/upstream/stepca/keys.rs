@@ -422,7 +422,7 @@ mod tests {
     use super::*;
 
     /// Encrypts `plain` as step's `EncryptJWK` does, to test decryption
-    /// against (step-ca's own encryption is tested in tests/upstream_stepca.rs).
+    /// against (step-ca's own encryption is tested in tests/upstreams/stepca.rs).
     fn encrypt(plain: &[u8], password: &[u8], p2s: &[u8], p2c: u32) -> String {
         let alg = "PBES2-HS256+A128KW";
         let header = json!({"alg": alg, "enc": "A256GCM", "p2c": p2c,

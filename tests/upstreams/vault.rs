@@ -1,6 +1,6 @@
 //! The Vault PKI upstream (`authority.type: "vaultcas"`) against a stand-in
 //! that follows Vault's documented HTTP API (testkit/src/vault_standin.rs),
-//! only for what a real Vault (tests/upstream_openbao.rs runs OpenBao)
+//! only for what a real Vault (tests/upstreams/openbao.rs runs OpenBao)
 //! cannot produce here: a server that refuses a renewal before the max TTL
 //! instead of capping it, and a Kubernetes login (OpenBao would need a
 //! Kubernetes API server to review the service account token).

@@ -75,7 +75,8 @@ async fn finalize_survives_sigkill_between_finalize_and_completion() {
     let marker = tmp.path().join("upstream-blocked");
 
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", CHILD_TEST, "--ignored", "--nocapture"])
+    cmd.args(["--exact", &kit::test_name(module_path!(), CHILD_TEST)])
+        .args(["--ignored", "--nocapture"])
         .args(["--test-threads", "1"])
         .env(ENV_CONFIG, &config_path)
         .env(ENV_PORT_FILE, &port_file)

@@ -210,7 +210,7 @@ fn all_config_keys() -> BTreeSet<String> {
             Some(accepted) => {
                 assert_eq!(
                     present, accepted,
-                    "the document in tests/docs.rs must set exactly the keys accepted at \
+                    "the document in tests/acme/docs.rs must set exactly the keys accepted at \
                      {path:?}; add the missing ones (and document them)"
                 );
                 keys.extend(present);

@@ -6,7 +6,7 @@
 //!
 //! The crash window is made deterministic without a production switch: the
 //! first server runs in a child process (this test binary re-executed with
-//! `--exact crash_child --ignored`) whose upstream is the real
+//! `--exact crash::crash_child --ignored`) whose upstream is the real
 //! [`AcmeUpstream`] wrapped so that, for the client's order only, it freezes
 //! at a chosen step and drops a marker file. The parent then kills it and
 //! starts the real `acmeproxy` binary on the same data directory and port.
@@ -312,7 +312,8 @@ async fn scenario(pebble: &Pebble, window: Window, tmp: &Path) -> Result<(), Str
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Killed(
         Command::new(exe)
-            .args(["--exact", "crash_child", "--ignored", "--nocapture"])
+            .args(["--exact", &kit::test_name(module_path!(), "crash_child")])
+            .args(["--ignored", "--nocapture"])
             .env(ENV_CONFIG, &config_path)
             .env(ENV_MODE, window.as_str())
             .env(ENV_MARKER, &marker)

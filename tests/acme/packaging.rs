@@ -1,13 +1,11 @@
 //! Packaging: install.sh staged into a DESTDIR (files, modes, a starter
 //! ca.json that passes check-config, idempotence), the systemd unit
 //! (directives, `systemd-analyze verify`), the Dockerfile's shape, and the
-//! Helm chart rendered (tests/packaging/helm.rs, or `helm` when installed)
+//! Helm chart rendered (tests/acme/packaging/helm.rs, or `helm` when installed)
 //! and parsed as YAML.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "packaging/chart.rs"]
 mod chart;
-#[path = "packaging/helm.rs"]
 mod helm;
 
 use std::collections::BTreeMap;
