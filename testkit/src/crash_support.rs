@@ -1,16 +1,14 @@
-//! Support for the crash tests (`tests/acme/crash.rs`): a server process that a
-//! test can SIGKILL or SIGTERM and that is killed when the test fails, bounded
-//! waits for files, readiness and exits, re-binding a port after a kill, a
+//! Support for the crash tests (`tests/acme/crash.rs`): bounded waits for
+//! files, readiness and exits, re-binding a port after a kill, a
 //! slow http-01 responder (RFC 8555 section 8.3) that keeps a challenge POST
 //! in flight, independent checks of issued chains and of the certificate
 //! the server presents, and the instant-acme steps the tests share.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use tokio::sync::Notify;
 use x509_parser::prelude::*;
 
-use super::procs::{free_ports, tail};
+use super::procs::{ChildGuard, free_ports};
 
 /// A first start creates the soft CA and the TLS certificate.
 pub const START_LIMIT: Duration = Duration::from_secs(60);
@@ -38,123 +36,17 @@ pub async fn bounded<T>(what: &str, limit: Duration, fut: impl Future<Output = T
     }
 }
 
-/// A server under test in a process of its own. Killed (SIGKILL) when
-/// dropped while still running; its log is printed when the test panics.
-pub struct ServerProcess {
-    child: Child,
-    what: String,
-    log: PathBuf,
-    /// Held open so that a child watching its stdin exits when we go away.
-    stdin: Option<ChildStdin>,
-}
-
-impl ServerProcess {
-    /// Starts `cmd` with stdout and stderr appended to `log`. With
-    /// `hold_stdin`, the child's stdin is a pipe that closes when the test
-    /// process ends, however it ends.
-    pub fn spawn(what: &str, cmd: &mut Command, log: &Path, hold_stdin: bool) -> Self {
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap_or_else(|e| panic!("cannot open {}: {e}", log.display()));
-        let err = out.try_clone().unwrap();
-        let mut child = cmd
-            .stdin(if hold_stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
-        let stdin = child.stdin.take();
-        Self {
-            child,
-            what: what.to_owned(),
-            log: log.to_owned(),
-            stdin,
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails the test (with the log) when the process has already exited.
-    pub fn check_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "{} exited early: {status}\n{}",
-                self.what,
-                tail(&self.log, 40)
-            );
-        }
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reaps the process.
-    /// Returns its exit status, which names the signal.
-    pub fn sigkill(&mut self) -> ExitStatus {
-        self.child
-            .kill()
-            .unwrap_or_else(|e| panic!("cannot SIGKILL {}: {e}", self.what));
-        self.child.wait().unwrap()
-    }
-
-    /// Sends SIGTERM (through `kill(1)`: libc is not a dependency).
-    pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-s", "TERM"])
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-        assert!(status.success(), "kill -TERM {} failed", self.pid());
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The last lines of the process's log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log, lines)
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        drop(self.stdin.take());
-        if std::thread::panicking() {
-            eprintln!("{} log:\n{}", self.what, tail(&self.log, 200));
-        }
-    }
-}
-
 /// Waits up to `limit` for `path` to exist and returns its contents, failing
 /// early when `proc` (which should write it) exits.
-pub async fn wait_for_file(path: &Path, limit: Duration, proc: &mut ServerProcess) -> Vec<u8> {
+pub async fn wait_for_file(path: &Path, limit: Duration, proc: &mut ChildGuard) -> Vec<u8> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(bytes) = std::fs::read(path) {
             return bytes;
         }
-        proc.check_running();
+        if let Err(e) = proc.check_running() {
+            panic!("{e}\n{}", proc.log_tail(40));
+        }
         assert!(
             Instant::now() < deadline,
             "{} did not appear within {limit:?}",
@@ -188,41 +80,27 @@ pub async fn bind_loopback(port: u16, limit: Duration) -> tokio::net::TcpListene
     }
 }
 
-/// Polls `directory_url` until it answers 200 over HTTPS chaining to the
-/// softcas root at `root_file` (written by the server at its first start).
-/// `Err` with the exit status when the process exits first; fails the test
-/// when it is not ready within `limit`.
+/// Waits (see [`crate::wait_https`]) until `directory_url` answers 200
+/// over HTTPS chaining to the softcas root at `root_file` (written by the
+/// server at its first start). `Err` with the exit status when the process
+/// exits first; fails the test when it is not ready within `limit`.
 pub async fn wait_ready(
-    proc: &mut ServerProcess,
+    proc: &mut ChildGuard,
     directory_url: &str,
     root_file: &Path,
     limit: Duration,
 ) -> Result<(), ExitStatus> {
-    let deadline = Instant::now() + limit;
-    let mut last = String::from("no root certificate yet");
-    while Instant::now() < deadline {
-        if let Some(status) = proc.child.try_wait().unwrap() {
-            return Err(status);
-        }
-        if let Ok(pem) = std::fs::read(root_file) {
-            let client = reqwest::Client::builder()
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap();
-            match client.get(directory_url).send().await {
-                Ok(r) if r.status() == 200 => return Ok(()),
-                Ok(r) => last = format!("HTTP {}", r.status()),
-                Err(e) => last = format!("{e:?}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut exited = None;
+    let ready = crate::wait_https(directory_url, root_file, 200, limit, || {
+        exited = proc.exited();
+        exited.map_or(Ok(()), |status| Err(status.to_string()))
+    })
+    .await;
+    match (ready, exited) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(status)) => Err(status),
+        (Err(e), None) => panic!("{e}\n{}", proc.log_tail(40)),
     }
-    panic!(
-        "server not ready within {limit:?} at {directory_url}: {last}\n{}",
-        proc.log_tail(40)
-    );
 }
 
 /// An acmeproxy configuration: softcas, the sled store in `data_dir`, one
@@ -442,13 +320,13 @@ impl Binary {
 
     /// Starts `acmeproxy serve ca.json` and waits until it answers; starts it
     /// again if it exited because the port was still held.
-    pub async fn start(&self) -> ServerProcess {
+    pub async fn start(&self) -> ChildGuard {
         let log = self.dir.join("server.log");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut cmd = Command::new(crate::acmeproxy_bin());
             cmd.arg("serve").arg(&self.config_path);
-            let mut proc = ServerProcess::spawn("acmeproxy", &mut cmd, &log, false);
+            let mut proc = ChildGuard::spawn("acmeproxy", &mut cmd, &log).unwrap();
             match wait_ready(&mut proc, &self.directory_url, &self.root_file, START_LIMIT).await {
                 Ok(()) => return proc,
                 Err(status) => {

@@ -6,7 +6,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -18,31 +18,52 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a child gets between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
 
-/// A long-running child (a server under test). On drop it gets SIGTERM,
-/// then SIGKILL if it is still alive after a few seconds.
+/// A long-running child (a server under test), the one process guard of
+/// the tests: started as the leader of its own process group with stdout
+/// and stderr appended to a log; on drop it gets SIGTERM, then SIGKILL if it
+/// is still alive after a few seconds. When the test fails, its log is printed.
 pub struct ChildGuard {
     child: Child,
     what: String,
+    log: PathBuf,
+    /// Held open so that a child watching its stdin exits when we go away.
+    _stdin: Option<ChildStdin>,
 }
 
 impl ChildGuard {
-    /// Starts `cmd` with stdout and stderr appended to `log`.
+    /// Starts `cmd` with stdin closed and stdout and stderr appended to `log`.
     pub fn spawn(what: &str, cmd: &mut Command, log: &Path) -> Result<Self, String> {
+        Self::start(what, cmd.stdin(Stdio::null()), log)
+    }
+
+    /// Like [`ChildGuard::spawn`], but the child's stdin is a pipe that
+    /// closes when the test process ends, however it ends.
+    pub fn spawn_holding_stdin(what: &str, cmd: &mut Command, log: &Path) -> Result<Self, String> {
+        Self::start(what, cmd.stdin(Stdio::piped()), log)
+    }
+
+    fn start(what: &str, cmd: &mut Command, log: &Path) -> Result<Self, String> {
         let out = open_log(log)?;
         let err = out
             .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
+        let mut child = cmd
             .stdout(out)
             .stderr(err)
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start {what} ({cmd:?}): {e}"))?;
         Ok(Self {
+            _stdin: child.stdin.take(),
             child,
             what: what.to_owned(),
+            log: log.to_owned(),
         })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Fails when the child has already exited (e.g. a server that could not start).
@@ -52,6 +73,50 @@ impl ChildGuard {
             Ok(Some(status)) => Err(format!("{} exited early: {status}", self.what)),
             Err(e) => Err(format!("{}: {e}", self.what)),
         }
+    }
+
+    /// The exit status, if the child has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reaps the process.
+    /// Returns its exit status, which names the signal.
+    pub fn sigkill(&mut self) -> ExitStatus {
+        self.child
+            .kill()
+            .unwrap_or_else(|e| panic!("cannot SIGKILL {}: {e}", self.what));
+        self.child.wait().unwrap()
+    }
+
+    /// Sends SIGTERM to the child alone (through `kill(1)`: libc is not a
+    /// dependency).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-s", "TERM"])
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last lines of the process's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
     }
 }
 
@@ -64,7 +129,68 @@ impl Drop for ChildGuard {
                 let _ = self.child.wait();
             }
         }
+        if thread::panicking() {
+            eprintln!("{} log:\n{}", self.what, tail(&self.log, 200));
+        }
     }
+}
+
+/// How often [`wait_https`] asks.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+/// The one ready loop: polls `url` until it answers `want` over HTTPS that
+/// chains to the root certificate in the file `root` (read at each try, as a
+/// server writes it at its first start), for up to `limit`. `alive` is asked
+/// before each try; its error (a process that exited) ends the wait.
+pub async fn wait_https(
+    url: &str,
+    root: &Path,
+    want: u16,
+    limit: Duration,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    let mut last = String::from("no root certificate yet");
+    while Instant::now() < deadline {
+        alive()?;
+        if let Ok(pem) = fs::read(root) {
+            match https_status(url, &pem).await {
+                Ok(status) if status == want => return Ok(()),
+                Ok(status) => last = format!("HTTP {status}"),
+                Err(e) => last = e,
+            }
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+    Err(format!("{url} not ready within {limit:?}: {last}"))
+}
+
+/// [`wait_https`] for synchronous tests.
+pub fn wait_https_blocking(
+    url: &str,
+    root: &Path,
+    want: u16,
+    limit: Duration,
+    alive: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?
+        .block_on(wait_https(url, root, want, limit, alive))
+}
+
+/// The status of `GET url` over HTTPS trusting only `root_pem`.
+async fn https_status(url: &str, root_pem: &[u8]) -> Result<u16, String> {
+    let root = reqwest::Certificate::from_pem(root_pem).map_err(|e| format!("root: {e}"))?;
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let response = client.get(url).send().await.map_err(|e| format!("{e:?}"))?;
+    Ok(response.status().as_u16())
 }
 
 /// Runs one client invocation with stdin closed and all output appended to
@@ -105,7 +231,7 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration, log: &Path) -> Result<D
 }
 
 /// Waits up to `timeout` for `child` to exit.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {

@@ -36,10 +36,9 @@ use tokio_util::sync::CancellationToken;
 
 use kit::Responders;
 use kit::crash_support::{
-    Binary, CALL_LIMIT, START_LIMIT, ServerProcess, SlowHttp01, assert_problem,
-    assert_unauthorized, authorize_http01, bind_loopback, bounded, existing_account, issue,
-    leaf_der, leaf_sans, new_account, served_leaf, server_config, temp_dir, verify_chain,
-    wait_for_file, write_atomic,
+    Binary, CALL_LIMIT, START_LIMIT, SlowHttp01, assert_problem, assert_unauthorized,
+    authorize_http01, bind_loopback, bounded, existing_account, issue, leaf_der, leaf_sans,
+    new_account, served_leaf, server_config, temp_dir, verify_chain, wait_for_file, write_atomic,
 };
 
 /// The test that runs the child server.
@@ -82,7 +81,8 @@ async fn finalize_survives_sigkill_between_finalize_and_completion() {
         .env(ENV_PORT_FILE, &port_file)
         .env(ENV_MARKER, &marker);
     let log = tmp.path().join("child.log");
-    let mut child = ServerProcess::spawn("crash child server", &mut cmd, &log, true);
+    let mut child =
+        kit::ChildGuard::spawn_holding_stdin("crash child server", &mut cmd, &log).unwrap();
     let port_text = wait_for_file(&port_file, START_LIMIT, &mut child).await;
     let port: u16 = String::from_utf8(port_text)
         .unwrap()

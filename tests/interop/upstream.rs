@@ -19,7 +19,6 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use acmeproxy_testkit::MockDns;
@@ -410,7 +409,9 @@ impl Server {
         cmd.arg("serve").arg(&config_path);
         let mut child = ChildGuard::spawn("acmeproxy", &mut cmd, &tmp.join("server.log"))?;
         let directory_url = format!("https://127.0.0.1:{port}/acme/acme/directory");
-        wait_ready(&mut child, &directory_url, root)?;
+        kit::wait_https_blocking(&directory_url, root, 200, READY_TIMEOUT, || {
+            child.check_running()
+        })?;
         let roots = tmp.join("roots.pem");
         let served = fetch_roots_pem(port, &roots)?;
         let want = fs::read(root).map_err(|e| e.to_string())?;
@@ -428,40 +429,4 @@ impl Server {
             roots,
         })
     }
-}
-
-/// Polls until the directory answers 200 over HTTPS that chains to `root`.
-fn wait_ready(child: &mut ChildGuard, url: &str, root: &Path) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
-    let pem = fs::read(root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut last = String::from("not tried");
-    while Instant::now() < deadline {
-        child.check_running()?;
-        match runtime.block_on(get_status(url, &pem)) {
-            Ok(200) => return Ok(()),
-            Ok(status) => last = format!("HTTP {status}"),
-            Err(e) => last = e,
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    Err(format!(
-        "server not ready after {}s at {url}: {last}",
-        READY_TIMEOUT.as_secs()
-    ))
-}
-
-async fn get_status(url: &str, root_pem: &[u8]) -> Result<u16, String> {
-    let root = reqwest::Certificate::from_pem(root_pem).map_err(|e| format!("root: {e}"))?;
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(root)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
-    let response = client.get(url).send().await.map_err(|e| format!("{e:?}"))?;
-    Ok(response.status().as_u16())
 }

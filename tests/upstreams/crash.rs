@@ -21,7 +21,7 @@ use acmeproxy_testkit as kit;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -221,31 +221,6 @@ fn write_marker(path: &Path, text: &str) {
     fs::rename(&tmp, path).unwrap();
 }
 
-/// A child process killed (SIGKILL) and reaped on drop.
-struct Killed(Child);
-
-impl Killed {
-    fn check_running(&mut self) -> Result<(), String> {
-        match self.0.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(format!("the crash child exited early: {status}")),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 async fn crash_and_restart(window: Window) {
     if !Pebble::available() || kit::find_in_path("openssl").is_none() {
         assert!(
@@ -308,21 +283,14 @@ async fn scenario(pebble: &Pebble, window: Window, tmp: &Path) -> Result<(), Str
 
     // 1. The first server, in a child process that freezes in the window.
     let t = Instant::now();
-    let log = fs::File::create(tmp.join("child.log")).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Killed(
-        Command::new(exe)
-            .args(["--exact", &kit::test_name(module_path!(), "crash_child")])
-            .args(["--ignored", "--nocapture"])
-            .env(ENV_CONFIG, &config_path)
-            .env(ENV_MODE, window.as_str())
-            .env(ENV_MARKER, &marker)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start the crash child: {e}"))?,
-    );
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", &kit::test_name(module_path!(), "crash_child")])
+        .args(["--ignored", "--nocapture"])
+        .env(ENV_CONFIG, &config_path)
+        .env(ENV_MODE, window.as_str())
+        .env(ENV_MARKER, &marker);
+    let mut child = ChildGuard::spawn("the crash child", &mut cmd, &tmp.join("child.log"))?;
     wait_ready(&directory_url, &root, || child.check_running()).await?;
     let first_start = t.elapsed();
     expect_issued(
@@ -391,9 +359,9 @@ async fn scenario(pebble: &Pebble, window: Window, tmp: &Path) -> Result<(), Str
     expect_issued(pebble, issued_before, "in the crash window")?;
 
     // 3. SIGKILL, then the real binary on the same data directory and port.
-    child.kill();
+    child.sigkill();
     let t = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_acmeproxy"));
+    let mut cmd = Command::new(kit::acmeproxy_bin());
     cmd.arg("serve").arg(&config_path);
     let mut server = ChildGuard::spawn("acmeproxy", &mut cmd, &tmp.join("server.log"))?;
     wait_ready(&directory_url, &root, || server.check_running()).await?;
@@ -500,27 +468,9 @@ async fn poll_certificate(order: &mut instant_acme::Order) -> Result<String, Str
 async fn wait_ready(
     url: &str,
     root: &Path,
-    mut alive: impl FnMut() -> Result<(), String>,
+    alive: impl FnMut() -> Result<(), String>,
 ) -> Result<(), String> {
-    let pem = fs::read(root).map_err(|e| e.to_string())?;
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + WAIT;
-    let mut last = String::from("not tried");
-    while Instant::now() < deadline {
-        alive()?;
-        match http.get(url).send().await {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) => last = format!("HTTP {}", r.status()),
-            Err(e) => last = format!("{e:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(format!("{url} not ready within {WAIT:?}: {last}"))
+    kit::wait_https(url, root, 200, WAIT, alive).await
 }
 
 fn expect_issued(pebble: &Pebble, want: usize, when: &str) -> Result<(), String> {

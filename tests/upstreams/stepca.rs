@@ -690,24 +690,7 @@ fn stepca_missing() -> Option<String> {
 
 /// Polls `url` until it answers `want` over HTTPS that chains to `root`.
 fn wait_for(child: &mut ChildGuard, url: &str, root: &Path, want: u16) -> Result<(), String> {
-    let rt = runtime();
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut last = String::from("not tried");
-    while Instant::now() < deadline {
-        child.check_running()?;
-        if let Ok(pem) = fs::read(root) {
-            match rt.block_on(status(url, &pem, None)) {
-                Ok(s) if s == want => return Ok(()),
-                Ok(s) => last = format!("HTTP {s}"),
-                Err(e) => last = e,
-            }
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    Err(format!(
-        "{url} not ready after {}s: {last}",
-        READY_TIMEOUT.as_secs()
-    ))
+    kit::wait_https_blocking(url, root, want, READY_TIMEOUT, || child.check_running())
 }
 
 /// `POST /1.0/renew` at step-ca over mTLS with `cert` (leaf + chain, key).
