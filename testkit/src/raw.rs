@@ -2,8 +2,7 @@
 //! signed with ring over any protected header, payload and signature, so a
 //! test can send exactly the broken request a real client never would; plus
 //! helpers to register accounts, order, answer challenges (RFC 8555 §8),
-//! finalize and revoke, and the RFC 7638 thumbprint / RFC 8555 §8.1 key
-//! authorization computed independently of the server's code.
+//! finalize and revoke, and the RFC 8555 §8.1 key authorization.
 //!
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-6.2>
 
@@ -164,24 +163,11 @@ impl Key {
         }
     }
 
-    /// The RFC 7638 thumbprint: SHA-256 over the required members in
-    /// lexicographic order, no whitespace, base64url.
-    ///
-    /// <https://www.rfc-editor.org/rfc/rfc7638#section-3>
+    /// The RFC 7638 thumbprint, as the server computes it.
     pub fn thumbprint(&self) -> String {
-        let j = self.jwk();
-        let s = |k: &str| j[k].as_str().unwrap().to_owned();
-        let canonical = match self {
-            Self::Ec(..) => format!(
-                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
-                s("crv"),
-                s("x"),
-                s("y")
-            ),
-            Self::Ed25519(..) => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, s("x")),
-            Self::Rsa(..) => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e"), s("n")),
-        };
-        b64(&sha256(canonical.as_bytes()))
+        acmeproxy::acme::jws::PublicJwk::from_json(&self.jwk())
+            .expect("a JWK the server accepts")
+            .thumbprint()
     }
 
     /// Signs `msg` with the key's algorithm (ECDSA in the fixed r||s form).
