@@ -23,8 +23,8 @@ use x509_parser::public_key::RSAPublicKey;
 
 use super::{Responders, TestServer};
 
-/// A 2048-bit RSA key (PKCS#8), copied from src/acme/jws/tests.rs: ring and
-/// rcgen cannot generate RSA keys.
+/// A 2048-bit RSA key (PKCS#8), made once with `openssl genpkey`: ring and
+/// rcgen cannot generate RSA keys. The server's unit tests use it too.
 pub const RSA_2048_PKCS8_PEM: &str = "-----BEGIN PRIVATE KEY-----
 MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQCOGED0Sf2W5uuH
 pno/+cQ4GtxXTLTnQdG8oHaw8JpyXTuP6kMt80rdVjQrOdK/DLC8F5lUFnxx3O/4
