@@ -7,6 +7,7 @@
 
 pub mod clients;
 pub mod crash_support;
+pub mod fuzzing;
 mod mockdns;
 pub mod openbao;
 pub mod pebble;

@@ -1,12 +1,12 @@
 //! Replays the committed fuzz corpora (`fuzz/corpus/<target>/`) through the
-//! same harness functions the fuzzer runs (`acmeproxy::fuzzing`), so that
+//! same harness functions the fuzzer runs (`acmeproxy_testkit::fuzzing`), so that
 //! every input that once found a bug, and every seed, stays a test. It runs
 //! in a second or two; `make fuzz` runs the fuzzer itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
-use acmeproxy::fuzzing::TARGETS;
+use acmeproxy_testkit::fuzzing::TARGETS;
 
 #[test]
 fn every_corpus_file_passes_its_harness() {

@@ -10,18 +10,17 @@
 
 use serde_json::Value;
 
-use crate::acme::Identifier;
-use crate::acme::eab::EabBinding;
-use crate::acme::jws::{FlattenedJws, PublicJwk, key_authorization};
-use crate::acme::types::{
+use acmeproxy::acme::eab::EabBinding;
+use acmeproxy::acme::jws::{FlattenedJws, PublicJwk, key_authorization};
+use acmeproxy::acme::types::{
     AccountUpdateRequest, AuthorizationUpdateRequest, FinalizeRequest, KeyChangeInner,
     NewAccountRequest, NewOrderRequest, RawIdentifier, RevocationRequest,
 };
-use crate::config::Config;
-use crate::policy::cert::{ari_cert_id, cert_info, pem_chain_to_der};
-use crate::policy::csr::{check_against_order, parse_csr};
-use crate::policy::identifiers::check_identifiers;
-use crate::policy::rules::{NamePolicy, check_all};
+use acmeproxy::config::Config;
+use acmeproxy::policy::cert::{ari_cert_id, cert_info, pem_chain_to_der};
+use acmeproxy::policy::csr::{check_against_order, parse_csr};
+use acmeproxy::policy::identifiers::check_identifiers;
+use acmeproxy::policy::rules::{NamePolicy, check_all};
 
 /// A harness: takes the fuzzer's input.
 pub type Harness = fn(&[u8]);
@@ -247,23 +246,18 @@ pub fn config(data: &[u8]) {
 /// send it, read at once and in two pieces, then judged against a key
 /// authorization; and a Location header followed from the challenge URL.
 pub fn http01_response(data: &[u8]) {
-    crate::validate::http01::fuzz_response(data);
+    acmeproxy::validate::http01::fuzz_response(data);
 }
 
 /// tls-alpn-01 (RFC 8737 §3): a challenge certificate (DER) as a server might
 /// present it.
 pub fn tls_alpn01_cert(data: &[u8]) {
-    crate::validate::tls_alpn01::fuzz_certificate(data);
+    acmeproxy::validate::tls_alpn01::fuzz_certificate(data);
 }
 
 /// DNS answers as validation sees them: a TXT set for dns-01 (RFC 8555 §8.4)
 /// and A/AAAA addresses checked against `validation.denyNetworks`.
 pub fn dns_answer(data: &[u8]) {
-    crate::validate::dns01::fuzz_txt(data);
-    crate::validate::egress::fuzz_addresses(data);
-}
-
-/// An identifier for the validation harnesses.
-pub(crate) fn example_identifier() -> Identifier {
-    Identifier::Dns("example.com".to_owned())
+    acmeproxy::validate::dns01::fuzz_txt(data);
+    acmeproxy::validate::egress::fuzz_addresses(data);
 }
