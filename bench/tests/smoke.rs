@@ -18,7 +18,7 @@ use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 
 use acmeproxy::config::Config;
-use acmeproxy_testkit::MockDns;
+use acmeproxy_testkit::{CaJson, MockDns};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -61,28 +61,16 @@ impl TestServer {
         // docs/performance.md's bench configuration does.
         let mut authority = serde_json::json!({
             "type": "softcas",
-            "provisioners": [{"type": "ACME", "name": "acme"}],
+            "provisioners": [CaJson::provisioner()],
             "rateLimits": {"requestsPerIp": 0, "newAccountsPerIp": 0}
         });
         if let Some(c) = softcas_config {
             authority["config"] = c;
         }
-        let doc = serde_json::json!({
-            "address": "127.0.0.1:0",
-            "dnsNames": ["localhost", "127.0.0.1"],
-            "dataDir": dir.path().join("data"),
-            "db": {"type": "memory"},
-            "logger": {"format": "text"},
-            "metrics": {"enabled": false},
-            "authority": authority,
-            "validation": {
-                "httpPort": http01_port,
-                "tlsAlpnPort": free_port()?,
-                "resolvers": [dns.addr().to_string()],
-                "timeoutSeconds": 5,
-                "denyNetworks": []
-            }
-        });
+        let doc = CaJson::new(dir.path().join("data"))
+            .authority(authority)
+            .validation(http01_port, free_port()?, dns.addr(), 5)
+            .to_json();
         let (config, _) = Config::parse(&doc.to_string())?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let shutdown = CancellationToken::new();

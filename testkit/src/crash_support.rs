@@ -112,22 +112,12 @@ pub fn server_config(
     tls_alpn_port: u16,
     dns: SocketAddr,
 ) -> serde_json::Value {
-    serde_json::json!({
-        "address": address,
-        "dnsNames": ["localhost", "127.0.0.1"],
-        "dataDir": data_dir,
-        "db": {"type": "sled"},
-        "logger": {"format": "text"},
-        "metrics": {"enabled": false},
-        "authority": {"type": "softcas", "provisioners": [{"type": "ACME", "name": "acme"}]},
-        "validation": {
-            "httpPort": http_port,
-            "tlsAlpnPort": tls_alpn_port,
-            "resolvers": [dns.to_string()],
-            "timeoutSeconds": 10,
-            "denyNetworks": []
-        }
-    })
+    let mut ca =
+        crate::CaJson::new(data_dir)
+            .db(Some("sled"))
+            .validation(http_port, tls_alpn_port, dns, 10);
+    ca.address = address.to_owned();
+    ca.to_json()
 }
 
 type Tokens = Arc<Mutex<HashMap<String, String>>>;

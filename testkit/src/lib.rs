@@ -5,6 +5,7 @@
 //! process guards and the launchers of the programs the tests drive.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cajson;
 pub mod clients;
 pub mod crash_support;
 pub mod fuzzing;
@@ -30,6 +31,7 @@ use acmeproxy::config::Config;
 use instant_acme::{Account, AccountCredentials, NewAccount};
 use tokio_util::sync::CancellationToken;
 
+pub use cajson::CaJson;
 pub use responders::Responders;
 
 /// What a test server should look like.
@@ -137,47 +139,41 @@ impl TestServer {
                 prov[k] = v.clone();
             }
         }
-        let mut doc = serde_json::json!({
-            "address": "127.0.0.1:0",
-            "dnsNames": ["localhost", "127.0.0.1"],
-            "dataDir": data_dir,
-            "db": {"type": opts.db},
-            "logger": {"format": "text"},
-            "metrics": if opts.metrics {
-                serde_json::json!({"address": "127.0.0.1:0"})
-            } else {
-                serde_json::json!({"enabled": false})
-            },
-            "authority": match &opts.authority {
+        let mut ca = CaJson::new(&data_dir)
+            .db(Some(opts.db))
+            .authority(match &opts.authority {
                 Some(a) => {
                     let mut a = a.clone();
                     a["provisioners"][0] = prov.clone();
                     a
                 }
                 None => serde_json::json!({"type": "softcas", "provisioners": [prov]}),
-            },
-            "validation": {
-                "httpPort": responders.http_port(),
-                "tlsAlpnPort": responders.tls_alpn_port(),
-                "resolvers": [responders.dns_addr().to_string()],
-                "timeoutSeconds": 5,
-                // The responders listen on loopback, which the default denies.
-                "denyNetworks": []
-            }
-        });
-        if let Some(extra) = opts.validation_extra.as_object() {
+            })
+            .validation(
+                responders.http_port(),
+                responders.tls_alpn_port(),
+                responders.dns_addr(),
+                5,
+            );
+        if opts.metrics {
+            ca.metrics = Some("127.0.0.1:0".to_owned());
+        }
+        if let (Some(validation), Some(extra)) =
+            (ca.validation.as_mut(), opts.validation_extra.as_object())
+        {
             for (k, v) in extra {
-                doc["validation"][k] = v.clone();
+                validation[k] = v.clone();
             }
         }
         if let Some(root) = &opts.root {
-            doc["root"] = serde_json::json!(root);
+            ca.extra["root"] = serde_json::json!(root);
         }
         if let Some(extra) = opts.top_level.as_object() {
             for (k, v) in extra {
-                doc[k] = v.clone();
+                ca.extra[k] = v.clone();
             }
         }
+        let doc = ca.to_json();
         let (config, _) = Config::parse(&doc.to_string()).unwrap();
         acmeproxy::telemetry::init(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -255,6 +251,49 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// One order for `ids` answered over http-01, with a CSR for a new `alg`
+/// key naming the identifiers and no subject; the chain PEM or the error.
+pub async fn issue_http01(
+    ts: &TestServer,
+    account: &Account,
+    ids: &[instant_acme::Identifier],
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> Result<String, instant_acme::Error> {
+    let mut order = account.new_order(&instant_acme::NewOrder::new(ids)).await?;
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut a = a?;
+        let mut ch = a.challenge(instant_acme::ChallengeType::Http01).unwrap();
+        ts.responders
+            .set_http01(&ch.token, ch.key_authorization().as_str());
+        ch.set_ready().await?;
+    }
+    assert_eq!(
+        order
+            .poll_ready(&instant_acme::RetryPolicy::default())
+            .await?,
+        instant_acme::OrderStatus::Ready
+    );
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let names: Vec<String> = ids
+        .iter()
+        .map(|i| match i {
+            instant_acme::Identifier::Dns(d) => d.clone(),
+            instant_acme::Identifier::Ip(ip) => ip.to_string(),
+            _ => unreachable!(),
+        })
+        .collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).unwrap();
+    order.finalize_csr(csr.der()).await?;
+    order
+        .poll_certificate(
+            &instant_acme::RetryPolicy::new().timeout(std::time::Duration::from_secs(30)),
+        )
+        .await
 }
 
 /// Keeps the mock DNS type reachable for tests that build their own.

@@ -21,15 +21,11 @@ fn json(args: &[&str]) -> Value {
 /// A ca.json naming the server's data directory (what the CLI needs).
 fn config_for(dir: &Path, data_dir: &Path) -> String {
     let path = dir.join("admin-ca.json");
-    let doc = serde_json::json!({
-        "address": "127.0.0.1:1",
-        "dnsNames": ["localhost"],
-        "dataDir": data_dir,
-        "db": {"type": "sled"},
-        "metrics": {"enabled": false},
-        "authority": {"type": "softcas", "provisioners": [{"type": "ACME", "name": "acme"}]}
-    });
-    std::fs::write(&path, doc.to_string()).unwrap();
+    kit::CaJson::new(data_dir)
+        .port(1)
+        .db(Some("sled"))
+        .write(&path)
+        .unwrap();
     path.to_string_lossy().into_owned()
 }
 

@@ -62,18 +62,13 @@ impl CertificateAuthorityService for Counting {
 
 async fn start(dir: &Path) -> (Server, Arc<Counting>, CancellationToken) {
     // The flood of GET /ready comes from one address: no per-IP limit here.
-    let doc = serde_json::json!({
-        "address": "127.0.0.1:0",
-        "dnsNames": ["localhost", "127.0.0.1"],
-        "dataDir": dir.join("data"),
-        "db": {"type": "memory"},
-        "metrics": {"enabled": false},
-        "authority": {
+    let doc = kit::CaJson::new(dir.join("data"))
+        .authority(serde_json::json!({
             "type": "softcas",
-            "provisioners": [{"type": "ACME", "name": "acme"}],
+            "provisioners": [kit::CaJson::provisioner()],
             "rateLimits": {"requestsPerIp": 0}
-        },
-    });
+        }))
+        .to_json();
     let (cfg, _) = Config::parse(&doc.to_string()).unwrap();
     acmeproxy::telemetry::init(false);
     let upstream = Arc::new(Counting {

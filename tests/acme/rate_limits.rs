@@ -210,19 +210,7 @@ async fn requests_per_ip() {
 async fn admin_shows_and_resets_an_accounts_buckets() {
     let (ts, raw) = server(json!({"newOrdersPerAccount": {"count": 2, "period": "3h"}})).await;
     let cfg = ts.dir.path().join("admin-ca.json");
-    std::fs::write(
-        &cfg,
-        json!({
-            "address": "127.0.0.1:1",
-            "dnsNames": ["localhost"],
-            "dataDir": ts.data_dir,
-            "db": {"type": "memory"},
-            "metrics": {"enabled": false},
-            "authority": {"type": "softcas", "provisioners": [{"type": "ACME", "name": "acme"}]}
-        })
-        .to_string(),
-    )
-    .unwrap();
+    kit::CaJson::new(&ts.data_dir).port(1).write(&cfg).unwrap();
     let cfg = cfg.to_string_lossy().into_owned();
     let acct = raw.register(Key::es256()).await;
     let id = acct.kid.rsplit('/').next().unwrap().to_owned();

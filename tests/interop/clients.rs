@@ -255,25 +255,11 @@ impl Server {
     /// Writes `ca.json`, starts `acmeproxy serve`, and waits for the directory.
     fn start(tmp: &Path, port: u16, ports: &Ports) -> Result<Self, String> {
         let data = tmp.join("data");
-        let config = json!({
-            "address": format!("127.0.0.1:{port}"),
-            "dnsNames": ["localhost", "127.0.0.1"],
-            "dataDir": data,
-            "logger": {"format": "text"},
-            "metrics": {"enabled": false},
-            "authority": {
-                "type": "softcas",
-                "provisioners": [{"type": "ACME", "name": "acme"}],
-            },
-            "validation": {
-                "httpPort": ports.http01,
-                "tlsAlpnPort": ports.tls_alpn01,
-                "resolvers": [ports.dns.to_string()],
-                "timeoutSeconds": 10,
-                // The clients' responders listen on loopback.
-                "denyNetworks": [],
-            },
-        });
+        let config = kit::CaJson::new(&data)
+            .port(port)
+            .db(None)
+            .validation(ports.http01, ports.tls_alpn01, ports.dns, 10)
+            .to_json();
         Self::spawn(tmp, port, &config, &data)
     }
 

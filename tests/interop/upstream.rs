@@ -382,22 +382,12 @@ impl Server {
         root: &Path,
         configure_root: bool,
     ) -> Result<Self, String> {
-        let mut config = json!({
-            "address": format!("127.0.0.1:{port}"),
-            "dnsNames": ["localhost", "127.0.0.1"],
-            "dataDir": tmp.join("data"),
-            "db": {"type": "sled"},
-            "logger": {"format": "text"},
-            "metrics": {"enabled": false},
-            "authority": authority,
-            "validation": {
-                "httpPort": ports.http01,
-                "tlsAlpnPort": ports.tls_alpn01,
-                "resolvers": [ports.dns.to_string()],
-                "timeoutSeconds": 10,
-                "denyNetworks": [],
-            },
-        });
+        let mut config = kit::CaJson::new(tmp.join("data"))
+            .port(port)
+            .db(Some("sled"))
+            .authority(authority)
+            .validation(ports.http01, ports.tls_alpn01, ports.dns, 10)
+            .to_json();
         if configure_root {
             config["root"] = json!(root);
         }

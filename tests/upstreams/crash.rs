@@ -35,7 +35,6 @@ use acmeproxy::upstream::{
 };
 use async_trait::async_trait;
 use instant_acme::{Account, ChallengeType, NewAccount, NewOrder, OrderStatus, RetryPolicy};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::*;
 
@@ -260,24 +259,18 @@ async fn scenario(pebble: &Pebble, window: Window, tmp: &Path) -> Result<(), Str
     fs::write(&root, pebble.root_pem().await).map_err(|e| e.to_string())?;
     let responders = Responders::start().await;
     let [port] = free_ports().map_err(|e| e.to_string())?;
-    let config = json!({
-        "address": format!("127.0.0.1:{port}"),
-        "dnsNames": ["localhost", "127.0.0.1"],
-        "dataDir": tmp.join("data"),
-        "db": {"type": "sled"},
-        "logger": {"format": "text"},
-        "metrics": {"enabled": false},
-        "authority": pebble.authority_json(),
-        "validation": {
-            "httpPort": responders.http_port(),
-            "tlsAlpnPort": responders.tls_alpn_port(),
-            "resolvers": [responders.dns_addr().to_string()],
-            "timeoutSeconds": 5,
-            "denyNetworks": []
-        }
-    });
     let config_path = tmp.join("ca.json");
-    fs::write(&config_path, config.to_string()).map_err(|e| e.to_string())?;
+    kit::CaJson::new(tmp.join("data"))
+        .port(port)
+        .db(Some("sled"))
+        .authority(pebble.authority_json())
+        .validation(
+            responders.http_port(),
+            responders.tls_alpn_port(),
+            responders.dns_addr(),
+            5,
+        )
+        .write(&config_path)?;
     let directory_url = format!("https://127.0.0.1:{port}/acme/acme/directory");
     let marker = tmp.join("frozen");
 

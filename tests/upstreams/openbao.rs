@@ -24,16 +24,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use instant_acme::{
-    Account, ChallengeType, Error, Identifier, NewOrder, OrderStatus, RetryPolicy,
-    RevocationReason, RevocationRequest,
-};
+use instant_acme::{Error, Identifier, RevocationReason, RevocationRequest};
 use kit::clients::{Challenge, Client, Ports, run_client, verify_cert};
 use kit::openbao::{
     self, OpenBao, OpenBaoOptions, ROLE_ANY, ROLE_EC, ROLE_MAX_TTL, ROLE_NO_CN, ROLE_TTL,
 };
-use kit::{ChildGuard, Options, TestServer, free_ports, tail};
-use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, SignatureAlgorithm};
+use kit::{ChildGuard, Options, TestServer, free_ports, issue_http01 as try_issue, tail};
+use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ED25519};
 use reqwest::Method;
 use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
@@ -53,45 +50,6 @@ async fn ra_for(bao: &OpenBao, config: Value, extra: Value) -> TestServer {
         ..Options::default()
     })
     .await
-}
-
-/// One order for `ids` answered over http-01, with a CSR for a new `alg`
-/// key naming the identifiers and no subject; the chain PEM or the error.
-async fn try_issue(
-    ts: &TestServer,
-    account: &Account,
-    ids: &[Identifier],
-    alg: &'static SignatureAlgorithm,
-) -> Result<String, Error> {
-    let mut order = account.new_order(&NewOrder::new(ids)).await?;
-    let mut authzs = order.authorizations();
-    while let Some(a) = authzs.next().await {
-        let mut a = a?;
-        let mut ch = a.challenge(ChallengeType::Http01).unwrap();
-        ts.responders
-            .set_http01(&ch.token, ch.key_authorization().as_str());
-        ch.set_ready().await?;
-    }
-    assert_eq!(
-        order.poll_ready(&RetryPolicy::default()).await?,
-        OrderStatus::Ready
-    );
-    let key = KeyPair::generate_for(alg).unwrap();
-    let names: Vec<String> = ids
-        .iter()
-        .map(|i| match i {
-            Identifier::Dns(d) => d.clone(),
-            Identifier::Ip(ip) => ip.to_string(),
-            _ => unreachable!(),
-        })
-        .collect();
-    let mut params = CertificateParams::new(names).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr = params.serialize_request(&key).unwrap();
-    order.finalize_csr(csr.der()).await?;
-    order
-        .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(30)))
-        .await
 }
 
 fn dns(name: &str) -> Identifier {
@@ -571,14 +529,9 @@ async fn a_wrapped_secret_id_is_unwrapped_once_and_serves_every_login() {
 /// Starts acmeproxy in process with `authority` and returns the start-up error.
 async fn start_error(authority: Value) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let doc = json!({
-        "address": "127.0.0.1:0",
-        "dnsNames": ["localhost"],
-        "dataDir": dir.path().join("data"),
-        "db": {"type": "memory"},
-        "metrics": {"enabled": false},
-        "authority": authority,
-    });
+    let doc = kit::CaJson::new(dir.path().join("data"))
+        .authority(authority)
+        .to_json();
     let (config, _) = acmeproxy::config::Config::parse(&doc.to_string()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -675,21 +628,12 @@ async fn run_scenario(bao: &OpenBao, client: Client, name: &str, tmp: &Path) -> 
         dns_records: records,
     };
     // No lifetime in ca.json.
-    let cfg = json!({
-        "address": format!("127.0.0.1:{acme}"),
-        "dnsNames": ["localhost", "127.0.0.1"],
-        "dataDir": tmp.join("data"),
-        "logger": {"format": "text"},
-        "metrics": {"enabled": false},
-        "authority": bao.authority_json(bao.approle_config()),
-        "validation": {
-            "httpPort": ports.http01,
-            "tlsAlpnPort": ports.tls_alpn01,
-            "resolvers": [ports.dns.to_string()],
-            "timeoutSeconds": 10,
-            "denyNetworks": [],
-        },
-    });
+    let cfg = kit::CaJson::new(tmp.join("data"))
+        .port(acme)
+        .db(None)
+        .authority(bao.authority_json(bao.approle_config()))
+        .validation(ports.http01, ports.tls_alpn01, ports.dns, 10)
+        .to_json();
     let config_path = tmp.join("ca.json");
     std::fs::write(&config_path, serde_json::to_string_pretty(&cfg).unwrap())
         .map_err(|e| e.to_string())?;

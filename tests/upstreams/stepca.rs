@@ -593,27 +593,18 @@ fn ra_config(
         Issuer::X5c => json!({"type": "x5c", "provisioner": "ra-x5c",
             "crt": d.join("x5c/ra.crt"), "key": d.join("x5c/ra.key")}),
     };
-    json!({
-        "address": format!("127.0.0.1:{port}"),
-        "dnsNames": ["localhost", "127.0.0.1"],
-        "dataDir": tmp.join(data),
-        "logger": {"format": "text"},
-        "metrics": {"enabled": false},
-        "authority": {
+    kit::CaJson::new(tmp.join(data))
+        .port(port)
+        .db(None)
+        .authority(json!({
             "type": "stepcas",
             "certificateAuthority": ca.url,
             "certificateAuthorityFingerprint": ca.fingerprint,
             "certificateIssuer": certificate_issuer,
-            "provisioners": [{"type": "ACME", "name": "acme"}],
-        },
-        "validation": {
-            "httpPort": ports.http01,
-            "tlsAlpnPort": ports.tls_alpn01,
-            "resolvers": [ports.dns.to_string()],
-            "timeoutSeconds": 10,
-            "denyNetworks": [],
-        },
-    })
+            "provisioners": [kit::CaJson::provisioner()],
+        }))
+        .validation(ports.http01, ports.tls_alpn01, ports.dns, 10)
+        .to_json()
 }
 
 /// A running step-ca in `<tmp>/ca`; stopped on drop.

@@ -10,10 +10,10 @@ use acmeproxy_testkit as kit;
 
 use std::time::{Duration, Instant};
 
-use instant_acme::{Account, ChallengeType, Error, Identifier, NewOrder, OrderStatus, RetryPolicy};
+use instant_acme::{Account, Error, Identifier};
 use kit::vault_standin::{StandinOptions, VaultStandin};
 use kit::{Options, TestServer};
-use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, SignatureAlgorithm};
+use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ED25519, SignatureAlgorithm};
 use serde_json::{Value, json};
 
 fn approle(standin_opts: &StandinOptions) -> Value {
@@ -43,28 +43,7 @@ async fn try_issue(
     name: &str,
     alg: &'static SignatureAlgorithm,
 ) -> Result<String, Error> {
-    let ids = [Identifier::Dns(name.to_owned())];
-    let mut order = account.new_order(&NewOrder::new(&ids)).await?;
-    let mut authzs = order.authorizations();
-    while let Some(a) = authzs.next().await {
-        let mut a = a?;
-        let mut ch = a.challenge(ChallengeType::Http01).unwrap();
-        ts.responders
-            .set_http01(&ch.token, ch.key_authorization().as_str());
-        ch.set_ready().await?;
-    }
-    assert_eq!(
-        order.poll_ready(&RetryPolicy::default()).await?,
-        OrderStatus::Ready
-    );
-    let key = KeyPair::generate_for(alg).unwrap();
-    let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr = params.serialize_request(&key).unwrap();
-    order.finalize_csr(csr.der()).await?;
-    order
-        .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(30)))
-        .await
+    kit::issue_http01(ts, account, &[Identifier::Dns(name.to_owned())], alg).await
 }
 
 async fn issue(
