@@ -261,6 +261,26 @@ pub fn run_client(
     })
 }
 
+/// [`verify_cert`] on the issued and the renewed certificate of `outcome`,
+/// which must be two certificates (two serials).
+pub fn verify_issued_and_renewed(
+    outcome: &Outcome,
+    name: &str,
+    root: &Path,
+) -> Result<(CertFacts, CertFacts), String> {
+    let first =
+        verify_cert(&outcome.issued, name, root).map_err(|e| format!("issued certificate: {e}"))?;
+    let second = verify_cert(&outcome.renewed, name, root)
+        .map_err(|e| format!("renewed certificate: {e}"))?;
+    if first.serial == second.serial {
+        return Err(format!(
+            "renewal returned the same certificate (serial {})",
+            first.serial
+        ));
+    }
+    Ok((first, second))
+}
+
 /// Checks with openssl that the certificate covers `name`, verifies up to
 /// `root` through the chain the server returned, and matches its key.
 pub fn verify_cert(cert: &Issued, name: &str, root: &Path) -> Result<CertFacts, String> {

@@ -17,6 +17,7 @@ pub mod raw;
 pub mod responders;
 pub mod slowproxy;
 pub mod strict_der;
+pub mod upstream;
 pub mod vault_standin;
 
 pub use mockdns::MockDns;
@@ -238,6 +239,27 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Answers every authorization of `order` over http-01 through the
+    /// responders, then waits for the order to be `ready`.
+    pub async fn answer_http01(
+        &self,
+        order: &mut instant_acme::Order,
+    ) -> Result<instant_acme::OrderStatus, instant_acme::Error> {
+        let mut authzs = order.authorizations();
+        while let Some(a) = authzs.next().await {
+            let mut a = a?;
+            let mut ch = a
+                .challenge(instant_acme::ChallengeType::Http01)
+                .expect("an http-01 challenge");
+            self.responders
+                .set_http01(&ch.token, ch.key_authorization().as_str());
+            ch.set_ready().await?;
+        }
+        order
+            .poll_ready(&instant_acme::RetryPolicy::default())
+            .await
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
@@ -262,18 +284,8 @@ pub async fn issue_http01(
     alg: &'static rcgen::SignatureAlgorithm,
 ) -> Result<String, instant_acme::Error> {
     let mut order = account.new_order(&instant_acme::NewOrder::new(ids)).await?;
-    let mut authzs = order.authorizations();
-    while let Some(a) = authzs.next().await {
-        let mut a = a?;
-        let mut ch = a.challenge(instant_acme::ChallengeType::Http01).unwrap();
-        ts.responders
-            .set_http01(&ch.token, ch.key_authorization().as_str());
-        ch.set_ready().await?;
-    }
     assert_eq!(
-        order
-            .poll_ready(&instant_acme::RetryPolicy::default())
-            .await?,
+        ts.answer_http01(&mut order).await?,
         instant_acme::OrderStatus::Ready
     );
     let key = rcgen::KeyPair::generate_for(alg).unwrap();

@@ -8,7 +8,7 @@ use kit::run_cli as cli;
 
 use std::path::Path;
 
-use instant_acme::{ChallengeType, Identifier, NewOrder, RetryPolicy};
+use instant_acme::{Identifier, NewOrder, RetryPolicy};
 use kit::{Options, TestServer};
 use serde_json::Value;
 
@@ -124,15 +124,7 @@ async fn admin_commands_through_the_socket() {
     let (account, _) = ts.account().await;
     let ids = [Identifier::Dns("admin.test".into())];
     let mut order = account.new_order(&NewOrder::new(&ids)).await.unwrap();
-    let mut authzs = order.authorizations();
-    while let Some(a) = authzs.next().await {
-        let mut a = a.unwrap();
-        let mut ch = a.challenge(ChallengeType::Http01).unwrap();
-        ts.responders
-            .set_http01(&ch.token, ch.key_authorization().as_str());
-        ch.set_ready().await.unwrap();
-    }
-    order.poll_ready(&RetryPolicy::default()).await.unwrap();
+    ts.answer_http01(&mut order).await.unwrap();
     order.finalize().await.unwrap();
     order
         .poll_certificate(&RetryPolicy::default())

@@ -25,13 +25,14 @@ use acmeproxy::config::Config;
 use acmeproxy::store::Table;
 use acmeproxy::upstream::softcas::{SoftCas, SoftCasOptions};
 use acmeproxy::upstream::{
-    CertificateAuthorityService, Checkpoint, IssuedChain, RevokeRequest, SignRequest, UpstreamError,
+    CertificateAuthorityService, Checkpoint, IssuedChain, SignRequest, UpstreamError,
 };
 use async_trait::async_trait;
 use instant_acme::{
     Account, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy, RevocationReason,
     RevocationRequest,
 };
+use kit::upstream::{Hook, Hooked};
 use tokio_util::sync::CancellationToken;
 
 use kit::Responders;
@@ -485,10 +486,12 @@ fn crash_child_server() {
             sign_delay: Duration::ZERO,
         })
         .unwrap();
-        let upstream = Arc::new(BlockAfterFirst {
+        let upstream = Arc::new(Hooked {
             inner: softcas,
-            calls: AtomicUsize::new(0),
-            marker: PathBuf::from(marker),
+            hook: Arc::new(BlockAfterFirst {
+                calls: AtomicUsize::new(0),
+                marker: PathBuf::from(marker),
+            }),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = app::start_with(
@@ -516,38 +519,22 @@ fn crash_child_server() {
 /// start-up) and never answers the later ones, after writing `marker` with the
 /// request's identifiers.
 struct BlockAfterFirst {
-    inner: SoftCas,
     calls: AtomicUsize,
     marker: PathBuf,
 }
 
 #[async_trait]
-impl CertificateAuthorityService for BlockAfterFirst {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
+impl Hook for BlockAfterFirst {
     async fn create_certificate(
         &self,
+        inner: &dyn CertificateAuthorityService,
         req: &SignRequest,
         checkpoint: &dyn Checkpoint,
     ) -> Result<IssuedChain, UpstreamError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
-            return self.inner.create_certificate(req, checkpoint).await;
+            return inner.create_certificate(req, checkpoint).await;
         }
         write_atomic(&self.marker, format!("{:?}", req.identifiers).as_bytes());
         std::future::pending().await
-    }
-
-    async fn revoke_certificate(&self, req: &RevokeRequest) -> Result<(), UpstreamError> {
-        self.inner.revoke_certificate(req).await
-    }
-
-    fn roots(&self) -> Vec<Vec<u8>> {
-        self.inner.roots()
-    }
-
-    async fn health(&self) -> Result<(), UpstreamError> {
-        self.inner.health().await
     }
 }

@@ -9,6 +9,7 @@ use instant_acme::{
     RevocationReason, RevocationRequest,
 };
 use kit::TestServer;
+use kit::crash_support::verify_chain;
 use rustls::pki_types::CertificateDer;
 use x509_parser::der_parser::asn1_rs::Any;
 use x509_parser::prelude::*;
@@ -125,28 +126,6 @@ fn leaf_sans(chain: &str) -> Vec<String> {
         .collect()
 }
 
-/// The chain verifies link by link up to the server's root.
-fn verify_chain(chain: &str, root_pem: &str) {
-    let mut certs: Vec<Vec<u8>> = ::pem::parse_many(chain)
-        .unwrap()
-        .into_iter()
-        .map(|p| p.contents().to_vec())
-        .collect();
-    assert!(certs.len() >= 2, "chain has leaf and issuers");
-    let root = ::pem::parse(root_pem).unwrap().contents().to_vec();
-    if certs.last() != Some(&root) {
-        certs.push(root);
-    }
-    for pair in certs.windows(2) {
-        let (_, child) = X509Certificate::from_der(&pair[0]).unwrap();
-        let (_, parent) = X509Certificate::from_der(&pair[1]).unwrap();
-        assert_eq!(child.issuer(), parent.subject());
-        child
-            .verify_signature(Some(parent.public_key()))
-            .expect("signature verifies with the issuer's key");
-    }
-}
-
 #[tokio::test]
 async fn http01_issue_download_revoke() {
     let ts = TestServer::start().await;
@@ -156,7 +135,7 @@ async fn http01_issue_download_revoke() {
         .await
         .unwrap();
     assert_eq!(leaf_sans(&chain), vec!["www.example.test"]);
-    verify_chain(&chain, &ts.server.as_ref().unwrap().roots_pem);
+    verify_chain(&chain, ts.server.as_ref().unwrap().roots_pem.as_bytes());
 
     let der = ::pem::parse(&chain).unwrap().contents().to_vec();
     let cert = CertificateDer::from(der);

@@ -16,47 +16,25 @@ use std::time::{Duration, Instant};
 use acmeproxy::app::{self, Overrides, Server};
 use acmeproxy::config::Config;
 use acmeproxy::upstream::softcas::{SoftCas, SoftCasOptions};
-use acmeproxy::upstream::{
-    CertificateAuthorityService, Checkpoint, IssuedChain, RevokeRequest, SignRequest, UpstreamError,
-};
+use acmeproxy::upstream::{CertificateAuthorityService, UpstreamError};
 use async_trait::async_trait;
+use kit::upstream::{Hook, Hooked};
 use tokio_util::sync::CancellationToken;
 
 /// softcas that counts `health` calls, and can make them hang.
 struct Counting {
-    inner: SoftCas,
     health_calls: AtomicUsize,
     hang: AtomicBool,
 }
 
 #[async_trait]
-impl CertificateAuthorityService for Counting {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    async fn create_certificate(
-        &self,
-        req: &SignRequest,
-        checkpoint: &dyn Checkpoint,
-    ) -> Result<IssuedChain, UpstreamError> {
-        self.inner.create_certificate(req, checkpoint).await
-    }
-
-    async fn revoke_certificate(&self, req: &RevokeRequest) -> Result<(), UpstreamError> {
-        self.inner.revoke_certificate(req).await
-    }
-
-    fn roots(&self) -> Vec<Vec<u8>> {
-        self.inner.roots()
-    }
-
-    async fn health(&self) -> Result<(), UpstreamError> {
+impl Hook for Counting {
+    async fn health(&self, inner: &dyn CertificateAuthorityService) -> Result<(), UpstreamError> {
         self.health_calls.fetch_add(1, Ordering::SeqCst);
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        self.inner.health().await
+        inner.health().await
     }
 }
 
@@ -71,14 +49,14 @@ async fn start(dir: &Path) -> (Server, Arc<Counting>, CancellationToken) {
         .to_json();
     let (cfg, _) = Config::parse(&doc.to_string()).unwrap();
     acmeproxy::telemetry::init(false);
+    let softcas = SoftCas::open(SoftCasOptions {
+        dir: dir.join("softcas"),
+        name: "acmeproxy".into(),
+        default_lifetime: Duration::from_secs(90 * 86_400),
+        sign_delay: Duration::ZERO,
+    })
+    .unwrap();
     let upstream = Arc::new(Counting {
-        inner: SoftCas::open(SoftCasOptions {
-            dir: dir.join("softcas"),
-            name: "acmeproxy".into(),
-            default_lifetime: Duration::from_secs(90 * 86_400),
-            sign_delay: Duration::ZERO,
-        })
-        .unwrap(),
         health_calls: AtomicUsize::new(0),
         hang: AtomicBool::new(false),
     });
@@ -89,7 +67,10 @@ async fn start(dir: &Path) -> (Server, Arc<Counting>, CancellationToken) {
         listener,
         shutdown.clone(),
         Overrides {
-            upstream: Some(Arc::clone(&upstream) as Arc<dyn CertificateAuthorityService>),
+            upstream: Some(Arc::new(Hooked {
+                inner: softcas,
+                hook: Arc::clone(&upstream),
+            })),
             ..Overrides::default()
         },
     )

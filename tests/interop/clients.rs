@@ -21,7 +21,7 @@ use std::time::Duration;
 use acmeproxy_testkit::MockDns;
 use serde_json::json;
 
-use kit::clients::{Challenge, Client, Ports, run_client, verify_cert};
+use kit::clients::{Challenge, Client, Ports, run_client, verify_issued_and_renewed};
 use kit::{ChildGuard, fetch_roots_pem, free_ports, tail};
 
 /// How long the server may take to answer its directory (it creates its CA at first start).
@@ -192,16 +192,7 @@ fn attempt_with(
         &ports,
         &tmp.join("clients"),
     )?;
-    let first = verify_cert(&outcome.issued, name, &server.root)
-        .map_err(|e| format!("issued certificate: {e}"))?;
-    let second = verify_cert(&outcome.renewed, name, &server.root)
-        .map_err(|e| format!("renewed certificate: {e}"))?;
-    if first.serial == second.serial {
-        return Err(format!(
-            "renewal returned the same certificate (serial {})",
-            first.serial
-        ));
-    }
+    let (first, second) = verify_issued_and_renewed(&outcome, name, &server.root)?;
     println!(
         "interop {client} {challenge} {name}: issued serial {} (chain of {}), renewed serial {}, \
          revoked; wall time issue {:.2}s, renew {:.2}s, revoke {:.2}s; logs in {}",

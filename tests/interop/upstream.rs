@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use acmeproxy_testkit::MockDns;
 use serde_json::json;
 
-use kit::clients::{Challenge, Client, Ports, run_client, verify_cert};
+use kit::clients::{Challenge, Client, Ports, run_client, verify_cert, verify_issued_and_renewed};
 use kit::pebble::{Pebble, PebbleOptions};
 use kit::slowproxy::SlowProxy;
 use kit::{ChildGuard, fetch_roots_pem, free_ports, tail};
@@ -262,16 +262,7 @@ fn attempt(
         &ports,
         &tmp.join("clients"),
     )?;
-    let first = verify_cert(&outcome.issued, name, &server.roots)
-        .map_err(|e| format!("issued certificate: {e}"))?;
-    let second = verify_cert(&outcome.renewed, name, &server.roots)
-        .map_err(|e| format!("renewed certificate: {e}"))?;
-    if first.serial == second.serial {
-        return Err(format!(
-            "renewal returned the same certificate (serial {})",
-            first.serial
-        ));
-    }
+    let (first, second) = verify_issued_and_renewed(&outcome, name, &server.roots)?;
     // The RA's certificate, the issued and the renewed one: no duplicates.
     expect_issued(pebble, 3, "after issue and renew")?;
     for (facts, want) in [(&first, "Valid"), (&second, "Revoked")] {

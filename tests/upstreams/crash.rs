@@ -31,10 +31,11 @@ use acmeproxy::config::Config;
 use acmeproxy::store::Store;
 use acmeproxy::upstream::acme::{AcmeUpstream, AcmeUpstreamOptions};
 use acmeproxy::upstream::{
-    CertificateAuthorityService, Checkpoint, IssuedChain, RevokeRequest, SignRequest, UpstreamError,
+    CertificateAuthorityService, Checkpoint, IssuedChain, SignRequest, UpstreamError,
 };
 use async_trait::async_trait;
 use instant_acme::{Account, ChallengeType, NewAccount, NewOrder, OrderStatus, RetryPolicy};
+use kit::upstream::{Hook, Hooked};
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::*;
 
@@ -122,10 +123,9 @@ fn crash_child() {
         let factory: UpstreamFactory = Box::new(move |store: Arc<dyn Store>| {
             let state = Arc::new(StoreUpstreamState::new(store));
             let inner = AcmeUpstream::new(opts, state).unwrap();
-            Arc::new(Freezing {
+            Arc::new(Hooked {
                 inner,
-                window,
-                marker,
+                hook: Arc::new(Freezing { window, marker }),
             }) as Arc<dyn CertificateAuthorityService>
         });
         let shutdown = CancellationToken::new();
@@ -148,25 +148,21 @@ fn crash_child() {
 
 /// The real upstream, frozen at `window` for the client's order.
 struct Freezing {
-    inner: AcmeUpstream,
     window: Window,
     marker: PathBuf,
 }
 
 #[async_trait]
-impl CertificateAuthorityService for Freezing {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
+impl Hook for Freezing {
     async fn create_certificate(
         &self,
+        inner: &dyn CertificateAuthorityService,
         req: &SignRequest,
         checkpoint: &dyn Checkpoint,
     ) -> Result<IssuedChain, UpstreamError> {
         // The RA's own TLS certificate (and anything else) passes through.
         if !req.identifiers.contains(&Identifier::Dns(NAME.to_owned())) {
-            return self.inner.create_certificate(req, checkpoint).await;
+            return inner.create_certificate(req, checkpoint).await;
         }
         match self.window {
             Window::AfterCheckpoint => {
@@ -174,26 +170,14 @@ impl CertificateAuthorityService for Freezing {
                     real: checkpoint,
                     marker: &self.marker,
                 };
-                self.inner.create_certificate(req, &freezing).await
+                inner.create_certificate(req, &freezing).await
             }
             Window::AfterIssue => {
-                let chain = self.inner.create_certificate(req, checkpoint).await?;
+                let chain = inner.create_certificate(req, checkpoint).await?;
                 write_marker(&self.marker, &chain.to_pem());
                 std::future::pending().await
             }
         }
-    }
-
-    async fn revoke_certificate(&self, req: &RevokeRequest) -> Result<(), UpstreamError> {
-        self.inner.revoke_certificate(req).await
-    }
-
-    fn roots(&self) -> Vec<Vec<u8>> {
-        self.inner.roots()
-    }
-
-    async fn health(&self) -> Result<(), UpstreamError> {
-        self.inner.health().await
     }
 }
 

@@ -164,15 +164,7 @@ async fn orders_complete_after_an_upstream_outage_during_finalize() {
     let (account, _) = ts.account().await;
     let ids = [Identifier::Dns("outage.test".to_owned())];
     let mut order = account.new_order(&NewOrder::new(&ids)).await.unwrap();
-    let mut authzs = order.authorizations();
-    while let Some(a) = authzs.next().await {
-        let mut a = a.unwrap();
-        let mut ch = a.challenge(ChallengeType::Http01).unwrap();
-        ts.responders
-            .set_http01(&ch.token, ch.key_authorization().as_str());
-        ch.set_ready().await.unwrap();
-    }
-    order.poll_ready(&RetryPolicy::default()).await.unwrap();
+    ts.answer_http01(&mut order).await.unwrap();
     // The upstream goes away before the RA can finalize.
     pebble.stop();
     order.finalize().await.unwrap();
@@ -202,15 +194,7 @@ async fn an_upstream_refusal_makes_the_order_invalid_with_its_reason() {
     let (account, _) = ts.account().await;
     let ids = [Identifier::Dns("www.blocked.test".to_owned())];
     let mut order = account.new_order(&NewOrder::new(&ids)).await.unwrap();
-    let mut authzs = order.authorizations();
-    while let Some(a) = authzs.next().await {
-        let mut a = a.unwrap();
-        let mut ch = a.challenge(ChallengeType::Http01).unwrap();
-        ts.responders
-            .set_http01(&ch.token, ch.key_authorization().as_str());
-        ch.set_ready().await.unwrap();
-    }
-    order.poll_ready(&RetryPolicy::default()).await.unwrap();
+    ts.answer_http01(&mut order).await.unwrap();
     order.finalize().await.unwrap();
     let err = order
         .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(60)))

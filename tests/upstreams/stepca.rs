@@ -56,24 +56,21 @@ enum Issuer {
     X5c,
 }
 
-#[test]
-fn certbot_jwk_via_stepca() {
-    scenario(Client::Certbot, Issuer::JwkDownloaded, "certbot-jwk.test");
+/// One test per client and issuer: `test: Client, Issuer, "name";`.
+macro_rules! scenarios {
+    ($($test:ident: $client:ident, $issuer:ident, $name:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            scenario(Client::$client, Issuer::$issuer, $name);
+        }
+    )*};
 }
 
-#[test]
-fn certbot_x5c_via_stepca() {
-    scenario(Client::Certbot, Issuer::X5c, "certbot-x5c.test");
-}
-
-#[test]
-fn lego_jwk_via_stepca() {
-    scenario(Client::Lego, Issuer::JwkFile, "lego-jwk.test");
-}
-
-#[test]
-fn lego_x5c_via_stepca() {
-    scenario(Client::Lego, Issuer::X5c, "lego-x5c.test");
+scenarios! {
+    certbot_jwk_via_stepca: Certbot, JwkDownloaded, "certbot-jwk.test";
+    certbot_x5c_via_stepca: Certbot, X5c, "certbot-x5c.test";
+    lego_jwk_via_stepca: Lego, JwkFile, "lego-jwk.test";
+    lego_x5c_via_stepca: Lego, X5c, "lego-x5c.test";
 }
 
 /// Start-up errors name their cause and stop the server (non-zero exit).
