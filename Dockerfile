@@ -17,7 +17,10 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked \
+# The workspace's other members: cargo reads their manifests.
+COPY bench ./bench
+COPY testkit ./testkit
+RUN cargo build --release --locked -p acmeproxy \
     && strip target/release/acmeproxy
 
 FROM debian:bookworm-slim

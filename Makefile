@@ -31,7 +31,7 @@ test-deps:
 # Runs every fuzz target (fuzz/, libFuzzer on the stable toolchain) for
 # FUZZ_SECONDS each (default 600), one after the other; FUZZ_TARGETS picks
 # some. Installs what it needs (tests/fuzz/install.sh). `make test` replays
-# the committed corpora without the fuzzer (tests/fuzz_corpus.rs).
+# the committed corpora without the fuzzer (tests/acme/fuzz_corpus.rs).
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS ?=
 fuzz:

@@ -10,7 +10,6 @@ pub mod acme;
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -1,4 +1,4 @@
-//! Fuzz target `config`: see acmeproxy::fuzzing::config.
+//! Fuzz target `config`: see acmeproxy_testkit::fuzzing::config.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| acmeproxy::fuzzing::config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| acmeproxy_testkit::fuzzing::config(data));

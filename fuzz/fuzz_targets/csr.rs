@@ -1,4 +1,4 @@
-//! Fuzz target `csr`: see acmeproxy::fuzzing::csr.
+//! Fuzz target `csr`: see acmeproxy_testkit::fuzzing::csr.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| acmeproxy::fuzzing::csr(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| acmeproxy_testkit::fuzzing::csr(data));

@@ -1,4 +1,4 @@
-//! Fuzz target `dns_answer`: see acmeproxy::fuzzing::dns_answer.
+//! Fuzz target `dns_answer`: see acmeproxy_testkit::fuzzing::dns_answer.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| acmeproxy::fuzzing::dns_answer(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| acmeproxy_testkit::fuzzing::dns_answer(data));

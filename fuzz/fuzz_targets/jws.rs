@@ -1,4 +1,4 @@
-//! Fuzz target `jws`: see acmeproxy::fuzzing::jws.
+//! Fuzz target `jws`: see acmeproxy_testkit::fuzzing::jws.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| acmeproxy::fuzzing::jws(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| acmeproxy_testkit::fuzzing::jws(data));

@@ -68,9 +68,9 @@ fn check_txt(
     )))
 }
 
-/// Fuzz harness (see `crate::fuzzing`): `data` is a TXT answer, one value a
+/// Fuzz harness (testkit/src/fuzzing.rs): `data` is a TXT answer, one value a
 /// line, as the resolver hands it over (its bytes read as UTF-8, lossily).
-pub(crate) fn fuzz_txt(data: &[u8]) {
+pub fn fuzz_txt(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let found: Vec<String> = text.split('\n').map(str::to_owned).collect();
     let expected = expected_txt("tok.thumb");
@@ -96,8 +96,8 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::validate::mockdns::MockDns;
     use crate::validate::testutil::{LOCAL, settings};
+    use acmeproxy_testkit::MockDns;
 
     const KEY_AUTH: &str = "token123.thumbprint456";
 

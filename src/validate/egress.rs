@@ -225,11 +225,11 @@ impl EgressRules {
     }
 }
 
-/// Fuzz harness (see `crate::fuzzing`): the input, read as text, is a list of
+/// Fuzz harness (testkit/src/fuzzing.rs): the input, read as text, is a list of
 /// networks and addresses; every address is checked against the default
 /// rules and against the networks of the list, which must agree with a plain
 /// reading of each network.
-pub(crate) fn fuzz_addresses(data: &[u8]) {
+pub fn fuzz_addresses(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut networks = Vec::new();
     let mut addresses = Vec::new();

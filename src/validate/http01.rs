@@ -590,13 +590,13 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// Fuzz harness (see `crate::fuzzing`): `data` is a whole response as a
+/// Fuzz harness (testkit/src/fuzzing.rs): `data` is a whole response as a
 /// challenge server might send it. It is read at once and, when it ends its
 /// head early enough, also cut in two as two reads would deliver it; what a
 /// prefix decides must be what the whole decides. A 200 body is judged
 /// against a key authorization, and a Location is followed. No message may
 /// carry the response's content (the marker `zQ9` stands for it).
-pub(crate) fn fuzz_response(data: &[u8]) {
+pub fn fuzz_response(data: &[u8]) {
     const MARKER: &str = "zQ9";
     let addr = SocketAddr::from(([192, 0, 2, 1], 80));
     let current = Target {

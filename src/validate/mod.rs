@@ -6,7 +6,6 @@
 pub mod dns01;
 pub mod egress;
 pub mod http01;
-pub mod mockdns;
 mod net;
 pub mod resolver;
 #[cfg(test)]
@@ -20,7 +19,6 @@ use std::time::Duration;
 use crate::acme::ProblemType;
 use crate::acme::types::{ChallengeType, Identifier};
 
-pub use mockdns::MockDns;
 pub use resolver::{DnsResolver, HickoryResolver, ResolverError};
 
 /// Where and how validation connects. Real deployments keep the defaults

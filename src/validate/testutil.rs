@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::egress::EgressRules;
-use super::mockdns::MockDns;
 use super::{HickoryResolver, ValidationSettings};
+use acmeproxy_testkit::MockDns;
 
 /// 127.0.0.1, any port.
 pub(crate) const LOCAL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);

@@ -178,12 +178,12 @@ fn check_certificate(
     Ok(())
 }
 
-/// Fuzz harness (see `crate::fuzzing`): `data` is the DER certificate a
+/// Fuzz harness (testkit/src/fuzzing.rs): `data` is the DER certificate a
 /// server presents, checked for a name and for an IP identifier.
-pub(crate) fn fuzz_certificate(data: &[u8]) {
+pub fn fuzz_certificate(data: &[u8]) {
     let key_authorization = "tok.thumb";
     for identifier in [
-        crate::fuzzing::example_identifier(),
+        Identifier::Dns("example.com".to_owned()),
         Identifier::Ip(IpAddr::from([192, 0, 2, 1])),
     ] {
         let what = format!("tls-alpn-01 of {}", identifier.value());
@@ -220,10 +220,10 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::validate::mockdns::MockDns;
     use crate::validate::testutil::{
         LOCAL, TlsOptions, TlsResponder, acme_extension, certificate, certificate_with, settings,
     };
+    use acmeproxy_testkit::MockDns;
 
     const KEY_AUTH: &str = "token.thumbprint";
 

@@ -1,7 +1,8 @@
 #!/bin/sh
-# install-clients.sh: installs the ACME clients and tools (strace for the
-# durability test) that
-# tests/interop.rs drives and Pebble, the upstream CA of tests/upstream_pebble.rs (Debian/Ubuntu). Idempotent: runs apt-get only
+# install-clients.sh: installs the ACME clients and tools that
+# tests/interop/clients.rs drives, Pebble, the upstream CA of
+# tests/upstreams/pebble.rs, and strace for the store's durability test
+# (Debian/Ubuntu). Idempotent: runs apt-get only
 # when a package is missing, and `apt-get update` only then. Needs root for
 # that; prints what it did.
 #

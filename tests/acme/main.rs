@@ -1,0 +1,19 @@
+//! The server seen from outside through ACME (RFC 8555) and its other
+//! interfaces: flows, errors, accounts, rate limits, hardening, metrics,
+//! validation egress, the admin CLI, crash safety, and the repository's
+//! docs, packaging and fuzz corpora. One test binary; one module per
+//! concern (`cargo test --test acme flows::`).
+
+mod accounts;
+mod admin_cli;
+mod crash;
+mod docs;
+mod errors;
+mod flows;
+mod fuzz_corpus;
+mod hardening_conn;
+mod hardening_ops;
+mod metrics;
+mod packaging;
+mod rate_limits;
+mod validation_egress;

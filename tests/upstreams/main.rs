@@ -1,0 +1,9 @@
+//! acmeproxy in front of each upstream CA: Pebble (externalcas), step-ca
+//! (stepcas), Vault and OpenBao (vaultcas), and a server killed while an
+//! upstream call is in flight (`crash`).
+
+mod crash;
+mod openbao;
+mod pebble;
+mod stepca;
+mod vault;
