@@ -114,3 +114,21 @@ impl From<UpstreamError> for RaError {
 pub(crate) fn problem<T>(kind: ProblemType, detail: impl Into<String>) -> Result<T, RaError> {
     Err(RaError::new(kind, detail))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed store (a full disk) tells the client when to come back.
+    #[test]
+    fn store_failures_are_server_internal_with_retry_after() {
+        let e = RaError::from(StoreError::backend("sled flush", "No space left on device"));
+        assert_eq!(e.problem.kind, "urn:ietf:params:acme:error:serverInternal");
+        assert_eq!(e.retry_after, Some(STORE_RETRY_AFTER_SECS));
+        assert!(
+            !e.problem.detail.contains("No space"),
+            "the cause goes to the log, not to the client: {}",
+            e.problem.detail
+        );
+    }
+}

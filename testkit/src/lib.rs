@@ -17,6 +17,7 @@ pub mod raw;
 pub mod responders;
 pub mod slowproxy;
 pub mod strict_der;
+pub mod tmpfs;
 pub mod upstream;
 pub mod vault_standin;
 
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cajson::CaJson;
 pub use responders::Responders;
+pub use tmpfs::Tmpfs;
 
 /// What a test server should look like.
 #[derive(Clone, Debug)]

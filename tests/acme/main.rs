@@ -10,6 +10,7 @@ mod crash;
 mod docs;
 mod errors;
 mod flows;
+mod full_disk;
 mod fuzz_corpus;
 mod hardening_conn;
 mod hardening_ops;

@@ -282,68 +282,19 @@ mod tests {
         report
     }
 
-    /// A tmpfs of its own, unmounted on drop; `None` (the test is skipped)
-    /// where this process may not mount, except in CI as root.
-    struct Tmpfs(tempfile::TempDir);
-
-    impl Tmpfs {
-        fn mount(size: &str) -> Option<Self> {
-            let dir = tempfile::tempdir().unwrap();
-            let mounted = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir.path())
-                .status()
-                .is_ok_and(|s| s.success());
-            if mounted {
-                return Some(Self(dir));
-            }
-            let root = Command::new("id")
-                .arg("-u")
-                .output()
-                .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-            assert!(
-                !(root && std::env::var_os("CI").is_some()),
-                "mount -t tmpfs failed although running as root"
-            );
-            eprintln!("skipped: cannot mount a tmpfs here (not root?)");
-            None
-        }
-
-        fn path(&self) -> &std::path::Path {
-            self.0.path()
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0.path()).status();
-        }
-    }
-
-    /// Writes `path` until the file system is full, then gives `room`
-    /// bytes back.
-    fn fill(path: &std::path::Path, room: u64) {
-        let mut f = std::fs::File::create(path).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        let len = f.metadata().unwrap().len();
-        f.set_len(len.saturating_sub(room)).unwrap();
-        f.sync_all().unwrap();
-    }
-
     /// A full disk: the commit that cannot be written fails, the store then
     /// refuses reads and writes, says it is not writable until space returns,
     /// and after a reopen every acknowledged batch is there in full, the failed
     /// one is there in full or not at all, and new commits succeed.
     #[tokio::test]
     async fn a_full_disk_fails_the_store_and_loses_nothing_acknowledged() {
-        let Some(fs) = Tmpfs::mount("24m") else {
+        let Some(fs) = acmeproxy_testkit::Tmpfs::mount("24m") else {
             return;
         };
         let dir = fs.path().join("store");
         let store = SledStore::open(&dir).unwrap();
         let filler = fs.path().join("filler");
-        fill(&filler, 1024 * 1024);
+        fs.fill(&filler, 1024 * 1024);
         let batch = |i: usize| {
             vec![
                 Op::put(
