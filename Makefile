@@ -3,7 +3,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install test test-deps lint fmt clean fuzz
+.PHONY: build run install test test-deps lint fmt clean fuzz chaos
 
 build:
 	$(CARGO) build --release --locked
@@ -36,6 +36,13 @@ FUZZ_SECONDS ?= 600
 FUZZ_TARGETS ?=
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh $(FUZZ_TARGETS)
+
+# The random crash campaign against Pebble (tests/upstreams/chaos.rs): 1,000
+# orders, 10 SIGKILLs of the RA at random moments, 2 Pebble restarts, 5 % bad
+# nonces. CHAOS_SEED=N repeats a run (the seed is printed). `make test` runs
+# the 100-order variant with 3 kills.
+chaos: test-deps
+	CI=true $(CARGO) test --locked --test upstreams chaos::campaign_full -- --ignored --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -2,6 +2,7 @@
 //! (stepcas), Vault and OpenBao (vaultcas), and a server killed while an
 //! upstream call is in flight (`crash`).
 
+mod chaos;
 mod crash;
 mod openbao;
 mod pebble;
