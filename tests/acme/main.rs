@@ -6,6 +6,7 @@
 
 mod accounts;
 mod admin_cli;
+mod architecture;
 mod crash;
 mod docs;
 mod errors;
