@@ -10,6 +10,7 @@ pub mod acme;
 pub mod app;
 pub mod cli;
 pub mod config;
+mod danger;
 pub mod http;
 pub mod metrics;
 pub mod model;

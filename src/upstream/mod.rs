@@ -3,7 +3,6 @@
 //! `softcas` backend, meant for a first run and for tests, keeps one.
 
 pub mod acme;
-mod pinning;
 pub mod roots;
 pub mod softcas;
 pub mod stepca;

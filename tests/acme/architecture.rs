@@ -15,8 +15,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("policy", &["acme", "model"]),
     ("nonce", &["model"]),
     ("store", &["model"]),
-    ("validate", &["acme", "model"]),
-    ("upstream", &["acme", "model", "policy", "config"]),
+    ("validate", &["acme", "model", "danger"]),
+    ("danger", &[]),
+    ("upstream", &["acme", "model", "policy", "config", "danger"]),
     ("config", &["acme", "model", "validate"]),
     (
         "ra",

@@ -16,8 +16,8 @@ use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
 use super::internal;
+use crate::danger::DangerousAcceptAnyServerCert;
 use crate::upstream::UpstreamError;
-use crate::upstream::pinning::DangerousUnpinnedFirstFetch;
 
 /// Largest response body read from step-ca.
 const MAX_BODY: usize = 1 << 20;
@@ -130,6 +130,6 @@ pub(super) fn trusting(root: &[u8]) -> Result<rustls::ClientConfig, UpstreamErro
 /// TLS that accepts any server certificate, for the one root fetch whose
 /// answer is checked against the fingerprint.
 pub(super) fn insecure_tls() -> Result<rustls::ClientConfig, UpstreamError> {
-    DangerousUnpinnedFirstFetch::client_config(provider())
+    DangerousAcceptAnyServerCert::client_config(provider())
         .map_err(|e| internal("TLS versions".into(), Some(Box::new(e))))
 }

@@ -16,8 +16,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use super::REQUEST_TIMEOUT;
 use super::wire::{hex, internal};
 use crate::config::VaultCasSettings;
+use crate::danger::DangerousAcceptAnyServerCert;
 use crate::upstream::UpstreamError;
-use crate::upstream::pinning::DangerousUnpinnedFirstFetch;
 
 /// The client the upstream sends its requests with.
 pub(super) type HttpsClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, String>;
@@ -71,7 +71,7 @@ async fn pinned_ca(
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let config = DangerousUnpinnedFirstFetch::client_config(provider)
+    let config = DangerousAcceptAnyServerCert::client_config(provider)
         .map_err(|e| internal("TLS versions", e))?;
     let name = ServerName::try_from(host.clone()).map_err(|e| internal("Vault's host name", e))?;
     let unavailable = |e: std::io::Error| UpstreamError::Unavailable {
