@@ -1,7 +1,9 @@
 //! The one place the tests write a `ca.json`: a loopback server with one
 //! ACME provisioner `acme`. [`CaJson::to_json`] is the only function that
-//! lays out the document (it becomes the configuration types' serializer
-//! once they are `Serialize`).
+//! lays out the document, and what it returns is written by the server's own
+//! configuration types (`acmeproxy::config::Config`, parsed strictly and
+//! serialized again): a key the server does not know fails the test at
+//! set-up, naming its path.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -112,7 +114,9 @@ impl CaJson {
                 doc[k] = v.clone();
             }
         }
-        doc
+        let typed = acmeproxy::config::Config::from_json(&doc.to_string())
+            .unwrap_or_else(|e| panic!("the test's ca.json is not one the server reads: {e}"));
+        serde_json::to_value(&typed).expect("the configuration types serialize")
     }
 
     /// Writes the document to `path`.

@@ -92,8 +92,10 @@ enum Kind {
 }
 
 /// 1,000 idle and 1,000 slowloris TLS connections: ≥ 95 % of each are closed
-/// within their timeout + 5 s; fresh clients are answered in < 100 ms while
-/// the flood is held.
+/// within their timeout + 5 s; fresh clients are answered while the flood is
+/// held, each within 1 s: far below the 15 s a starved client would wait for
+/// the flood's timeouts, and far above scheduling noise on a loaded 2-core
+/// machine (the latency itself is a benchmark figure, docs/performance.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_slowloris_connections_are_shed_while_fresh_clients_are_served() {
     // Longer than the ramp (2,000 handshakes take about 9 s in a debug
@@ -256,7 +258,7 @@ async fn idle_and_slowloris_connections_are_shed_while_fresh_clients_are_served(
         latencies.len()
     );
     assert!(
-        max < Duration::from_millis(100),
+        max < Duration::from_secs(1),
         "a fresh client waited {max:?} (p99 {p99:?}) during the flood"
     );
 }
