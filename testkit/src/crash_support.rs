@@ -286,32 +286,45 @@ pub struct Binary {
 }
 
 impl Binary {
+    /// softcas with the sled store in `dir/data`, validating against
+    /// loopback responders.
     pub fn new(dir: &Path, http_port: u16, tls_alpn_port: u16, dns: SocketAddr) -> Self {
-        let [port] = free_ports().unwrap();
         let data = dir.join("data");
-        let config = server_config(
-            &format!("127.0.0.1:{port}"),
-            &data,
+        let ca = crate::CaJson::new(&data).db(Some("sled")).validation(
             http_port,
             tls_alpn_port,
             dns,
+            10,
         );
+        Self::with_config(dir, ca, data.join("softcas/root.crt"))
+    }
+
+    /// Any configuration (its data directory is kept, its address becomes
+    /// a free loopback port); clients trust `root_file`.
+    pub fn with_config(dir: &Path, mut ca: crate::CaJson, root_file: PathBuf) -> Self {
+        let [port] = free_ports().unwrap();
+        ca.address = format!("127.0.0.1:{port}");
         let config_path = dir.join("ca.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
+        ca.write(&config_path).unwrap();
         Self {
             dir: dir.to_owned(),
-            root_file: data.join("softcas/root.crt"),
-            data,
+            root_file,
+            data: ca.data_dir.clone(),
             config_path,
             port,
             directory_url: format!("https://127.0.0.1:{port}/acme/acme/directory"),
         }
     }
 
+    /// The server's log (every start appends to it).
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
     /// Starts `acmeproxy serve ca.json` and waits until it answers; starts it
     /// again if it exited because the port was still held.
     pub async fn start(&self) -> ChildGuard {
-        let log = self.dir.join("server.log");
+        let log = self.log();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut cmd = Command::new(crate::acmeproxy_bin());

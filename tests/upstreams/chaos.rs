@@ -22,8 +22,7 @@
 use acmeproxy_testkit as kit;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,9 +32,9 @@ use acmeproxy::store::{Store, Table};
 use instant_acme::{AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus};
 use tokio::sync::{RwLock, Semaphore};
 
-use kit::crash_support::{leaf_sans, new_account, temp_dir};
+use kit::Responders;
+use kit::crash_support::{Binary, leaf_sans, new_account, temp_dir};
 use kit::pebble::{Pebble, PebbleOptions};
-use kit::{ChildGuard, Responders, free_ports};
 
 /// One campaign's shape.
 struct Campaign {
@@ -90,51 +89,6 @@ impl Rng {
     }
 }
 
-/// The RA as a real process on a fixed port and data directory.
-struct Ra {
-    config: PathBuf,
-    dir: PathBuf,
-    directory_url: String,
-    root: PathBuf,
-    starts: usize,
-}
-
-impl Ra {
-    async fn start(&mut self) -> ChildGuard {
-        self.starts += 1;
-        let log = self.dir.join(format!("server-{}.log", self.starts));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut cmd = Command::new(kit::acmeproxy_bin());
-            cmd.arg("serve").arg(&self.config);
-            let mut proc = ChildGuard::spawn("acmeproxy", &mut cmd, &log).unwrap();
-            let ready = kit::wait_https(&self.directory_url, &self.root, 200, ORDER_LIMIT, || {
-                proc.check_running()
-            })
-            .await;
-            match ready {
-                Ok(()) => return proc,
-                // The killed process's port or store lock may linger a moment.
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("chaos: start again after: {e}");
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                Err(e) => panic!("acmeproxy did not start: {e}\n{}", proc.log_tail(30)),
-            }
-        }
-    }
-
-    fn logs(&self) -> Vec<(PathBuf, String)> {
-        (1..=self.starts)
-            .map(|n| self.dir.join(format!("server-{n}.log")))
-            .map(|p| {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                (p, text)
-            })
-            .collect()
-    }
-}
-
 async fn run(c: Campaign) {
     if !Pebble::available() {
         assert!(
@@ -169,13 +123,10 @@ async fn run(c: Campaign) {
     let tmp = temp_dir();
     let root = tmp.path().join("pebble-root.pem");
     std::fs::write(&root, pebble.root_pem().await).unwrap();
-    let [port] = free_ports().unwrap();
-    let config = tmp.path().join("ca.json");
     let data = tmp.path().join("data");
     let mut authority = pebble.authority_json();
     authority["upstreamConcurrency"] = 4.into();
-    kit::CaJson::new(&data)
-        .port(port)
+    let ca = kit::CaJson::new(&data)
         .db(Some("sled"))
         .authority(authority)
         .validation(
@@ -183,16 +134,9 @@ async fn run(c: Campaign) {
             responders.tls_alpn_port(),
             responders.dns_addr(),
             10,
-        )
-        .write(&config)
-        .unwrap();
-    let mut ra = Ra {
-        config,
-        dir: tmp.path().to_owned(),
-        directory_url: format!("https://127.0.0.1:{port}/acme/acme/directory"),
-        root: root.clone(),
-        starts: 0,
-    };
+        );
+    let ra = Binary::with_config(tmp.path(), ca, root.clone());
+    let mut starts = 1;
     let mut server = ra.start().await;
     assert_eq!(pebble.issued_count(), 1, "the RA's own certificate");
 
@@ -240,6 +184,7 @@ async fn run(c: Campaign) {
                 started.load(Ordering::SeqCst)
             );
             server = ra.start().await;
+            starts += 1;
         }
         if restarts.contains(&(i + 1)) {
             // Pause the clients until nothing is in flight, then stop Pebble
@@ -308,16 +253,19 @@ async fn run(c: Campaign) {
     );
     let jobs = open_and_count_jobs(&data.join("db")).await;
     assert_eq!(jobs, 0, "finalize jobs left in the store");
-    for (path, text) in ra.logs() {
-        assert!(!text.contains("panicked"), "a panic in {}", path.display());
-    }
+    let log = std::fs::read_to_string(ra.log()).unwrap();
+    assert!(
+        !log.contains("panicked"),
+        "a panic in {}",
+        ra.log().display()
+    );
     assert!(!pebble.log().contains("panic"), "a panic in Pebble's log");
     eprintln!(
         "chaos: seed {seed}: {} orders valid, {} certificates at Pebble (one per order + the RA's own), \
          {} RA starts, 0 jobs left, no panic; {:.0}s",
         c.orders,
         issued.len(),
-        ra.starts,
+        starts,
         t0.elapsed().as_secs_f64()
     );
 }
