@@ -363,6 +363,18 @@ pub async fn issue(account: &Account, name: &str, serve: impl Fn(&str, &str)) ->
     .await
     .unwrap();
     authorize_http01(&mut order, serve).await;
+    let chain = finalize_and_download(&mut order, name).await;
+    assert_eq!(order.state().status, OrderStatus::Valid);
+    Issued {
+        order_url: order.url().to_owned(),
+        cert_url: order.state().certificate.clone().unwrap(),
+        chain,
+    }
+}
+
+/// Finalizes a `ready` order for `name` (a fresh key), polls it and returns
+/// the chain, whose leaf must name exactly `name`.
+pub async fn finalize_and_download(order: &mut Order, name: &str) -> String {
     bounded("finalize", CALL_LIMIT, order.finalize())
         .await
         .unwrap();
@@ -374,12 +386,7 @@ pub async fn issue(account: &Account, name: &str, serve: impl Fn(&str, &str)) ->
     .await
     .unwrap();
     assert_eq!(leaf_sans(&chain), vec![name]);
-    assert_eq!(order.state().status, OrderStatus::Valid);
-    Issued {
-        order_url: order.url().to_owned(),
-        cert_url: order.state().certificate.clone().unwrap(),
-        chain,
-    }
+    chain
 }
 
 /// Answers the http-01 challenge of every pending authorization of `order`

@@ -37,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 use kit::Responders;
 use kit::crash_support::{
     Binary, CALL_LIMIT, START_LIMIT, SlowHttp01, assert_problem, assert_unauthorized,
-    authorize_http01, bind_loopback, bounded, existing_account, issue, leaf_der, leaf_sans,
-    new_account, served_leaf, server_config, temp_dir, verify_chain, wait_for_file, write_atomic,
+    authorize_http01, bind_loopback, bounded, existing_account, finalize_and_download, issue,
+    leaf_der, leaf_sans, new_account, served_leaf, server_config, temp_dir, verify_chain,
+    wait_for_file, write_atomic,
 };
 
 /// The test that runs the child server.
@@ -427,17 +428,7 @@ async fn graceful_stop_answers_the_request_in_flight_and_keeps_the_data() {
         1,
         "the validation finished during the graceful stop (the restart did not need to run it again)"
     );
-    bounded("finalize", CALL_LIMIT, order.finalize())
-        .await
-        .unwrap();
-    let chain = bounded(
-        "certificate",
-        CALL_LIMIT,
-        order.poll_certificate(&RetryPolicy::new().timeout(CALL_LIMIT)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(leaf_sans(&chain), vec![name]);
+    let chain = finalize_and_download(&mut order, name).await;
     verify_chain(&chain, &std::fs::read(&binary.root_file).unwrap());
     println!(
         "crash/graceful: exit 0 {:.2}s after SIGTERM, total {:.2}s",
