@@ -68,6 +68,15 @@
 //! [`Store::sync`] waits for one that covers every write applied before it.
 //! Reads run inline on the caller's thread and see applied writes at once.
 //!
+//! # Snapshots
+//!
+//! [`Store::snapshot`] (online backups) is a job of the writer thread too: it
+//! runs between two batches, where no batch is half-applied and no intent
+//! exists, and reads every table there. It is handed over only after the
+//! flush and sync of its group, so it holds nothing that could still be lost.
+//! Writes queue while it reads: the pause grows with the store's live
+//! content (docs/admin.md, "Backup and restore").
+//!
 //! # Nonces
 //!
 //! Replay-Nonces are not kept in the store at all ([`crate::nonce`]): a sled
@@ -84,7 +93,7 @@ use async_trait::async_trait;
 
 mod durable;
 
-use super::{Expect, Op, Store, StoreError, Table};
+use super::{Expect, Op, Snapshot, SnapshotRecord, Store, StoreError, Table};
 
 /// The embedded store: a sled database in a directory of its own.
 ///
@@ -219,6 +228,14 @@ impl Store for SledStore {
         self.writer.submit(Job::Sync).await
     }
 
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.refuse_if_failed()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.submit(Job::Snapshot(tx)).await?;
+        rx.await
+            .map_err(|_| StoreError::backend("sled snapshot", "the writer thread dropped it"))?
+    }
+
     async fn scan(
         &self,
         table: Table,
@@ -305,9 +322,13 @@ enum Job {
     Apply { ops: Vec<Op>, durable: bool },
     /// Answer after a flush covering every write applied so far.
     Sync,
+    /// Read every table here, between two batches; hand the snapshot over
+    /// after the flush of this group (then answer as `Sync`).
+    Snapshot(SnapshotReply),
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
+type SnapshotReply = tokio::sync::oneshot::Sender<Result<Snapshot, StoreError>>;
 
 /// The handle of the writer thread (see the module documentation).
 #[derive(Debug)]
@@ -363,6 +384,7 @@ fn write_loop(
     queue: &mpsc::Receiver<(Job, Reply)>,
 ) {
     let mut waiting: Vec<Reply> = Vec::new();
+    let mut snapshots: Vec<(SnapshotReply, Result<Snapshot, StoreError>)> = Vec::new();
     // Intent keys; every intent is gone after `replay_intents` at open.
     let mut seq: u64 = 0;
     while let Ok(first) = queue.recv() {
@@ -387,6 +409,10 @@ fn write_loop(
                         }
                     },
                     Job::Sync => waiting.push(reply),
+                    Job::Snapshot(out) => {
+                        snapshots.push((out, read_all(db)));
+                        waiting.push(reply);
+                    }
                 }
             }
             taken += 1;
@@ -406,6 +432,12 @@ fn write_loop(
         if let Err(cause) = &flushed {
             fail(failure, cause);
         }
+        for (out, snapshot) in snapshots.drain(..) {
+            let _ = out.send(match &flushed {
+                Ok(()) => snapshot,
+                Err(e) => Err(StoreError::backend("sled snapshot", e.clone())),
+            });
+        }
         for reply in waiting.drain(..) {
             let result = match &flushed {
                 Ok(()) => Ok(()),
@@ -417,6 +449,28 @@ fn write_loop(
             let _ = reply.send(result);
         }
     }
+}
+
+/// Every record of every table, table by table in key order. Runs only on
+/// the writer thread, between two batches (see "Snapshots" above).
+fn read_all(db: &sled::Db) -> Result<Snapshot, StoreError> {
+    let mut records = Vec::new();
+    for table in Table::ALL {
+        let prefix = db_key(table, "");
+        for item in db.scan_prefix(&prefix) {
+            let (k, v) =
+                item.map_err(|e| StoreError::backend(format!("sled snapshot of {table:?}"), e))?;
+            let raw = k.get(prefix.len()..).unwrap_or_default();
+            let key = String::from_utf8(raw.to_vec())
+                .map_err(|e| StoreError::backend(format!("sled key in {table:?}"), e))?;
+            records.push(SnapshotRecord {
+                table,
+                key,
+                value: v.to_vec(),
+            });
+        }
+    }
+    Ok(Snapshot { records })
 }
 
 /// Puts the store in its failed state (once) and says so in the log.
