@@ -1,5 +1,6 @@
 //! The command line (clap derive): `acmeproxy ca.json`, `serve`,
-//! `check-config`, `init`, `eab`, `version`.
+//! `check-config`, `init`, `eab`, `accounts`, `orders`, `certs`, `admin`,
+//! `restore`, `version`.
 
 use std::path::PathBuf;
 
@@ -70,8 +71,45 @@ pub enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Operator tasks on the server's data: `admin backup`.
+    Admin {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// Rebuilds a data directory from a backup (`admin backup`), with the
+    /// server stopped. The backup is verified whole (format version,
+    /// SHA-256, counts) before anything is written; the target must hold no
+    /// store yet.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The data directory to rebuild (ca.json's `dataDir`); its store
+        /// goes to DIR/db.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Where the sled store goes instead of DIR/db (`db.dataSource`).
+        #[arg(long, value_name = "DIR")]
+        db: Option<PathBuf>,
+    },
     /// Prints the version.
     Version,
+}
+
+/// `acmeproxy admin …`
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Writes a consistent backup of the store (every account, order,
+    /// certificate, EAB key and job at one moment), the softcas CA files
+    /// and the server's obtained TLS certificate and key to FILE (mode
+    /// 0600), while the server runs. FILE holds private keys: keep it as
+    /// private as the server. With the server stopped, it reads the store
+    /// directly. Restore with `acmeproxy restore FILE --dir DIR`.
+    Backup {
+        /// The ca.json file.
+        config: PathBuf,
+        /// Where to write the backup (replaced if it exists).
+        file: PathBuf,
+    },
 }
 
 /// `acmeproxy eab …`
