@@ -70,12 +70,19 @@
 //!
 //! # Snapshots
 //!
-//! [`Store::snapshot`] (online backups) is a job of the writer thread too: it
-//! runs between two batches, where no batch is half-applied and no intent
-//! exists, and reads every table there. It is handed over only after the
-//! flush and sync of its group, so it holds nothing that could still be lost.
-//! Writes queue while it reads: the pause grows with the store's live
-//! content (docs/admin.md, "Backup and restore").
+//! [`Store::snapshot`] (online backups) must not hold writes back while it
+//! reads a whole store, nor see a batch half-applied. So it reads every table
+//! off the writer thread while writes go on, and has the writer thread keep
+//! a log of every write it applies from just before the read (a job that
+//! starts the log) until just after it (a job that ends it, between two
+//! batches). The log's writes are then laid over what the read saw: a key
+//! written during the read takes its last logged value (or is gone), and a
+//! key not written kept one value throughout, which the read saw. The
+//! result is the store exactly as it was at the ending job. The log is
+//! handed over only after the flush and sync of that job's group, so the
+//! snapshot holds nothing that could still be lost. One snapshot runs at a
+//! time; what it costs besides the read is the memory of the writes logged
+//! meanwhile.
 //!
 //! # Nonces
 //!
@@ -107,6 +114,8 @@ pub struct SledStore {
     writer: Writer,
     /// Set once a write, flush or sync failed (see "Failures" above).
     failure: Arc<OnceLock<String>>,
+    /// One snapshot at a time (see "Snapshots" above).
+    snapshot: tokio::sync::Mutex<()>,
 }
 
 /// sled's page cache: enough for the hot records of a busy RA; older records
@@ -151,6 +160,7 @@ impl SledStore {
             path: path.to_owned(),
             writer,
             failure,
+            snapshot: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -230,10 +240,13 @@ impl Store for SledStore {
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.refuse_if_failed()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.submit(Job::Snapshot(tx)).await?;
-        rx.await
-            .map_err(|_| StoreError::backend("sled snapshot", "the writer thread dropped it"))?
+        let _one_at_a_time = self.snapshot.lock().await;
+        let guard = self.writer.start_log().await?;
+        let read = self
+            .blocking("sled snapshot task", |db| read_all(&db))
+            .await;
+        let log = guard.end().await?;
+        Ok(overlay(read?, log))
     }
 
     async fn scan(
@@ -322,13 +335,19 @@ enum Job {
     Apply { ops: Vec<Op>, durable: bool },
     /// Answer after a flush covering every write applied so far.
     Sync,
-    /// Read every table here, between two batches; hand the snapshot over
-    /// after the flush of this group (then answer as `Sync`).
-    Snapshot(SnapshotReply),
+    /// Start logging every write applied from now on (for a snapshot).
+    StartLog,
+    /// Stop logging; hand the log over after the flush of this group, when
+    /// someone waits for it (then answer as `Sync`).
+    EndLog(Option<LogReply>),
 }
 
+/// Writes applied while a snapshot read, in the order applied: `None`
+/// deletes.
+type WriteLog = Vec<(Table, String, Option<Vec<u8>>)>;
+
 type Reply = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
-type SnapshotReply = tokio::sync::oneshot::Sender<Result<Snapshot, StoreError>>;
+type LogReply = tokio::sync::oneshot::Sender<Result<WriteLog, StoreError>>;
 
 /// The handle of the writer thread (see the module documentation).
 #[derive(Debug)]
@@ -355,6 +374,16 @@ impl Writer {
         })
     }
 
+    /// Starts the write log of a snapshot; it ends when the guard does.
+    async fn start_log(&self) -> Result<LogGuard, StoreError> {
+        let queue = self
+            .queue
+            .clone()
+            .ok_or_else(|| StoreError::backend("sled writer", "the store is closing"))?;
+        self.submit(Job::StartLog).await?;
+        Ok(LogGuard { queue: Some(queue) })
+    }
+
     async fn submit(&self, job: Job) -> Result<(), StoreError> {
         let stopped = || StoreError::backend("sled writer", "the store's writer thread stopped");
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -375,6 +404,36 @@ impl Drop for Writer {
     }
 }
 
+/// Ends a snapshot's write log: with [`end`](Self::end), or when dropped
+/// (a snapshot given up half-way must not leave the log growing).
+struct LogGuard {
+    queue: Option<mpsc::Sender<(Job, Reply)>>,
+}
+
+impl LogGuard {
+    /// Ends the log between two batches and returns it once durable.
+    async fn end(mut self) -> Result<WriteLog, StoreError> {
+        let stopped = || StoreError::backend("sled writer", "the store's writer thread stopped");
+        let queue = self.queue.take().ok_or_else(stopped)?;
+        let (log_reply, log) = tokio::sync::oneshot::channel();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        queue
+            .send((Job::EndLog(Some(log_reply)), reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())??;
+        log.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(queue) = self.queue.take() {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            let _ = queue.send((Job::EndLog(None), reply));
+        }
+    }
+}
+
 /// The writer thread: apply a group of batches, flush and sync once, answer
 /// the group.
 fn write_loop(
@@ -384,7 +443,9 @@ fn write_loop(
     queue: &mpsc::Receiver<(Job, Reply)>,
 ) {
     let mut waiting: Vec<Reply> = Vec::new();
-    let mut snapshots: Vec<(SnapshotReply, Result<Snapshot, StoreError>)> = Vec::new();
+    // The write log of the snapshot running, if one is.
+    let mut log: Option<WriteLog> = None;
+    let mut logs: Vec<(LogReply, WriteLog)> = Vec::new();
     // Intent keys; every intent is gone after `replay_intents` at open.
     let mut seq: u64 = 0;
     while let Ok(first) = queue.recv() {
@@ -399,7 +460,14 @@ fn write_loop(
             } else {
                 match job {
                     Job::Apply { ops, durable } => match apply(db, &ops, &mut seq) {
-                        Ok(()) if durable => waiting.push(reply),
+                        Ok(()) if durable => {
+                            record(&mut log, ops);
+                            waiting.push(reply);
+                        }
+                        Ok(()) => {
+                            record(&mut log, ops);
+                            let _ = reply.send(Ok(()));
+                        }
                         Err(e @ StoreError::Backend { .. }) => {
                             fail(failure, &e);
                             let _ = reply.send(Err(e));
@@ -409,9 +477,21 @@ fn write_loop(
                         }
                     },
                     Job::Sync => waiting.push(reply),
-                    Job::Snapshot(out) => {
-                        snapshots.push((out, read_all(db)));
-                        waiting.push(reply);
+                    Job::StartLog => {
+                        log = Some(Vec::new());
+                        let _ = reply.send(Ok(()));
+                    }
+                    Job::EndLog(out) => {
+                        let taken = log.take().unwrap_or_default();
+                        match out {
+                            Some(out) => {
+                                logs.push((out, taken));
+                                waiting.push(reply);
+                            }
+                            None => {
+                                let _ = reply.send(Ok(()));
+                            }
+                        }
                     }
                 }
             }
@@ -432,9 +512,9 @@ fn write_loop(
         if let Err(cause) = &flushed {
             fail(failure, cause);
         }
-        for (out, snapshot) in snapshots.drain(..) {
+        for (out, taken) in logs.drain(..) {
             let _ = out.send(match &flushed {
-                Ok(()) => snapshot,
+                Ok(()) => Ok(taken),
                 Err(e) => Err(StoreError::backend("sled snapshot", e.clone())),
             });
         }
@@ -451,8 +531,37 @@ fn write_loop(
     }
 }
 
-/// Every record of every table, table by table in key order. Runs only on
-/// the writer thread, between two batches (see "Snapshots" above).
+/// Adds the writes of an applied batch to the snapshot's log, if one runs.
+fn record(log: &mut Option<WriteLog>, ops: Vec<Op>) {
+    if let Some(log) = log {
+        log.extend(ops.into_iter().map(|op| (op.table, op.key, op.value)));
+    }
+}
+
+/// What [`read_all`] saw, with the writes logged meanwhile laid over it:
+/// the store as it was when the log ended (see "Snapshots" above).
+fn overlay(read: Snapshot, log: WriteLog) -> Snapshot {
+    let mut records: std::collections::BTreeMap<(Table, String), Vec<u8>> = read
+        .records
+        .into_iter()
+        .map(|r| ((r.table, r.key), r.value))
+        .collect();
+    for (table, key, value) in log {
+        match value {
+            Some(v) => records.insert((table, key), v),
+            None => records.remove(&(table, key)),
+        };
+    }
+    Snapshot {
+        records: records
+            .into_iter()
+            .map(|((table, key), value)| SnapshotRecord { table, key, value })
+            .collect(),
+    }
+}
+
+/// Every record of every table, table by table in key order: not a
+/// consistent cut by itself, as writes go on ([`overlay`] makes it one).
 fn read_all(db: &sled::Db) -> Result<Snapshot, StoreError> {
     let mut records = Vec::new();
     for table in Table::ALL {
