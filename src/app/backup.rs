@@ -555,7 +555,14 @@ pub(super) async fn backup(config: &Path, file: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("creating {}", tmp.display()))?
         };
         let socket = cfg.data_dir.join(admin_socket::SOCKET_NAME);
-        let online = tokio::net::UnixStream::connect(&socket).await.is_ok();
+        let online = match tokio::net::UnixStream::connect(&socket).await {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => bail!(
+                "permission denied on {}: run as root or as the server's user",
+                socket.display()
+            ),
+            Err(_) => false,
+        };
         if online {
             from_server(&socket, tokio::fs::File::from_std(out)).await?;
         } else {
@@ -638,8 +645,16 @@ async fn from_server(socket: &Path, mut out: tokio::fs::File) -> anyhow::Result<
 
 /// Takes the backup from the store directly (the server is stopped).
 async fn offline(cfg: &Settings, out: std::fs::File) -> anyhow::Result<()> {
-    if matches!(cfg.store, StoreChoice::Memory) {
-        bail!("the server is not running, and its memory store keeps nothing while it is stopped");
+    match &cfg.store {
+        StoreChoice::Memory => bail!(
+            "the server is not running, and its memory store keeps nothing while it is stopped"
+        ),
+        // Opening would create an empty store, and back that up.
+        StoreChoice::Sled(path) if !path.join("db").exists() => bail!(
+            "the server is not running, and there is no store at {} to back up",
+            path.display()
+        ),
+        StoreChoice::Sled(_) => {}
     }
     let store = super::open_store(cfg).await.context(
         "the server is not running (no admin socket answers), and its store cannot be opened \

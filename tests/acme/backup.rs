@@ -118,6 +118,21 @@ async fn a_restored_server_renews_and_revokes_what_was_issued_before_the_backup(
     .await;
     assert!(ok && out.contains("stopped server"), "{err}\n{out}");
 
+    // A configuration whose store does not exist is not backed up as empty.
+    let nowhere = tmp.path().join("nowhere.json");
+    let config = server_config("127.0.0.1:1", &tmp.path().join("nowhere"), http, alpn, dns);
+    std::fs::write(&nowhere, config.to_string()).unwrap();
+    let empty = tmp.path().join("empty.backup");
+    let (ok, _, err) = cli(vec![
+        "admin".into(),
+        "backup".into(),
+        s(&nowhere),
+        s(&empty),
+    ])
+    .await;
+    assert!(!ok && err.contains("no store at"), "{err}");
+    assert!(!empty.exists() && !tmp.path().join("nowhere").exists());
+
     // Damaged backups are refused, and nothing is written.
     let bytes = std::fs::read(&file).unwrap();
     let damaged = tmp.path().join("damaged.backup");
