@@ -2,7 +2,7 @@
 //! that the `acmeproxy eab|accounts|orders|certs|admin` commands talk to
 //! while the server runs (the embedded store admits one process). One JSON
 //! request line in, one JSON response line out; after the response line of
-//! a `backup` request, the backup itself ([`super::backup`]).
+//! a `backup` request, the backup itself (see `src/app/backup.rs`).
 //!
 //! The socket is private from the moment it exists: it is bound inside a
 //! fresh 0700 directory, made 0600 there, and only then renamed into place.
