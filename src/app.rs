@@ -4,7 +4,9 @@
 
 mod admin;
 pub mod admin_socket;
+mod backup;
 mod connections;
+mod restore;
 mod serve;
 mod store_watch;
 mod upstream_state;
@@ -20,7 +22,7 @@ pub use serve::{Overrides, Server, UpstreamFactory, start, start_with};
 pub use store_watch::{EXIT_RESTART, RestartNeeded};
 pub use upstream_state::StoreUpstreamState;
 
-use crate::cli::{AdminCommand, Cli, Command};
+use crate::cli::{AdminCommand, Cli, Command, ServerCommand};
 use crate::config::{
     Config, LimitSetting, ProvisionerSettings, RateLimitSettings, Settings, StoreChoice,
 };
@@ -89,6 +91,12 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Certs { command } => {
             runtime()?.block_on(admin::admin(AdminCommand::Certs(command)))
+        }
+        Command::Admin {
+            command: ServerCommand::Backup { config, file },
+        } => runtime()?.block_on(backup::backup(&config, &file)),
+        Command::Restore { file, dir, db } => {
+            runtime()?.block_on(restore::restore(&file, &dir, db.as_deref()))
         }
         Command::Version => {
             println!("acmeproxy {}", env!("CARGO_PKG_VERSION"));

@@ -1,5 +1,6 @@
 //! The command line (clap derive): `acmeproxy ca.json`, `serve`,
-//! `check-config`, `init`, `eab`, `version`.
+//! `check-config`, `init`, `eab`, `accounts`, `orders`, `certs`, `admin`,
+//! `restore`, `version`.
 
 use std::path::PathBuf;
 
@@ -70,8 +71,53 @@ pub enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Operator tasks on the server's data: `admin backup`.
+    Admin {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// Rebuilds a data directory from a backup (`admin backup`), offline.
+    ///
+    /// The backup is verified whole (format version, SHA-256, counts) before
+    /// anything is written. The store is written as a normal sled store in
+    /// DIR/db, the CA and TLS files with their modes (directories 0700, keys
+    /// 0600). DIR must hold no store and none of the files yet, and no
+    /// server may run on it. Run it as the service user, or chown DIR after.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The data directory to rebuild (ca.json's `dataDir`); its store
+        /// goes to DIR/db.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Where the sled store goes instead of DIR/db (`db.dataSource`).
+        #[arg(long, value_name = "DIR")]
+        db: Option<PathBuf>,
+    },
     /// Prints the version.
     Version,
+}
+
+/// `acmeproxy admin …`
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Writes a consistent backup of the data directory to FILE, while the
+    /// server runs.
+    ///
+    /// FILE (mode 0600) holds the store (every account, order, certificate,
+    /// EAB key and job at one moment), the softcas CA files and the server's
+    /// obtained TLS certificate and key: private keys, so keep it as private
+    /// as the server. Not in it: ca.json and the files it names. The server
+    /// streams the backup through its admin socket and this command writes
+    /// it, verifies it, then renames it over FILE. With the server stopped,
+    /// it reads the store directly. Restore with `acmeproxy restore FILE
+    /// --dir DIR`.
+    Backup {
+        /// The ca.json file.
+        config: PathBuf,
+        /// Where to write the backup (replaced if it exists).
+        file: PathBuf,
+    },
 }
 
 /// `acmeproxy eab …`

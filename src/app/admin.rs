@@ -251,6 +251,8 @@ fn status_table(rows: &[Value], headers: [&str; 5], (owner, names): (&str, &str)
 fn print_human(req: &AdminRequest, data: &Value) {
     let rows = data.as_array().cloned().unwrap_or_default();
     match req {
+        // Written to a file by `admin backup`, never printed.
+        AdminRequest::Backup => {}
         AdminRequest::EabAdd { .. } => {
             println!("kid:         {}", s(data, "kid"));
             println!("hmac key:    {}", s(data, "hmac_key"));

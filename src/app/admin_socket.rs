@@ -1,7 +1,8 @@
 //! The local admin socket: a Unix socket `<dataDir>/admin.sock` (mode 0600)
-//! that the `acmeproxy eab|accounts|orders|certs` commands talk to while the
-//! server runs (the embedded store admits one process). One JSON request
-//! line in, one JSON response line out.
+//! that the `acmeproxy eab|accounts|orders|certs|admin` commands talk to
+//! while the server runs (the embedded store admits one process). One JSON
+//! request line in, one JSON response line out; after the response line of
+//! a `backup` request, the backup itself (see `src/app/backup.rs`).
 //!
 //! The socket is private from the moment it exists: it is bound inside a
 //! fresh 0700 directory, made 0600 there, and only then renamed into place.
@@ -20,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
+use super::backup::BackupFiles;
 use crate::acme::types::OrderStatus;
 use crate::model::{AccountRecord, CertificateRecord, EabKeyRecord, EabPolicy, OrderRecord};
 use crate::ra::{Authority, RaError};
@@ -71,6 +73,8 @@ pub enum AdminRequest {
         id: String,
         reason: u8,
     },
+    /// An online backup, streamed after the answer line.
+    Backup,
 }
 
 impl AdminRequest {
@@ -100,6 +104,7 @@ impl AdminRequest {
             Self::CertsList { account } => format!("certs list: account {}", opt(account)),
             Self::CertShow { id } => format!("certs show: {id}"),
             Self::CertRevoke { id, reason } => format!("certs revoke: {id}, reason {reason}"),
+            Self::Backup => "admin backup".to_owned(),
         }
     }
 }
@@ -114,10 +119,31 @@ pub struct AdminResponse {
     pub error: Option<String>,
 }
 
+impl AdminResponse {
+    /// A success carrying `data`.
+    pub fn ok(data: Value) -> Self {
+        Self {
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
+    }
+
+    /// A failure saying `error`.
+    pub fn error(error: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            data: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
 /// Serves the admin socket until `shutdown`.
 pub(super) async fn serve(
     path: PathBuf,
     ra: Arc<Authority>,
+    backup_files: BackupFiles,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if path.exists() {
@@ -134,6 +160,7 @@ pub(super) async fn serve(
             .with_context(|| format!("reading the owner of {}", path.display()))?
             .uid()
     };
+    let backup_files = Arc::new(backup_files);
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -164,8 +191,9 @@ pub(super) async fn serve(
                 }
             }
             let ra = Arc::clone(&ra);
+            let backup_files = Arc::clone(&backup_files);
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &ra).await {
+                if let Err(e) = handle(stream, &ra, &backup_files).await {
                     tracing::debug!(error = %e, "admin connection ended with an error");
                 }
             });
@@ -242,43 +270,47 @@ async fn refuse(stream: UnixStream, uid: u32, own_uid: u32) {
     .await;
 }
 
-async fn handle(stream: UnixStream, ra: &Authority) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    ra: &Authority,
+    backup_files: &BackupFiles,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST))
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<AdminRequest>(&line) {
+        Ok(AdminRequest::Backup) => {
+            tracing::info!(action = %AdminRequest::Backup.describe(), "admin request");
+            return super::backup::serve(ra, backup_files, &mut write).await;
+        }
         Ok(req) => {
             tracing::info!(action = %req.describe(), "admin request");
             match execute(ra, req).await {
-                Ok(data) => AdminResponse {
-                    ok: true,
-                    data: Some(data),
-                    error: None,
-                },
+                Ok(data) => AdminResponse::ok(data),
                 Err(e) => {
                     if e.is_internal() {
                         tracing::error!(error = %crate::telemetry::causes(&e), "admin request failed");
                     }
-                    AdminResponse {
-                        ok: false,
-                        data: None,
-                        error: Some(e.problem.detail.clone()),
-                    }
+                    AdminResponse::error(e.problem.detail.clone())
                 }
             }
         }
-        Err(e) => AdminResponse {
-            ok: false,
-            data: None,
-            error: Some(format!("not an admin request: {e}")),
-        },
+        Err(e) => AdminResponse::error(format!("not an admin request: {e}")),
     };
+    respond(&mut write, response).await?;
+    write.shutdown().await
+}
+
+/// Writes one answer line.
+pub(super) async fn respond(
+    write: &mut (impl tokio::io::AsyncWrite + Unpin),
+    response: AdminResponse,
+) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
+    write.write_all(&out).await
 }
 
 async fn execute(ra: &Authority, req: AdminRequest) -> Result<Value, RaError> {
@@ -335,6 +367,13 @@ async fn execute(ra: &Authority, req: AdminRequest) -> Result<Value, RaError> {
         AdminRequest::CertShow { id } => cert_view(&ra.admin_certificate(&id).await?, true),
         AdminRequest::CertRevoke { id, reason } => {
             cert_view(&ra.admin_revoke(&id, reason).await?, false)
+        }
+        // Streamed by `handle`, never answered with one value.
+        AdminRequest::Backup => {
+            return Err(RaError::new(
+                crate::acme::ProblemType::Malformed,
+                "a backup is streamed, not answered in one line",
+            ));
         }
     })
 }

@@ -144,6 +144,7 @@ pub async fn start_with(
     super::admin_socket::serve(
         data_dir.join(super::admin_socket::SOCKET_NAME),
         Arc::clone(&ra),
+        super::backup::BackupFiles::of(&cfg),
         shutdown.clone(),
     )
     .await

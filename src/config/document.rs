@@ -106,7 +106,7 @@ document! {
 document! {
     /// `authority`: the upstream (`type`, `config` and step-ca's RA-mode
     /// keys, which step-ca keeps at this level) and the provisioners.
-    /// [`AuthorityConfig::upstream`] reads the upstream's part as its type.
+    /// [`Config::check`] reads the upstream's part into its settings type.
     #[derive(Clone, Debug, Deserialize, Serialize)]
     #[serde(deny_unknown_fields, rename_all = "camelCase")]
     pub struct AuthorityConfig {

@@ -1,12 +1,13 @@
 //! What the operator's admin interface asks of the Authority: listings of
 //! accounts, orders and certificates, account deactivation and revocation
-//! by an operator.
+//! by an operator, and a consistent snapshot of the store for backups.
 
 use super::Authority;
 use super::error::{RaError, problem};
 use crate::acme::ProblemType;
 use crate::acme::types::{AccountStatus, OrderStatus};
 use crate::model::{AccountRecord, CertificateRecord, OrderRecord};
+use crate::store::Snapshot;
 use crate::upstream::RevokeRequest;
 
 /// At most this many rows per listing.
@@ -169,5 +170,16 @@ impl Authority {
             "the administrator",
         )
         .await
+    }
+
+    /// Every record of the store as one consistent cut (no batch half in
+    /// it), for an online backup; see [`Store::snapshot`](crate::store::Store::snapshot).
+    pub async fn admin_snapshot(&self) -> Result<Snapshot, RaError> {
+        Ok(self.records.store().snapshot().await?)
+    }
+
+    /// The store backend's name (`sled`, `memory`), for a backup's header.
+    pub fn store_backend(&self) -> &'static str {
+        self.records.store().backend_name()
     }
 }

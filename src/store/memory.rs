@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Expect, Op, Store, StoreError, Table};
+use super::{Expect, Op, Snapshot, SnapshotRecord, Store, StoreError, Table};
 
 /// Checks every precondition of a batch against a lookup function; returns the
 /// first failing op as a conflict.
@@ -112,5 +112,21 @@ impl Store for MemoryStore {
 
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.lock().map(|_| ())
+    }
+
+    /// Copies every record under the lock that every commit takes, so no
+    /// batch is half in it.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let tables = self.lock()?;
+        Ok(Snapshot {
+            records: tables
+                .iter()
+                .map(|((table, key), value)| SnapshotRecord {
+                    table: *table,
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        })
     }
 }

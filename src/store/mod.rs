@@ -70,6 +70,11 @@ impl Table {
             Self::Orders => "orders",
         }
     }
+
+    /// The table whose [`name`](Self::name) is `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
 }
 
 /// What must hold for an operation to apply.
@@ -115,6 +120,23 @@ impl Op {
             expect,
         }
     }
+}
+
+/// Every record of every [`Table`] as it was at one moment between two
+/// committed batches: each batch is in it entirely or not at all
+/// ([`Store::snapshot`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// By table (in [`Table::ALL`] order), then by key.
+    pub records: Vec<SnapshotRecord>,
+}
+
+/// One record of a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub table: Table,
+    pub key: String,
+    pub value: Vec<u8>,
 }
 
 /// Errors of the persistence layer.
@@ -202,6 +224,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of keys in `table`.
     async fn count(&self, table: Table) -> Result<u64, StoreError>;
+
+    /// Every record of every table, as a consistent cut: no batch is in it
+    /// half-applied (for online backups). The whole content is read into
+    /// memory, and a backend may hold its writes back while it reads.
+    ///
+    /// The default refuses: a backend without a way to read at one moment
+    /// (a scan table by table would not be one) must not pretend.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Err(StoreError::backend(
+            "taking a snapshot",
+            format!("the {} store cannot take snapshots", self.backend_name()),
+        ))
+    }
 
     /// Whether a write can be made durable now (for `/ready`).
     async fn check_writable(&self) -> Result<(), StoreError>;

@@ -42,7 +42,7 @@
 //!
 //! The same thread then makes the writes durable (group commit): it applies
 //! every batch waiting in its queue, then runs one sled flush (which writes
-//! the log), then one `fdatasync` of sled's files ([`durable`]: sled's own
+//! the log), then one `fdatasync` of sled's files (module `durable`: sled's own
 //! `sync_file_range` survives a process crash but not a power cut), then
 //! answers every committer whose batch was in that group. A committer hears
 //! `Ok` only after the flush and sync covering its batch. While one flush
@@ -68,6 +68,22 @@
 //! [`Store::sync`] waits for one that covers every write applied before it.
 //! Reads run inline on the caller's thread and see applied writes at once.
 //!
+//! # Snapshots
+//!
+//! [`Store::snapshot`] (online backups) must not hold writes back while it
+//! reads a whole store, nor see a batch half-applied. So it reads every table
+//! off the writer thread while writes go on, and has the writer thread keep
+//! a log of every write it applies from just before the read (a job that
+//! starts the log) until just after it (a job that ends it, between two
+//! batches). The log's writes are then laid over what the read saw: a key
+//! written during the read takes its last logged value (or is gone), and a
+//! key not written kept one value throughout, which the read saw. The
+//! result is the store exactly as it was at the ending job. The log is
+//! handed over only after the flush and sync of that job's group, so the
+//! snapshot holds nothing that could still be lost. One snapshot runs at a
+//! time; what it costs besides the read is the memory of the writes logged
+//! meanwhile.
+//!
 //! # Nonces
 //!
 //! Replay-Nonces are not kept in the store at all ([`crate::nonce`]): a sled
@@ -83,8 +99,11 @@ use std::sync::{Arc, OnceLock, mpsc};
 use async_trait::async_trait;
 
 mod durable;
+mod snapshot;
 
-use super::{Expect, Op, Store, StoreError, Table};
+use snapshot::{LogGuard, WriteLog, overlay, read_all, record};
+
+use super::{Expect, Op, Snapshot, Store, StoreError, Table};
 
 /// The embedded store: a sled database in a directory of its own.
 ///
@@ -98,6 +117,8 @@ pub struct SledStore {
     writer: Writer,
     /// Set once a write, flush or sync failed (see "Failures" above).
     failure: Arc<OnceLock<String>>,
+    /// One snapshot at a time (see "Snapshots" above).
+    snapshot: tokio::sync::Mutex<()>,
 }
 
 /// sled's page cache: enough for the hot records of a busy RA; older records
@@ -142,6 +163,7 @@ impl SledStore {
             path: path.to_owned(),
             writer,
             failure,
+            snapshot: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -217,6 +239,17 @@ impl Store for SledStore {
     async fn sync(&self) -> Result<(), StoreError> {
         self.refuse_if_failed()?;
         self.writer.submit(Job::Sync).await
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.refuse_if_failed()?;
+        let _one_at_a_time = self.snapshot.lock().await;
+        let guard = self.writer.start_log().await?;
+        let read = self
+            .blocking("sled snapshot task", |db| read_all(&db))
+            .await;
+        let log = guard.end().await?;
+        Ok(overlay(read?, log))
     }
 
     async fn scan(
@@ -305,9 +338,15 @@ enum Job {
     Apply { ops: Vec<Op>, durable: bool },
     /// Answer after a flush covering every write applied so far.
     Sync,
+    /// Start logging every write applied from now on (for a snapshot).
+    StartLog,
+    /// Stop logging; hand the log over after the flush of this group, when
+    /// someone waits for it (then answer as `Sync`).
+    EndLog(Option<LogReply>),
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
+type LogReply = tokio::sync::oneshot::Sender<Result<WriteLog, StoreError>>;
 
 /// The handle of the writer thread (see the module documentation).
 #[derive(Debug)]
@@ -332,6 +371,16 @@ impl Writer {
             queue: Some(tx),
             thread: Some(thread),
         })
+    }
+
+    /// Starts the write log of a snapshot; it ends when the guard does.
+    async fn start_log(&self) -> Result<LogGuard, StoreError> {
+        let queue = self
+            .queue
+            .clone()
+            .ok_or_else(|| StoreError::backend("sled writer", "the store is closing"))?;
+        self.submit(Job::StartLog).await?;
+        Ok(LogGuard { queue: Some(queue) })
     }
 
     async fn submit(&self, job: Job) -> Result<(), StoreError> {
@@ -363,6 +412,9 @@ fn write_loop(
     queue: &mpsc::Receiver<(Job, Reply)>,
 ) {
     let mut waiting: Vec<Reply> = Vec::new();
+    // The write log of the snapshot running, if one is.
+    let mut log: Option<WriteLog> = None;
+    let mut logs: Vec<(LogReply, WriteLog)> = Vec::new();
     // Intent keys; every intent is gone after `replay_intents` at open.
     let mut seq: u64 = 0;
     while let Ok(first) = queue.recv() {
@@ -377,7 +429,14 @@ fn write_loop(
             } else {
                 match job {
                     Job::Apply { ops, durable } => match apply(db, &ops, &mut seq) {
-                        Ok(()) if durable => waiting.push(reply),
+                        Ok(()) if durable => {
+                            record(&mut log, ops);
+                            waiting.push(reply);
+                        }
+                        Ok(()) => {
+                            record(&mut log, ops);
+                            let _ = reply.send(Ok(()));
+                        }
                         Err(e @ StoreError::Backend { .. }) => {
                             fail(failure, &e);
                             let _ = reply.send(Err(e));
@@ -387,6 +446,22 @@ fn write_loop(
                         }
                     },
                     Job::Sync => waiting.push(reply),
+                    Job::StartLog => {
+                        log = Some(Vec::new());
+                        let _ = reply.send(Ok(()));
+                    }
+                    Job::EndLog(out) => {
+                        let taken = log.take().unwrap_or_default();
+                        match out {
+                            Some(out) => {
+                                logs.push((out, taken));
+                                waiting.push(reply);
+                            }
+                            None => {
+                                let _ = reply.send(Ok(()));
+                            }
+                        }
+                    }
                 }
             }
             taken += 1;
@@ -405,6 +480,12 @@ fn write_loop(
         };
         if let Err(cause) = &flushed {
             fail(failure, cause);
+        }
+        for (out, taken) in logs.drain(..) {
+            let _ = out.send(match &flushed {
+                Ok(()) => Ok(taken),
+                Err(e) => Err(StoreError::backend("sled snapshot", e.clone())),
+            });
         }
         for reply in waiting.drain(..) {
             let result = match &flushed {
