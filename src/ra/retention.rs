@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use time::{Duration, OffsetDateTime};
+use tokio::task::{JoinError, JoinSet};
 
 use super::Authority;
 use crate::model::{AuthzRecord, CertificateRecord, FinalizeJob, OrderRecord};
@@ -32,6 +33,9 @@ use crate::store::{Records, StoreError};
 /// Records read per page of a pass: a pass never holds more, and yields to
 /// request handling between pages.
 const PAGE: usize = 256;
+
+/// Removals of a page run at once.
+const CONCURRENT: usize = 16;
 
 /// Longest wait before the first pass after start-up.
 const FIRST_PASS_AFTER: StdDuration = StdDuration::from_secs(60);
@@ -124,38 +128,45 @@ impl Authority {
     /// One purge pass: orders past `expires` plus the grace, then
     /// certificates past notAfter plus the retention. Stops early at
     /// shutdown.
-    pub async fn purge_expired(&self, policy: &RetentionPolicy) -> Result<Purged, StoreError> {
+    pub async fn purge_expired(
+        self: &Arc<Self>,
+        policy: &RetentionPolicy,
+    ) -> Result<Purged, StoreError> {
         let mut purged = Purged::default();
+        let grace = policy.order_grace;
         self.purge_pages(
             &mut purged,
-            |order: Versioned<OrderRecord>, now| async move {
-                if now < order.expires.saturating_add(policy.order_grace) {
-                    return Ok(Purged::default());
-                }
-                self.purge_order(&order).await
+            move |ra, order: Versioned<OrderRecord>, now| {
+                (now >= order.expires.saturating_add(grace))
+                    .then_some(async move { ra.purge_order(&order).await })
             },
         )
         .await?;
+        let retention = policy.certificate_retention;
         self.purge_pages(
             &mut purged,
-            |cert: Versioned<CertificateRecord>, now| async move {
-                if now < cert.not_after.saturating_add(policy.certificate_retention) {
-                    return Ok(Purged::default());
-                }
-                self.purge_certificate(&cert).await
+            move |ra, cert: Versioned<CertificateRecord>, now| {
+                (now >= cert.not_after.saturating_add(retention))
+                    .then_some(async move { ra.purge_certificate(&cert).await })
             },
         )
         .await?;
         Ok(purged)
     }
 
-    /// Pages through every record of a kind and lets `each` remove what it
-    /// decides; makes each page's removals durable before the next page.
-    async fn purge_pages<T, F, Fut>(&self, purged: &mut Purged, each: F) -> Result<(), StoreError>
+    /// Pages through every record of a kind; `due` says which to remove
+    /// and how. Up to [`CONCURRENT`] removals of a page run at once (their
+    /// commits then share the store's group commit); each page's removals
+    /// are durable before the next page is read.
+    async fn purge_pages<T, F, Fut>(
+        self: &Arc<Self>,
+        purged: &mut Purged,
+        due: F,
+    ) -> Result<(), StoreError>
     where
-        T: crate::store::records::Record,
-        F: Fn(Versioned<T>, OffsetDateTime) -> Fut,
-        Fut: Future<Output = Result<Purged, StoreError>>,
+        T: crate::store::records::Record + 'static,
+        F: Fn(Arc<Self>, Versioned<T>, OffsetDateTime) -> Option<Fut>,
+        Fut: Future<Output = Result<Purged, StoreError>> + Send + 'static,
     {
         let mut after: Option<String> = None;
         loop {
@@ -165,8 +176,20 @@ impl Authority {
             let full = page.len() == PAGE;
             let now = self.clock.now();
             let mut page_purged = Purged::default();
+            let mut running = JoinSet::new();
             for record in page {
-                page_purged.add(each(record, now).await?);
+                let Some(removal) = due(Arc::clone(self), record, now) else {
+                    continue;
+                };
+                if running.len() >= CONCURRENT
+                    && let Some(done) = running.join_next().await
+                {
+                    page_purged.add(joined(done)?);
+                }
+                running.spawn(removal);
+            }
+            while let Some(done) = running.join_next().await {
+                page_purged.add(joined(done)?);
             }
             if page_purged.removed() > 0 {
                 self.records.sync().await?;
@@ -292,6 +315,11 @@ impl Authority {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The outcome of a removal's task.
+fn joined(done: Result<Result<Purged, StoreError>, JoinError>) -> Result<Purged, StoreError> {
+    done.map_err(|e| StoreError::backend("a retention removal task ended abnormally", e))?
 }
 
 #[cfg(test)]
