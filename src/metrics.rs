@@ -30,6 +30,7 @@ struct Metrics {
     own_cert_expiry: Gauge,
     rate_limited: IntCounterVec,
     validations_waiting: IntGauge,
+    purged: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -123,6 +124,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "acmeproxy_validations_waiting",
             "Validations queued for a place under authority.rateLimits.concurrentValidations",
         )?,
+        purged: IntCounterVec::new(
+            Opts::new(
+                "acmeproxy_purged_total",
+                "Records removed by the retention purge, by kind (order, authorization, certificate)",
+            ),
+            &["kind"],
+        )?,
         registry,
     };
     m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -146,6 +154,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     m.registry.register(Box::new(m.rate_limited.clone()))?;
     m.registry
         .register(Box::new(m.validations_waiting.clone()))?;
+    m.registry.register(Box::new(m.purged.clone()))?;
     Ok(m)
 }
 
@@ -243,6 +252,14 @@ pub fn rate_limited(limit: &'static str) {
 /// A validation started (+1) or stopped (-1) waiting for a place.
 pub fn validation_waiting(delta: i64) {
     with(|m| m.validations_waiting.add(delta));
+}
+
+/// The retention purge removed `n` records of `kind` (`order`,
+/// `authorization` or `certificate`).
+pub fn purged(kind: &'static str, n: u64) {
+    if n > 0 {
+        with(|m| m.purged.with_label_values(&[kind]).inc_by(n));
+    }
 }
 
 /// The text exposition of every metric.

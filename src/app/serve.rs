@@ -16,7 +16,7 @@ use crate::config::{Settings, Upstream};
 use crate::http::{AppState, router};
 use crate::model::{Clock, SystemClock};
 use crate::nonce::NonceService;
-use crate::ra::{Authority, AuthorityOptions, FinalizeWorker};
+use crate::ra::{Authority, AuthorityOptions, FinalizeWorker, RetentionPolicy, RetentionWorker};
 use crate::store::{Records, Store};
 use crate::tls::{ServerIdentity, TlsOptions};
 use crate::upstream::CertificateAuthorityService;
@@ -184,6 +184,8 @@ pub async fn start_with(
 
     let limits = cfg.connections;
     let worker = tokio::spawn(FinalizeWorker::new(Arc::clone(&ra)).run());
+    let retention = retention_policy(&cfg)
+        .map(|policy| tokio::spawn(RetentionWorker::new(Arc::clone(&ra), policy).run()));
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
@@ -197,6 +199,9 @@ pub async fn start_with(
         super::connections::serve_tls(listener, TlsAcceptor::from(tls_config), app, limits, token)
             .await;
         let _ = worker.await;
+        if let Some(retention) = retention {
+            let _ = retention.await;
+        }
         let _ = renewal.await;
         // Validations and upstream calls get the grace period; a stuck upstream
         // must not keep the process alive (its job is stored and resumes).
@@ -224,6 +229,17 @@ pub async fn start_with(
         authority,
         shutdown,
         join,
+    })
+}
+
+/// The purge's policy from `authority.retention`; `None` when it is off.
+fn retention_policy(cfg: &Settings) -> Option<RetentionPolicy> {
+    let r = &cfg.retention;
+    let keep = |d: StdDuration| Duration::try_from(d).unwrap_or(Duration::MAX);
+    r.interval.map(|interval| RetentionPolicy {
+        interval,
+        order_grace: keep(r.order_grace),
+        certificate_retention: keep(r.certificate_retention),
     })
 }
 

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{ConnectionsConfig, DenyNetworks, Opaque, PolicyConfig, RateLimitsConfig};
+use super::{
+    ConnectionsConfig, DenyNetworks, Opaque, PolicyConfig, RateLimitsConfig, RetentionConfig,
+};
 use crate::acme::types::ChallengeType;
 
 document! {
@@ -126,6 +128,8 @@ document! {
         pub upstream_concurrency: Option<u32>,
         /// Rate limits and the cap on concurrent validations.
         pub rate_limits: Option<RateLimitsConfig>,
+        /// When expired orders and certificates are purged.
+        pub retention: Option<RetentionConfig>,
         /// stepcas, vaultcas: the upstream's URL.
         pub certificate_authority: Option<String>,
         /// stepcas, vaultcas: SHA-256 of the root the upstream's HTTPS chains to.

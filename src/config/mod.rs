@@ -47,6 +47,7 @@ mod egress;
 mod externalcas;
 mod policy;
 mod ratelimits;
+mod retention;
 mod secret;
 mod settings;
 mod stepcas;
@@ -68,6 +69,7 @@ pub use ratelimits::{
     DEFAULT_CONCURRENT_VALIDATIONS, DEFAULT_MAX_TRACKED_KEYS, LimitConfig, LimitSetting,
     RateLimitSettings, RateLimitsConfig,
 };
+pub use retention::{RetentionConfig, RetentionSettings};
 pub use secret::{Opaque, Secret};
 pub use settings::{
     MAX_UPSTREAM_CONCURRENCY, ProvisionerSettings, Settings, SoftCasSettings, StoreChoice,

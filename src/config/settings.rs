@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    ConnectionLimits, ExternalCasSettings, RateLimitSettings, Secret, StepCasSettings,
-    VaultCasSettings, X509PolicyConfig,
+    ConnectionLimits, ExternalCasSettings, RateLimitSettings, RetentionSettings, Secret,
+    StepCasSettings, VaultCasSettings, X509PolicyConfig,
 };
 use crate::acme::types::ChallengeType;
 use crate::validate::egress::EgressRules;
@@ -44,6 +44,8 @@ pub struct Settings {
     pub upstream_concurrency: usize,
     /// `authority.rateLimits` (to apply over the limits' defaults).
     pub rate_limits: RateLimitSettings,
+    /// `authority.retention`: when the purge removes expired records.
+    pub retention: RetentionSettings,
     pub provisioners: Vec<ProvisionerSettings>,
 }
 

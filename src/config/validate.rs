@@ -134,6 +134,7 @@ impl Config {
             }
         };
         let rate_limits = a.rate_limits.clone().unwrap_or_default().check()?;
+        let retention = a.retention.clone().unwrap_or_default().check()?;
         let upstream = match &options {
             UpstreamOptions::Soft(c) => Upstream::SoftCas(SoftCasSettings {
                 name: c.name.clone().unwrap_or_else(|| "acmeproxy".to_owned()),
@@ -219,6 +220,7 @@ impl Config {
             upstream,
             upstream_concurrency,
             rate_limits,
+            retention,
             provisioners,
         };
         Ok((settings, Warnings(warnings)))

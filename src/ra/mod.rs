@@ -13,6 +13,7 @@ mod order;
 mod quota;
 mod readiness;
 pub mod renewal;
+pub mod retention;
 pub mod state;
 mod worker;
 
@@ -34,6 +35,7 @@ use crate::validate::Validator;
 pub use account::{NewAccountOutcome, RevocationSigner, jws_problem};
 pub use error::RaError;
 pub use readiness::Readiness;
+pub use retention::{RetentionPolicy, RetentionWorker};
 pub use worker::FinalizeWorker;
 
 /// One ACME provisioner, as the Authority uses it.

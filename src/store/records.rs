@@ -351,6 +351,20 @@ impl Records {
         ))
     }
 
+    /// Removes an order and the account's list entry, only if the order is
+    /// still what was read and no finalize job exists for it. Its
+    /// authorizations are the caller's to remove.
+    pub fn order_remove_ops(batch: Batch, order: &Versioned<OrderRecord>) -> Batch {
+        batch
+            .op(Op::delete(Table::Jobs, order.id.as_str(), Expect::Absent))
+            .remove(order)
+            .op(Op::delete(
+                Table::AccountOrders,
+                format!("{}/{}", order.account_id, order.id),
+                Expect::Any,
+            ))
+    }
+
     /// The ids of an account's orders in id order (ids are random, so not by age), after `after`, at most `limit`.
     pub async fn account_orders(
         &self,
@@ -375,6 +389,25 @@ impl Records {
         batch
             .insert(cert)
             .op(index_entry(Table::CertSerials, &cert.serial_hex, &cert.id))
+    }
+
+    /// Removes a certificate, only if it is still what was read, and its
+    /// serial's index entry when `indexed` (the entry names this
+    /// certificate).
+    pub fn cert_remove_ops(
+        batch: Batch,
+        cert: &Versioned<CertificateRecord>,
+        indexed: bool,
+    ) -> Batch {
+        let batch = batch.remove(cert);
+        if !indexed {
+            return batch;
+        }
+        batch.op(Op::delete(
+            Table::CertSerials,
+            cert.serial_hex.as_str(),
+            Expect::Value(cert.id.to_string().into_bytes()),
+        ))
     }
 
     /// The certificate with this serial (lower-case hex).

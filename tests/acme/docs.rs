@@ -87,6 +87,7 @@ fn full_document() -> Value {
             "concurrentValidations": 64,
             "maxTrackedKeys": 200000
         },
+        "retention": {"interval": "10m", "orderGrace": "168h", "certificateRetention": "8760h"},
         "certificateAuthority": "https://ca.example.com",
         "certificateAuthorityFingerprint": "00",
         "certificateIssuer": {},
