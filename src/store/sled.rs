@@ -379,8 +379,12 @@ impl Writer {
             .queue
             .clone()
             .ok_or_else(|| StoreError::backend("sled writer", "the store is closing"))?;
+        // The guard exists before the log starts, so that a snapshot dropped
+        // while waiting for the writer still ends the log (EndLog without a
+        // log is a no-op).
+        let guard = LogGuard { queue: Some(queue) };
         self.submit(Job::StartLog).await?;
-        Ok(LogGuard { queue: Some(queue) })
+        Ok(guard)
     }
 
     async fn submit(&self, job: Job) -> Result<(), StoreError> {
