@@ -11,9 +11,10 @@
 //!
 //! [`DataFiles::sync`] closes that gap. The store's writer thread calls it
 //! after every group flush and before it answers any committer of the group:
-//! one `fdatasync` of the log file `db` (which also flushes the drive cache),
-//! plus an `fsync` of every blob file it has not synced yet and of the
-//! `blobs/` directory that names them. Group commit amortises the cost: one
+//! an `fsync` of every blob file it has not synced yet and of the `blobs/`
+//! directory that names them, then one `fdatasync` of the log file `db`
+//! (which also flushes the drive cache), so that the durable log never points
+//! at a blob that is not. Group commit amortises the cost: one
 //! `fdatasync` serves every commit of the group.
 
 use std::collections::HashSet;
@@ -62,8 +63,9 @@ impl DataFiles {
     /// Makes everything sled has written so far durable: call it after
     /// `Db::flush` and before acknowledging the writes that flush covered.
     pub(super) fn sync(&mut self) -> io::Result<()> {
-        self.log.sync_data()?;
-        self.sync_new_blobs()
+        // Blobs first: once the log is durable it may point at them.
+        self.sync_new_blobs()?;
+        self.log.sync_data()
     }
 
     /// `fsync`s blob files not synced before, then the `blobs/` directory if
