@@ -58,7 +58,10 @@
 //! directory is opened again, and its memory may still hold a batch whose
 //! committer was told it failed. So the first failed write, flush or sync
 //! puts the store in a failed state ([`Store::failure`]): from then on it
-//! refuses reads and writes alike, so nothing half-applied is ever served.
+//! refuses reads and writes alike, and a read that was running when the
+//! failure was set is refused too, so nothing the failed batch half-applied
+//! is served. (Outside failures, a concurrent reader may see the first keys
+//! of a batch just before the last, as said above.)
 //! The server then reports itself unready and exits once
 //! [`Store::writable_again`] finds room in the directory again; its
 //! supervisor (systemd's `Restart=on-failure`) starts it anew, and opening the
@@ -209,10 +212,14 @@ impl Store for SledStore {
         self.refuse_if_failed()?;
         // A point read is served from sled's page cache in microseconds, so it
         // runs inline rather than paying for a blocking-pool hop.
-        self.db
+        let value = self
+            .db
             .get(db_key(table, key))
             .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| StoreError::backend(format!("sled read of {table:?} {key:?}"), e))
+            .map_err(|e| StoreError::backend(format!("sled read of {table:?} {key:?}"), e))?;
+        // A batch that failed while this read ran may have been read in part.
+        self.refuse_if_failed()?;
+        Ok(value)
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
@@ -269,25 +276,29 @@ impl Store for SledStore {
             Some(a) if a >= full_prefix => Bound::Excluded(a),
             _ => Bound::Included(full_prefix.clone()),
         };
-        self.blocking("sled scan task", move |db| {
-            let table_len = table.name().len() + 1;
-            let mut rows = Vec::new();
-            for item in db.range((start, Bound::Unbounded)) {
-                let (k, v) = item.map_err(|e| StoreError::backend("sled scan", e))?;
-                if !k.starts_with(&full_prefix) {
-                    break;
+        let rows = self
+            .blocking("sled scan task", move |db| {
+                let table_len = table.name().len() + 1;
+                let mut rows = Vec::new();
+                for item in db.range((start, Bound::Unbounded)) {
+                    let (k, v) = item.map_err(|e| StoreError::backend("sled scan", e))?;
+                    if !k.starts_with(&full_prefix) {
+                        break;
+                    }
+                    let raw = k.get(table_len..).unwrap_or_default();
+                    let key = String::from_utf8(raw.to_vec())
+                        .map_err(|e| StoreError::backend(format!("sled key in {table:?}"), e))?;
+                    rows.push((key, v.to_vec()));
+                    if rows.len() >= limit {
+                        break;
+                    }
                 }
-                let raw = k.get(table_len..).unwrap_or_default();
-                let key = String::from_utf8(raw.to_vec())
-                    .map_err(|e| StoreError::backend(format!("sled key in {table:?}"), e))?;
-                rows.push((key, v.to_vec()));
-                if rows.len() >= limit {
-                    break;
-                }
-            }
-            Ok(rows)
-        })
-        .await
+                Ok(rows)
+            })
+            .await?;
+        // As in `get`: nothing read across a failure is served.
+        self.refuse_if_failed()?;
+        Ok(rows)
     }
 
     async fn count(&self, table: Table) -> Result<u64, StoreError> {
