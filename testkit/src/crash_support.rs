@@ -453,6 +453,27 @@ pub async fn existing_account(
     .map(|(account, _)| account)
 }
 
+/// A certificate serial as hex, the way Pebble's log and x509-parser may
+/// differ on it made equal: lower case, no colons, no leading zeros.
+pub fn serial_hex(hex: &str) -> String {
+    hex.trim()
+        .replace(':', "")
+        .to_ascii_lowercase()
+        .trim_start_matches('0')
+        .to_owned()
+}
+
+/// The serial of the leaf of a PEM chain, as [`serial_hex`].
+pub fn leaf_serial(chain_pem: &str) -> Result<String, String> {
+    let first = ::pem::parse_many(chain_pem)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or("no certificate in the chain")?;
+    let (_, cert) = X509Certificate::from_der(first.contents()).map_err(|e| e.to_string())?;
+    Ok(serial_hex(&cert.raw_serial_as_string()))
+}
+
 /// The leaf of a PEM chain, DER.
 pub fn leaf_der(chain: &str) -> CertificateDer<'static> {
     CertificateDer::from(::pem::parse(chain).unwrap().contents().to_vec())

@@ -12,13 +12,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use instant_acme::{
-    CertificateIdentifier, Identifier, NewOrder, OrderStatus, RetryPolicy, RevocationReason,
-    RevocationRequest,
+    CertificateIdentifier, Identifier, NewOrder, OrderStatus, RevocationReason, RevocationRequest,
 };
 use kit::Responders;
 use kit::crash_support::{
-    Binary, CALL_LIMIT, assert_problem, authorize_http01, bounded, existing_account, issue,
-    leaf_der, leaf_sans, new_account, served_leaf, server_config, temp_dir,
+    Binary, CALL_LIMIT, assert_problem, authorize_http01, bounded, existing_account,
+    finalize_and_download, issue, leaf_der, new_account, served_leaf, server_config, temp_dir,
 };
 use serde_json::Value;
 
@@ -249,18 +248,8 @@ async fn a_restored_server_renews_and_revokes_what_was_issued_before_the_backup(
     .await
     .unwrap();
     authorize_http01(&mut order, serve).await;
-    bounded("finalize", CALL_LIMIT, order.finalize())
-        .await
-        .unwrap();
-    let renewed = bounded(
-        "certificate",
-        CALL_LIMIT,
-        order.poll_certificate(&RetryPolicy::new().timeout(CALL_LIMIT)),
-    )
-    .await
-    .unwrap();
+    let renewed = finalize_and_download(&mut order, "backup.test").await;
     assert_eq!(order.state().status, OrderStatus::Valid);
-    assert_eq!(leaf_sans(&renewed), ["backup.test"]);
     assert_ne!(leaf_der(&renewed), leaf);
 
     // …and revokes the one issued before the backup, once.

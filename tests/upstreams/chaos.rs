@@ -33,7 +33,7 @@ use instant_acme::{AuthorizationStatus, ChallengeType, Identifier, NewOrder, Ord
 use tokio::sync::{RwLock, Semaphore};
 
 use kit::Responders;
-use kit::crash_support::{Binary, leaf_sans, new_account, temp_dir};
+use kit::crash_support::{Binary, leaf_sans, leaf_serial, new_account, serial_hex, temp_dir};
 use kit::pebble::{Pebble, PebbleOptions};
 
 /// One campaign's shape.
@@ -209,7 +209,7 @@ async fn run(c: Campaign) {
         match chain {
             Ok(chain) => {
                 assert_eq!(leaf_sans(&chain), vec![name.clone()]);
-                serials.insert(leaf_serial(&chain));
+                serials.insert(leaf_serial(&chain).unwrap());
                 names.insert(name);
             }
             Err(e) => failures.push(format!("{name}: {e}")),
@@ -236,7 +236,7 @@ async fn run(c: Campaign) {
         issued.len(),
         c.orders
     );
-    let pebble_serials: HashSet<String> = issued.iter().map(|(s, _)| normalize(s)).collect();
+    let pebble_serials: HashSet<String> = issued.iter().map(|(s, _)| serial_hex(s)).collect();
     for serial in &serials {
         assert!(
             pebble_serials.contains(serial),
@@ -346,23 +346,6 @@ async fn drive(
         "{} not valid within {ORDER_LIMIT:?}: {last}",
         order.url()
     ))
-}
-
-/// The leaf's serial as lower-case hex without leading zeros.
-fn leaf_serial(chain: &str) -> String {
-    let der = ::pem::parse(chain).unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(der.contents()).unwrap();
-    normalize(&cert.tbs_certificate.raw_serial_as_string().replace(':', ""))
-}
-
-fn normalize(serial: &str) -> String {
-    let s = serial.trim().to_ascii_lowercase();
-    let s = s.trim_start_matches('0');
-    if s.is_empty() {
-        "0".into()
-    } else {
-        s.to_owned()
-    }
 }
 
 async fn open_and_count_jobs(path: &Path) -> u64 {

@@ -37,9 +37,9 @@ use async_trait::async_trait;
 use instant_acme::{Account, ChallengeType, NewAccount, NewOrder, OrderStatus, RetryPolicy};
 use kit::upstream::{Hook, Hooked};
 use tokio_util::sync::CancellationToken;
-use x509_parser::prelude::*;
 
 use kit::clients::{Issued, verify_cert};
+use kit::crash_support::{leaf_serial, serial_hex};
 use kit::pebble::{Pebble, PebbleOptions};
 use kit::{ChildGuard, Responders, free_ports, tail};
 
@@ -355,8 +355,8 @@ async fn scenario(pebble: &Pebble, window: Window, tmp: &Path) -> Result<(), Str
     // 5. Pebble issued exactly two certificates: the RA's and this one.
     expect_issued(pebble, 2, "in total")?;
     let all = pebble.issued();
-    let serial = normalise(&facts.serial);
-    let Some((_, pebble_order)) = all.iter().find(|(s, _)| normalise(s) == serial) else {
+    let serial = serial_hex(&facts.serial);
+    let Some((_, pebble_order)) = all.iter().find(|(s, _)| serial_hex(s) == serial) else {
         return Err(format!("pebble never logged serial {serial}: {all:?}"));
     };
     let server_log = fs::read_to_string(tmp.join("server.log")).unwrap_or_default();
@@ -451,22 +451,4 @@ fn expect_issued(pebble: &Pebble, want: usize, when: &str) -> Result<(), String>
             issued.len()
         ))
     }
-}
-
-/// A hex serial, lower case, without leading zeros.
-fn normalise(hex: &str) -> String {
-    hex.trim()
-        .to_ascii_lowercase()
-        .trim_start_matches('0')
-        .to_owned()
-}
-
-fn leaf_serial(chain_pem: &str) -> Result<String, String> {
-    let first = ::pem::parse_many(chain_pem)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .next()
-        .ok_or("no certificate in the marker")?;
-    let (_, cert) = X509Certificate::from_der(first.contents()).map_err(|e| e.to_string())?;
-    Ok(normalise(&cert.raw_serial_as_string().replace(':', "")))
 }
