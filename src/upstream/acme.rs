@@ -180,13 +180,23 @@ impl AcmeUpstream {
         Ok(result)
     }
 
-    /// Forgets the account (the upstream no longer knows it); the next call
-    /// registers a new one.
-    async fn forget_account(&self) {
+    /// Forgets the account `refused` (the upstream no longer knows it); the
+    /// next call registers a new one. Only that account: when several jobs
+    /// are refused at once, the first registers a new account and the
+    /// others must not forget that one too (the orders it created would be
+    /// left to an account no longer used, and resuming them would order
+    /// the same certificate again).
+    async fn forget_account(&self, refused: &str) {
         let key = self.state_key();
         let mut guard = self.account.lock().await;
-        *guard = None;
+        match guard.as_ref() {
+            Some(current) if current.id() != refused => return,
+            _ => *guard = None,
+        }
         if let Ok(Some(raw)) = self.state.load(&key).await {
+            if stored_account_id(&raw).as_deref() != Some(refused) {
+                return;
+            }
             if let Err(e) = self.state.remove(&key, &raw).await {
                 tracing::warn!(error = %e, "could not forget the upstream account");
             }
@@ -309,6 +319,13 @@ impl AcmeUpstream {
     }
 }
 
+/// The account URL in stored credentials (instant-acme's
+/// `AccountCredentials`, whose fields are private, serialises it as `id`).
+fn stored_account_id(raw: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    value.get("id")?.as_str().map(str::to_owned)
+}
+
 #[async_trait]
 impl CertificateAuthorityService for AcmeUpstream {
     fn name(&self) -> &'static str {
@@ -329,7 +346,7 @@ impl CertificateAuthorityService for AcmeUpstream {
                 // The upstream no longer knows our account: register again and
                 // let the worker retry.
                 tracing::warn!(%detail, "the upstream refused the account; registering again");
-                self.forget_account().await;
+                self.forget_account(account.id()).await;
                 Err(UpstreamError::Unavailable {
                     context: format!("upstream account refused ({detail}); registered again"),
                     source: None,
