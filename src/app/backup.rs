@@ -327,7 +327,7 @@ async fn offline(cfg: &Settings, out: std::fs::File) -> anyhow::Result<()> {
             "the server is not running, and its memory store keeps nothing while it is stopped"
         ),
         // Opening would create an empty store, and back that up.
-        StoreChoice::Sled(path) if !path.join("db").exists() => bail!(
+        StoreChoice::Sled(path) if !crate::store::sled::SledStore::exists(path) => bail!(
             "the server is not running, and there is no store at {} to back up",
             path.display()
         ),

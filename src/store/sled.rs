@@ -87,6 +87,39 @@
 //! time; what it costs besides the read is the memory of the writes logged
 //! meanwhile.
 //!
+//! # Compaction
+//!
+//! sled 0.34 does not give back the space of overwritten and removed records
+//! at the pace an RA writes them (docs/performance.md measured its directory
+//! growing without bound under the retention purge), so the store bounds its
+//! own size. The store directory holds generations, each a sled directory
+//! (module `generations`: `CURRENT` names the live one). A thread of the
+//! store's own (`acmeproxy-compact`, module `compact`) checks the live
+//! generation's size every [`SledOptions::compaction_check`]; once it is at
+//! least [`SledOptions::compaction_ratio`] times what the last compaction
+//! left (and at least [`SledOptions::compaction_min_bytes`]), it
+//!
+//! 1. checks that the disk has room for a copy (the live generation's size
+//!    and 64 MiB), else tries again 10 minutes later;
+//! 2. starts the writer thread's write log (as a snapshot does), and copies
+//!    every record into a new sled directory `gen-<n+1>` while writes go on;
+//! 3. catches up: takes the writes logged so far from the writer thread and
+//!    applies them to the new generation, a few rounds, off the writer
+//!    thread;
+//! 4. has the writer thread, between two batches, apply the last logged
+//!    writes, flush and `fsync` the new generation, rename a synced
+//!    `CURRENT.tmp` over `CURRENT`, `fsync` the directory, and from then on
+//!    apply every batch to the new generation; readers take the new handle
+//!    at their next read;
+//! 5. removes the old generation once the last reader has let go of it.
+//!
+//! Writes wait only during step 4 (the last few writes, one flush and two
+//! syncs). A crash before the rename leaves the old generation live with
+//! every acknowledged write (the new one is removed at the next open); after
+//! it, the new one holds every write up to the switch and every later one.
+//! So the directory stays within about `ratio` times the live data, plus the
+//! copy while a compaction runs.
+//!
 //! # Nonces
 //!
 //! Replay-Nonces are not kept in the store at all ([`crate::nonce`]): a sled
@@ -97,13 +130,18 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, OnceLock, RwLock, mpsc};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
+mod compact;
 mod durable;
+mod generations;
 mod snapshot;
 
+pub use compact::CompactionReport;
+use generations::Generation;
 use snapshot::{LogGuard, WriteLog, overlay, read_all, record};
 
 use super::{Expect, Op, Snapshot, Store, StoreError, Table};
@@ -112,43 +150,108 @@ use super::{Expect, Op, Snapshot, Store, StoreError, Table};
 ///
 /// Only one process can open a directory at a time; a second open fails with
 /// an error saying the store is in use. Dropping the store stops its writer
-/// thread and releases the directory.
+/// and compaction threads and releases the directory.
 #[derive(Debug)]
 pub struct SledStore {
-    db: sled::Db,
+    // Dropped first: the compaction thread talks to the writer thread.
+    compactor: Option<compact::Compactor>,
+    live: Arc<RwLock<Live>>,
     path: PathBuf,
     writer: Writer,
     /// Set once a write, flush or sync failed (see "Failures" above).
     failure: Arc<OnceLock<String>>,
-    /// One snapshot at a time (see "Snapshots" above).
-    snapshot: tokio::sync::Mutex<()>,
+    /// One snapshot or compaction at a time: they share the writer's log.
+    exclusive: Arc<tokio::sync::Mutex<()>>,
+    // Dropped last: the directory's lock outlives every sled handle.
+    _lock: std::fs::File,
+}
+
+/// The live generation: readers take `db` from here at the start of each
+/// read; the writer thread replaces it when a compaction switches.
+#[derive(Debug)]
+struct Live {
+    db: Arc<sled::Db>,
+    generation: Generation,
+}
+
+/// Reads the live generation, whatever a panicking holder left.
+fn read_live(live: &RwLock<Live>) -> std::sync::RwLockReadGuard<'_, Live> {
+    live.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// sled's page cache: enough for the hot records of a busy RA; older records
 /// are read back from the log on demand. (sled's default is 1 GiB.)
 const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
+/// Tuning of [`SledStore`]'s online compaction (see "Compaction" in the
+/// module documentation).
+#[derive(Clone, Debug)]
+pub struct SledOptions {
+    /// How often the live generation's size is checked; `None` turns
+    /// automatic compaction off ([`SledStore::compact_now`] still works).
+    pub compaction_check: Option<Duration>,
+    /// No compaction below this size on disk.
+    pub compaction_min_bytes: u64,
+    /// Compact once the size on disk reaches this many times what the last
+    /// compaction left.
+    pub compaction_ratio: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        Self {
+            compaction_check: Some(Duration::from_secs(30)),
+            compaction_min_bytes: 64 * 1024 * 1024,
+            compaction_ratio: 2,
+        }
+    }
+}
+
+/// Opens one generation's sled directory.
+fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(CACHE_CAPACITY)
+        .open()
+        .map_err(|e| {
+            let context = if is_lock_error(&e) {
+                format!(
+                    "the store at {} is in use by another process (is acmeproxy already running?)",
+                    dir.display()
+                )
+            } else {
+                format!("cannot open the sled store at {}", dir.display())
+            };
+            StoreError::backend(context, e)
+        })
+}
+
 impl SledStore {
-    /// Opens (or creates) the store in the directory `path`.
+    /// Opens (or creates) the store in the directory `path`, with automatic
+    /// compaction as [`SledOptions::default`] sets it.
     ///
     /// Fails with a message naming the path, and saying so when another
     /// process (another acmeproxy) holds the directory's lock.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_CAPACITY)
-            .open()
-            .map_err(|e| {
-                let context = if is_lock_error(&e) {
-                    format!(
-                        "the store at {} is in use by another process (is acmeproxy already running?)",
-                        path.display()
-                    )
-                } else {
-                    format!("cannot open the sled store at {}", path.display())
-                };
-                StoreError::backend(context, e)
-            })?;
+        Self::open_with(path, SledOptions::default())
+    }
+
+    /// [`open`](Self::open) with compaction tuned by `options`.
+    pub fn open_with(path: &Path, options: SledOptions) -> Result<Self, StoreError> {
+        let layout = generations::open(path).map_err(|e| {
+            let context = if e.kind() == std::io::ErrorKind::WouldBlock {
+                format!(
+                    "the store at {} is in use by another process (is acmeproxy already running?)",
+                    path.display()
+                )
+            } else {
+                format!("cannot open the sled store at {}", path.display())
+            };
+            StoreError::backend(context, e)
+        })?;
+        let dir = layout.current.dir(path);
+        let db = open_sled(&dir)?;
         let replayed = replay_intents(&db)?;
         if replayed > 0 {
             tracing::warn!(
@@ -156,23 +259,66 @@ impl SledStore {
                 "finished batches a crash had interrupted"
             );
         }
-        let files = durable::DataFiles::open(path).map_err(|e| {
-            StoreError::backend(format!("syncing the sled store at {}", path.display()), e)
+        let files = durable::DataFiles::open(&dir).map_err(|e| {
+            StoreError::backend(format!("syncing the sled store at {}", dir.display()), e)
         })?;
         let failure = Arc::new(OnceLock::new());
-        let writer = Writer::start(db.clone(), files, failure.clone())?;
+        let live = Arc::new(RwLock::new(Live {
+            db: Arc::new(db),
+            generation: layout.current,
+        }));
+        let writer = Writer::start(live.clone(), files, failure.clone())?;
+        let exclusive = Arc::new(tokio::sync::Mutex::new(()));
+        let compactor = match writer.queue.clone() {
+            Some(queue) => Some(compact::Compactor::start(compact::Context {
+                store_dir: path.to_owned(),
+                live: live.clone(),
+                queue,
+                exclusive: exclusive.clone(),
+                failure: failure.clone(),
+                options,
+                baseline: layout.baseline,
+            })?),
+            None => None,
+        };
         Ok(Self {
-            db,
+            compactor,
+            live,
             path: path.to_owned(),
             writer,
             failure,
-            snapshot: tokio::sync::Mutex::new(()),
+            exclusive,
+            _lock: layout.lock,
         })
+    }
+
+    /// Whether `path` holds a store (of any generation layout), without
+    /// opening it.
+    pub fn exists(path: &Path) -> bool {
+        path.join("CURRENT").is_file() || path.join("db").is_file()
     }
 
     /// The directory the store lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Compacts the store now, whatever its size: copies the live records
+    /// into a new generation while writes go on, then switches to it.
+    pub async fn compact_now(&self) -> Result<CompactionReport, StoreError> {
+        self.refuse_if_failed()?;
+        match &self.compactor {
+            Some(c) => c.compact_now().await,
+            None => Err(StoreError::backend(
+                "sled compaction",
+                "the store is closing",
+            )),
+        }
+    }
+
+    /// The live generation's sled handle.
+    fn db(&self) -> Arc<sled::Db> {
+        read_live(&self.live).db.clone()
     }
 
     /// Refuses every read and write once the store has failed: what sled
@@ -193,10 +339,10 @@ impl SledStore {
     async fn blocking<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(sled::Db) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&sled::Db) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(db))
+        let db = self.db();
+        tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::backend(what, e))?
     }
@@ -213,7 +359,7 @@ impl Store for SledStore {
         // A point read is served from sled's page cache in microseconds, so it
         // runs inline rather than paying for a blocking-pool hop.
         let value = self
-            .db
+            .db()
             .get(db_key(table, key))
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| StoreError::backend(format!("sled read of {table:?} {key:?}"), e))?;
@@ -250,11 +396,9 @@ impl Store for SledStore {
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.refuse_if_failed()?;
-        let _one_at_a_time = self.snapshot.lock().await;
+        let _one_at_a_time = self.exclusive.lock().await;
         let guard = self.writer.start_log().await?;
-        let read = self
-            .blocking("sled snapshot task", |db| read_all(&db))
-            .await;
+        let read = self.blocking("sled snapshot task", read_all).await;
         let log = guard.end().await?;
         Ok(overlay(read?, log))
     }
@@ -354,6 +498,12 @@ enum Job {
     /// Stop logging; hand the log over after the flush of this group, when
     /// someone waits for it (then answer as `Sync`).
     EndLog(Option<LogReply>),
+    /// Hand over what has been logged so far at once; the log goes on (a
+    /// compaction catching up).
+    TakeLog(LogReply),
+    /// Apply the rest of the log to a compacted generation, make it durable
+    /// and live, and write to it from now on; ends the log.
+    Switch(Box<compact::Switch>),
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
@@ -369,14 +519,14 @@ struct Writer {
 
 impl Writer {
     fn start(
-        db: sled::Db,
-        mut files: durable::DataFiles,
+        live: Arc<RwLock<Live>>,
+        files: durable::DataFiles,
         failure: Arc<OnceLock<String>>,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("acmeproxy-store".to_owned())
-            .spawn(move || write_loop(&db, &mut files, &failure, &rx))
+            .spawn(move || write_loop(&live, files, &failure, &rx))
             .map_err(|e| StoreError::backend("starting the store's writer thread", e))?;
         Ok(Self {
             queue: Some(tx),
@@ -421,11 +571,12 @@ impl Drop for Writer {
 /// The writer thread: apply a group of batches, flush and sync once, answer
 /// the group.
 fn write_loop(
-    db: &sled::Db,
-    files: &mut durable::DataFiles,
+    live: &RwLock<Live>,
+    mut files: durable::DataFiles,
     failure: &OnceLock<String>,
     queue: &mpsc::Receiver<(Job, Reply)>,
 ) {
+    let mut db = read_live(live).db.clone();
     let mut waiting: Vec<Reply> = Vec::new();
     // The write log of the snapshot running, if one is.
     let mut log: Option<WriteLog> = None;
@@ -443,7 +594,7 @@ fn write_loop(
                 )));
             } else {
                 match job {
-                    Job::Apply { ops, durable } => match apply(db, &ops, &mut seq) {
+                    Job::Apply { ops, durable } => match apply(&db, &ops, &mut seq) {
                         Ok(()) if durable => {
                             record(&mut log, ops);
                             waiting.push(reply);
@@ -476,6 +627,22 @@ fn write_loop(
                                 let _ = reply.send(Ok(()));
                             }
                         }
+                    }
+                    Job::TakeLog(out) => {
+                        let _ = out.send(Ok(log.as_mut().map(std::mem::take).unwrap_or_default()));
+                        let _ = reply.send(Ok(()));
+                    }
+                    Job::Switch(switch) => {
+                        let result = match log.take() {
+                            Some(rest) => {
+                                switch_to(live, &mut db, &mut files, *switch, rest, failure)
+                            }
+                            None => Err(StoreError::backend(
+                                "switching to the compacted sled store",
+                                "no write log was running",
+                            )),
+                        };
+                        let _ = reply.send(result);
                     }
                 }
             }
@@ -513,6 +680,56 @@ fn write_loop(
             let _ = reply.send(result);
         }
     }
+}
+
+/// The writer thread's half of a compaction: applies the writes logged since
+/// the last catch-up to the new generation, makes it durable, names it in
+/// `CURRENT` and writes to it from now on. Until `CURRENT` is renamed, a
+/// failure leaves the old generation live and complete; after the rename,
+/// a failure to sync the directory leaves it unknown which one a crash
+/// would bring back, so the store fails (and the restart settles it: both
+/// generations hold every acknowledged write up to this job).
+fn switch_to(
+    live: &RwLock<Live>,
+    db: &mut Arc<sled::Db>,
+    files: &mut durable::DataFiles,
+    mut switch: compact::Switch,
+    rest: WriteLog,
+    failure: &OnceLock<String>,
+) -> Result<(), StoreError> {
+    compact::apply_log(&switch.db, rest)?;
+    switch
+        .db
+        .flush()
+        .map_err(|e| StoreError::backend("flushing the compacted sled store", e))?;
+    switch
+        .files
+        .sync()
+        .map_err(|e| StoreError::backend("syncing the compacted sled store", e))?;
+    let tmp = generations::prepare_current(&switch.store_dir, switch.generation, switch.bytes)
+        .map_err(|e| StoreError::backend("writing the sled store's CURRENT file", e))?;
+    std::fs::rename(&tmp, switch.store_dir.join("CURRENT"))
+        .map_err(|e| StoreError::backend("renaming the sled store's CURRENT file", e))?;
+    if let Err(e) = std::fs::File::open(&switch.store_dir).and_then(|d| d.sync_all()) {
+        let cause = format!(
+            "fsync of {} after switching to a compacted generation failed: {e}",
+            switch.store_dir.display()
+        );
+        fail(failure, &cause);
+        return Err(StoreError::backend(
+            "switching to the compacted sled store",
+            cause,
+        ));
+    }
+    *live
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Live {
+        db: switch.db.clone(),
+        generation: switch.generation,
+    };
+    *db = switch.db;
+    *files = switch.files;
+    Ok(())
 }
 
 /// Puts the store in its failed state (once) and says so in the log.
@@ -736,7 +953,7 @@ mod tests {
             Some(b"valid".to_vec())
         );
         assert_eq!(store.get(Table::Jobs, "o1").await.unwrap(), None);
-        assert_eq!(store.db.scan_prefix(INTENT_PREFIX).count(), 0);
+        assert_eq!(store.db().scan_prefix(INTENT_PREFIX).count(), 0);
         // A batch applied now leaves no intent behind either.
         store
             .commit(vec![
@@ -745,7 +962,7 @@ mod tests {
             ])
             .await
             .unwrap();
-        assert_eq!(store.db.scan_prefix(INTENT_PREFIX).count(), 0);
+        assert_eq!(store.db().scan_prefix(INTENT_PREFIX).count(), 0);
         assert_eq!(
             store.get(Table::CertSerials, "01").await.unwrap(),
             Some(b"c".to_vec())

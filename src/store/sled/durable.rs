@@ -147,7 +147,7 @@ mod tests {
     const COMMITS: usize = 40;
     const MARKER: &str = "acmeproxy-durability-ack";
     /// How the child's sled log file ends in `strace -y` output.
-    const LOG_SUFFIX: &str = "/store/db>";
+    const LOG_SUFFIX: &str = "/store/gen-1/db>";
 
     /// The child: commits `COMMITS` batches in turn; after each returns, one
     /// `write(2)` of a marker. Run only by `every_commit_is_fsynced_before_it_returns`.
@@ -364,11 +364,11 @@ mod tests {
     fn trace_reader_pairs_unfinished_and_resumed_calls() {
         let text = "\
 10 write(2<pipe:[1]>, \"acmeproxy-durability-ack 0\\n\", 27) = 27
-11 fdatasync(5</tmp/x/store/db> <unfinished ...>
+11 fdatasync(5</tmp/x/store/gen-1/db> <unfinished ...>
 10 write(2<pipe:[1]>, \"acmeproxy-durability-ack 1\\n\", 27) = 27
 11 <... fdatasync resumed>) = 0
 10 write(2<pipe:[1]>, \"acmeproxy-durability-ack 2\\n\", 27) = 27
-12 fsync(6</tmp/x/store/blobs>) = 0
+12 fsync(6</tmp/x/store/gen-1/blobs>) = 0
 12 fsync(7</tmp/x/store>) = 0
 10 write(2<pipe:[1]>, \"acmeproxy-durability-ack 3\\n\", 27) = 27
 ";
