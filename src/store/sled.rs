@@ -487,6 +487,10 @@ const READY_KEY: &str = "__ready";
 /// of commits cannot postpone the flush its first committers wait for.
 const MAX_GROUP: usize = 1024;
 
+/// A group flush (with its sync) slower than this is logged: every commit
+/// of the group waited for it.
+const SLOW_FLUSH: Duration = Duration::from_millis(250);
+
 /// Work for the writer thread.
 enum Job {
     /// Check and apply a batch; answer after a flush when `durable`.
@@ -654,12 +658,21 @@ fn write_loop(
         if waiting.is_empty() {
             continue;
         }
+        let started = std::time::Instant::now();
         let flushed = match db.flush() {
             Ok(_) => files
                 .sync()
                 .map_err(|e| format!("fdatasync of the sled store's files failed: {e}")),
             Err(e) => Err(format!("sled flush failed: {e}")),
         };
+        let took = started.elapsed();
+        if took >= SLOW_FLUSH {
+            tracing::warn!(
+                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                commits = waiting.len(),
+                "slow store flush: every commit of the group waited for it"
+            );
+        }
         if let Err(cause) = &flushed {
             fail(failure, cause);
         }

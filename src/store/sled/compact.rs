@@ -27,6 +27,8 @@ pub struct CompactionReport {
     pub caught_up: u64,
     /// From the start of the copy to the switch.
     pub took: Duration,
+    /// How long the switch held the writer thread (commits waited).
+    pub switch: Duration,
 }
 
 /// Catch-up rounds before the switch: each applies, off the writer thread,
@@ -140,6 +142,7 @@ fn run(mut ctx: Context, stop: &AtomicBool, requests: &mpsc::Receiver<CompactRep
                 bytes_before = report.bytes_before,
                 bytes_after = report.bytes_after,
                 took_ms = u64::try_from(report.took.as_millis()).unwrap_or(u64::MAX),
+                switch_ms = u64::try_from(report.switch.as_millis()).unwrap_or(u64::MAX),
                 "compacted the sled store"
             ),
             Err(e) if stop.load(Ordering::Relaxed) => {
@@ -251,6 +254,7 @@ fn copy_and_switch(
         .map_err(|e| StoreError::backend("syncing the compacted sled store", e))?;
     let bytes_now = generations::disk_bytes(&ctx.store_dir, generation)
         .map_err(|e| StoreError::backend("measuring the compacted sled store", e))?;
+    let switching = Instant::now();
     submit(
         &ctx.queue,
         Job::Switch(Box::new(Switch {
@@ -261,6 +265,7 @@ fn copy_and_switch(
             bytes: bytes_now,
         })),
     )?;
+    let switch = switching.elapsed();
     // The switch ended the log.
     drop(guard);
     let bytes_after = generations::disk_bytes(&ctx.store_dir, generation).unwrap_or(bytes_now);
@@ -271,6 +276,7 @@ fn copy_and_switch(
         bytes_after,
         caught_up,
         took: started.elapsed(),
+        switch,
     })
 }
 
