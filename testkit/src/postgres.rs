@@ -13,6 +13,10 @@
 //! dropping the guard (the one server [`PgServer::shared`] hands out, which
 //! lives in a static).
 //!
+//! [`PgServer::start_tls`] adds TLS: a certificate for 127.0.0.1 and
+//! `localhost` from a throw-away CA, whose PEM file is
+//! [`PgServer::tls_ca`].
+//!
 //! Tests share that one server and each opens its own database
 //! ([`unique_database`]); a test that stops and restarts PostgreSQL starts
 //! its own.
@@ -22,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use super::{ChildGuard, free_ports, is_root, tail};
 
@@ -87,12 +93,25 @@ pub struct PgServer {
     /// The TCP port on 127.0.0.1.
     pub port: u16,
     password: String,
+    /// The CA of the server's TLS certificate (PEM), with [`start_tls`](Self::start_tls).
+    pub tls_ca: Option<PathBuf>,
+    /// Further `postgres` options (TLS).
+    options: String,
     _watchdog: ChildGuard,
 }
 
 impl PgServer {
     /// Creates and starts a server; fails with PostgreSQL's log.
     pub fn start() -> Result<Self, String> {
+        Self::create(false)
+    }
+
+    /// Like [`start`](Self::start), with TLS on (see [`tls_ca`](Self::tls_ca)).
+    pub fn start_tls() -> Result<Self, String> {
+        Self::create(true)
+    }
+
+    fn create(tls: bool) -> Result<Self, String> {
         let bin = bin_dir().ok_or_else(|| missing().unwrap_or_default())?;
         let dir = tempfile::Builder::new()
             .prefix("acmeproxy-pg-")
@@ -136,11 +155,19 @@ impl PgServer {
             )),
             &dir.path().join("watchdog.log"),
         )?;
+        let (tls_ca, options) = if tls {
+            let (ca, options) = tls_files(dir.path(), &data)?;
+            (Some(ca), options)
+        } else {
+            (None, String::new())
+        };
         let server = Self {
             dir,
             bin,
             port,
             password,
+            tls_ca,
+            options,
             _watchdog: watchdog,
         };
         server.start_again()?;
@@ -189,9 +216,10 @@ impl PgServer {
             .arg(self.log())
             .args(["-w", "-t", "60", "-o"])
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300{}",
                 self.port,
-                self.dir.path().display()
+                self.dir.path().display(),
+                self.options
             ))
             .arg("start"))
         .map_err(|e| format!("{e}\n{}", tail(&self.log(), 40)))
@@ -252,6 +280,47 @@ impl Drop for PgServer {
             eprintln!("postgres log:\n{}", tail(&self.log(), 60));
         }
     }
+}
+
+/// A CA (its PEM in `dir/tls-ca.pem`) and a certificate for 127.0.0.1 and
+/// `localhost` with its key in the data directory; returns the CA file and
+/// the `postgres` options that turn TLS on.
+fn tls_files(dir: &Path, data: &Path) -> Result<(PathBuf, String), String> {
+    let fail = |e: rcgen::Error| format!("TLS certificate: {e}");
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "acmeproxy test PostgreSQL CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(fail)?)
+        .map_err(fail)?;
+    let key = KeyPair::generate().map_err(fail)?;
+    let leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .map_err(fail)?
+        .signed_by(&key, &ca)
+        .map_err(fail)?;
+    let ca_file = dir.join("tls-ca.pem");
+    let write = |path: &Path, text: String| {
+        fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    write(&ca_file, ca.pem())?;
+    write(&data.join("server.crt"), leaf.pem())?;
+    write(&data.join("server.key"), key.serialize_pem())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(data.join("server.key"), fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("server.key: {e}"))?;
+    }
+    if is_root() {
+        run(Command::new("chown")
+            .arg("postgres:")
+            .arg(data.join("server.crt"))
+            .arg(data.join("server.key")))?;
+    }
+    Ok((
+        ca_file,
+        " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".to_owned(),
+    ))
 }
 
 /// `program` run as the `postgres` user when we are root.

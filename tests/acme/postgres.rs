@@ -2,7 +2,8 @@
 //! complete ACME flow (RFC 8555 §7.4) with the password in `passwordFile`;
 //! `/ready` answers 503 while PostgreSQL is stopped and 200 again once it
 //! is back, and the server issues again without a restart; `acmeproxy
-//! admin backup` reads it online and offline. The password never shows in
+//! admin backup` reads it online and offline (the password from
+//! `ACMEPROXY_DB_PASSWORD` too). The password never shows in
 //! the server's log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,6 +125,39 @@ async fn issues_on_postgresql_and_is_unready_while_it_is_down() {
                 "no stop"
             );
         }
+    }
+
+    // The password from ACMEPROXY_DB_PASSWORD instead of passwordFile: the
+    // offline backup reads the store; without it, PostgreSQL refuses and
+    // the error names the server, not a password.
+    let env_config = tmp.path().join("ca-env.json");
+    CaJson::new(&data)
+        .postgres(&pg.url(), "acmeproxy_e2e", None)
+        .write(&env_config)
+        .unwrap();
+    for with_password in [true, false] {
+        let mut cmd = std::process::Command::new(kit::acmeproxy_bin());
+        cmd.args(["admin", "backup"])
+            .arg(&env_config)
+            .arg(tmp.path().join(format!("env-{with_password}.backup")))
+            .env_remove("ACMEPROXY_DB_PASSWORD");
+        if with_password {
+            cmd.env("ACMEPROXY_DB_PASSWORD", pg.password());
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let shown = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), with_password, "{shown}");
+        if !with_password {
+            assert!(shown.contains(&format!("127.0.0.1:{}", pg.port)), "{shown}");
+        }
+        assert!(!shown.contains(pg.password()), "{shown}");
     }
 
     let log = std::fs::read_to_string(binary.log()).unwrap();

@@ -3,7 +3,8 @@
 //! start together; the database is created, or a clear error says why it
 //! cannot be; a password given outside the URL works and never shows in an
 //! error; a stopped server gives `Backend` errors and the store works again
-//! once it is back.
+//! once it is back; the key-value form of the data source works; TLS with
+//! `sslmode=verify-full` checks the server's certificate.
 
 use std::time::{Duration, Instant};
 
@@ -253,5 +254,81 @@ async fn postgresql_commit_rate() -> TestResult {
         )
         .await?;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_key_value_data_source_works() -> TestResult {
+    need_postgres!();
+    let server = PgServer::shared().map_err(anyhow::Error::msg)?;
+    let options = PgOptions {
+        data_source: format!(
+            "host=127.0.0.1 port={} user=postgres password={} connect_timeout=5",
+            server.port,
+            server.password()
+        ),
+        database: unique_database("keyvalue"),
+        password: None,
+        max_connections: 2,
+    };
+    let s = PgStore::open(&options).await?;
+    s.commit(vec![put(Table::Meta, "k", b"v", Expect::Absent)])
+        .await?;
+    assert_eq!(s.get(Table::Meta, "k").await?, Some(b"v".to_vec()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_checks_the_server_certificate() -> TestResult {
+    need_postgres!();
+    let server = tokio::task::spawn_blocking(PgServer::start_tls)
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let ca = server.tls_ca.clone().expect("a TLS server has a CA");
+    let url = |query: &str| {
+        format!(
+            "postgresql://postgres:{}@127.0.0.1:{}/?{query}",
+            server.password(),
+            server.port
+        )
+    };
+    let options = |source: String| PgOptions {
+        data_source: source,
+        database: "tls".to_owned(),
+        password: None,
+        max_connections: 2,
+    };
+    // Against the server's CA: TLS, and the store works.
+    let s = PgStore::open(&options(url(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    ))))
+    .await?;
+    s.commit(vec![put(Table::Meta, "k", b"v", Expect::Absent)])
+        .await?;
+    let tls = server
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE application_name = 'acmeproxy' AND ssl",
+        )
+        .map_err(anyhow::Error::msg)?;
+    assert_ne!(tls, "0", "no acmeproxy connection uses TLS");
+    // Against the system's roots, which do not hold the test CA: refused.
+    let shown = match PgStore::open(&options(url("sslmode=verify-full"))).await {
+        Ok(_) => anyhow::bail!("an untrusted server certificate was accepted"),
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
+    };
+    assert!(
+        shown.contains(&format!("127.0.0.1:{}", server.port)),
+        "{shown}"
+    );
+    assert!(!shown.contains(server.password()), "{shown}");
+    // sslmode=require (TLS without checks) is refused before connecting.
+    let shown = match PgStore::open(&options(url("sslmode=require"))).await {
+        Ok(_) => anyhow::bail!("sslmode=require was accepted"),
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
+    };
+    assert!(shown.contains("verify-full"), "{shown}");
     Ok(())
 }
