@@ -21,7 +21,10 @@
 //!
 //! # Commits
 //!
-//! A batch is one READ COMMITTED transaction. It first locks the rows of
+//! A batch of one operation, or of inserts of absent keys only, is one
+//! statement (module `single`): the precondition is in its `WHERE`, or it
+//! is a plain `INSERT` that a racing insert makes fail. Any other batch is
+//! one READ COMMITTED transaction. It first locks the rows of
 //! every key it touches with `SELECT … ORDER BY tbl, key FOR UPDATE`, in
 //! that fixed order so two batches cannot wait on each other in a cycle;
 //! then it checks the preconditions in batch order against those rows with
@@ -59,6 +62,7 @@ use tokio_postgres::error::SqlState;
 
 mod options;
 mod schema;
+mod single;
 
 pub use options::PgOptions;
 use options::{Target, Tls};
@@ -339,6 +343,9 @@ impl Store for PgStore {
 
     async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         if ops.is_empty() {
+            return Ok(());
+        }
+        if let single::Single::Done = self.commit_single(&ops).await? {
             return Ok(());
         }
         let mut attempt = 0;
