@@ -90,6 +90,10 @@ pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i
         .transaction()
         .await
         .map_err(fail("migrating the PostgreSQL schema"))?;
+    // No NOTICE ("already exists, skipping") in the server's log at every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await
+        .map_err(fail("migrating the PostgreSQL schema"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(fail("taking the migration lock"))?;
