@@ -27,6 +27,7 @@ test-deps:
 	bash tests/interop/install-clients.sh
 	sh tests/stepca/build-stepca.sh
 	sh tests/interop/install-openbao.sh
+	sh tests/store/install-postgresql.sh
 
 # Runs every fuzz target (fuzz/, libFuzzer on the stable toolchain) for
 # FUZZ_SECONDS each (default 600), one after the other; FUZZ_TARGETS picks

@@ -31,6 +31,7 @@ use crate::ra::Provisioner;
 use crate::ra::limits::{Limit, Rate, RateLimits};
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sled::SledStore;
 
 /// Runs the command line.
@@ -120,6 +121,15 @@ fn load(path: &Path) -> anyhow::Result<(Settings, crate::config::Warnings)> {
 pub async fn open_store(cfg: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &cfg.store {
         StoreChoice::Memory => Arc::new(MemoryStore::new()),
+        StoreChoice::Postgres(pg) => Arc::new(
+            PgStore::open(&PgOptions {
+                data_source: pg.data_source.expose().to_owned(),
+                database: pg.database.clone(),
+                password: pg.password.as_ref().map(|p| p.expose().to_owned()),
+                max_connections: pg.max_connections,
+            })
+            .await?,
+        ),
         StoreChoice::Sled(path) => {
             if let Some(parent) = path.parent() {
                 create_private_dir(parent)?;

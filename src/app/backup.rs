@@ -331,7 +331,7 @@ async fn offline(cfg: &Settings, out: std::fs::File) -> anyhow::Result<()> {
             "the server is not running, and there is no store at {} to back up",
             path.display()
         ),
-        StoreChoice::Sled(_) => {}
+        StoreChoice::Sled(_) | StoreChoice::Postgres(_) => {}
     }
     let store = super::open_store(cfg).await.context(
         "the server is not running (no admin socket answers), and its store cannot be opened \

@@ -79,6 +79,14 @@ document! {
         /// Path (embedded) or connection URL (PostgreSQL, which may hold a
         /// password: a secret).
         pub data_source: Option<super::Secret>,
+        /// PostgreSQL: the database (default `acmeproxy`), created at
+        /// start-up when missing.
+        pub database: Option<String>,
+        /// PostgreSQL: a file holding the password (wins over
+        /// `ACMEPROXY_DB_PASSWORD` and over one in `dataSource`).
+        pub password_file: Option<PathBuf>,
+        /// PostgreSQL: connections in the pool, at most (default 16).
+        pub max_connections: Option<usize>,
     }
     ignores { "badgerFileLoadingMode" badger_file_loading_mode }
 }

@@ -72,8 +72,8 @@ pub use ratelimits::{
 pub use retention::{RetentionConfig, RetentionSettings};
 pub use secret::{Opaque, Secret};
 pub use settings::{
-    MAX_UPSTREAM_CONCURRENCY, ProvisionerSettings, Settings, SoftCasSettings, StoreChoice,
-    TlsSettings, Upstream, ValidationSettings, Warnings,
+    MAX_UPSTREAM_CONCURRENCY, PostgresSettings, ProvisionerSettings, Settings, SoftCasSettings,
+    StoreChoice, TlsSettings, Upstream, ValidationSettings, Warnings,
 };
 pub use stepcas::{IssuerConfig, IssuerType, StepCasSettings, read_password_file};
 pub use vaultcas::{

@@ -64,17 +64,34 @@ impl Settings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreChoice {
     Memory,
+    Postgres(PostgresSettings),
     Sled(PathBuf),
 }
 
 impl std::fmt::Display for StoreChoice {
-    /// For people: the kind and where.
+    /// For people: the kind and where (never a PostgreSQL URL, which may
+    /// hold a password).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Memory => f.write_str("memory (nothing kept on disk)"),
+            Self::Postgres(pg) => write!(f, "postgresql, database {:?}", pg.database),
             Self::Sled(path) => write!(f, "sled in {}", path.display()),
         }
     }
+}
+
+/// `db` with `type: "postgresql"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// `dataSource`: a libpq URL or key-value string (may hold a password).
+    pub data_source: Secret,
+    /// `database` (default `acmeproxy`).
+    pub database: String,
+    /// From `passwordFile`, else `ACMEPROXY_DB_PASSWORD`; `None` leaves the
+    /// one in `dataSource`, if any.
+    pub password: Option<Secret>,
+    /// `maxConnections` (default 16).
+    pub max_connections: usize,
 }
 
 /// `tls`: the versions offered and the certificate files, if any.

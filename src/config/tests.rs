@@ -233,8 +233,84 @@ fn debug_never_shows_a_secret() {
                                  "dataSource": "postgres://ra:pg-password-value@db/acme"});
     let parsed = Config::from_json(&v.to_string()).unwrap();
     assert!(!format!("{parsed:?}").contains("pg-password-value"));
+    let (settings, _) = Config::parse(&v.to_string()).unwrap();
+    let shown = format!("{settings:?} {}", settings.store);
+    assert!(!shown.contains("pg-password-value"), "{shown}");
+    // A document the checks refuse.
+    v["db"]["maxConnections"] = 0.into();
     let e = Config::parse(&v.to_string()).unwrap_err().to_string();
     assert!(!e.contains("pg-password-value"), "{e}");
+}
+
+#[test]
+fn postgresql_store_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = minimal();
+    v["db"] = serde_json::json!({"type": "postgresql",
+                                 "dataSource": "postgresql://acmeproxy@127.0.0.1:5432/"});
+    let (cfg, _) = Config::parse(&v.to_string()).unwrap();
+    let StoreChoice::Postgres(pg) = &cfg.store else {
+        panic!("{:?}", cfg.store)
+    };
+    assert_eq!(pg.database, "acmeproxy");
+    assert_eq!(pg.max_connections, 16);
+    assert_eq!(
+        pg.data_source.expose(),
+        "postgresql://acmeproxy@127.0.0.1:5432/"
+    );
+    assert_eq!(cfg.store.to_string(), "postgresql, database \"acmeproxy\"");
+
+    // The password from a file (its final newline dropped), the pool size
+    // and the database from their keys.
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "from-the-file\n").unwrap();
+    v["db"]["passwordFile"] = file.to_str().unwrap().into();
+    v["db"]["database"] = "ra".into();
+    v["db"]["maxConnections"] = 4.into();
+    let (cfg, _) = Config::parse(&v.to_string()).unwrap();
+    let StoreChoice::Postgres(pg) = &cfg.store else {
+        panic!("{:?}", cfg.store)
+    };
+    assert_eq!(
+        pg.password.as_ref().map(|p| p.expose()),
+        Some("from-the-file")
+    );
+    assert_eq!((pg.database.as_str(), pg.max_connections), ("ra", 4));
+    assert!(!format!("{cfg:?}").contains("from-the-file"));
+
+    // Refused, naming the key: a missing file, no dataSource, an unknown
+    // key, the PostgreSQL keys on another store.
+    v["db"]["passwordFile"] = dir.path().join("missing").to_str().unwrap().into();
+    let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+    assert!(e.contains("missing"), "{e}");
+    for (db, key) in [
+        (serde_json::json!({"type": "postgresql"}), "db.dataSource"),
+        (
+            serde_json::json!({"type": "postgresql", "dataSource": "x", "maxConnections": 0}),
+            "db.maxConnections",
+        ),
+        (
+            serde_json::json!({"type": "postgresql", "dataSource": "x", "database": ""}),
+            "db.database",
+        ),
+        (
+            serde_json::json!({"type": "sled", "database": "acmeproxy"}),
+            "db.database",
+        ),
+        (
+            serde_json::json!({"type": "memory", "maxConnections": 3}),
+            "db.maxConnections",
+        ),
+    ] {
+        let mut v = minimal();
+        v["db"] = db;
+        let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+        assert!(e.starts_with(key), "{key}: {e}");
+    }
+    let mut v = minimal();
+    v["db"] = serde_json::json!({"type": "postgresql", "dataSource": "x", "sslMode": "x"});
+    let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+    assert!(e.contains("sslMode"), "{e}");
 }
 
 #[test]

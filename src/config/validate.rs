@@ -11,10 +11,10 @@ use serde_json::Value;
 
 use super::checks::{LIFETIME_DAYS, in_range, parse_listen, parse_resolver, sub_config};
 use super::{
-    ClaimsConfig, Config, ConfigError, ExternalCasConfig, MAX_UPSTREAM_CONCURRENCY, MetricsConfig,
-    ProvisionerConfig, ProvisionerSettings, Settings, SoftCasConfig, SoftCasSettings, StoreChoice,
-    TlsSettings, Upstream, UpstreamKind, ValidationSettings, Warnings, parse_go_duration, stepcas,
-    vaultcas,
+    ClaimsConfig, Config, ConfigError, DbConfig, ExternalCasConfig, MAX_UPSTREAM_CONCURRENCY,
+    MetricsConfig, PostgresSettings, ProvisionerConfig, ProvisionerSettings, Secret, Settings,
+    SoftCasConfig, SoftCasSettings, StoreChoice, TlsSettings, Upstream, UpstreamKind,
+    ValidationSettings, Warnings, parse_go_duration, stepcas, vaultcas,
 };
 use crate::acme::types::ChallengeType;
 
@@ -372,6 +372,9 @@ impl Config {
             return Ok(StoreChoice::Sled(default_path()));
         };
         let source = db.data_source.as_ref().map(|s| s.expose());
+        if !matches!(db.kind.as_str(), "postgresql" | "postgres") {
+            refuse_postgres_keys(db)?;
+        }
         match db.kind.as_str() {
             "sled" | "badgerv2" | "badger" | "badgerV2" | "bbolt" => Ok(StoreChoice::Sled(
                 source
@@ -379,16 +382,7 @@ impl Config {
                     .map_or_else(default_path, PathBuf::from),
             )),
             "memory" => Ok(StoreChoice::Memory),
-            "postgresql" | "postgres" => Err(match source {
-                Some(url) if !url.is_empty() => ConfigError::invalid(
-                    "db.type",
-                    "the PostgreSQL store is not available in this version of acmeproxy; use \"sled\"",
-                ),
-                _ => ConfigError::invalid(
-                    "db.dataSource",
-                    "postgresql needs a connection URL in db.dataSource",
-                ),
-            }),
+            "postgresql" | "postgres" => postgres_settings(db).map(StoreChoice::Postgres),
             other => Err(ConfigError::invalid(
                 "db.type",
                 format!("unknown store {other:?}; use \"sled\" or \"postgresql\""),
@@ -484,4 +478,76 @@ fn metrics_port_warning(m: &MetricsConfig) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// The environment variable that may hold the PostgreSQL password.
+const DB_PASSWORD_ENV: &str = "ACMEPROXY_DB_PASSWORD";
+
+/// Connections in the PostgreSQL pool when `maxConnections` is not set.
+const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// `db` for `type: "postgresql"`. The password comes from `passwordFile`,
+/// else [`DB_PASSWORD_ENV`], else `dataSource`; no message here holds any
+/// of them.
+fn postgres_settings(db: &DbConfig) -> Result<PostgresSettings, ConfigError> {
+    let data_source = match &db.data_source {
+        Some(s) if !s.expose().trim().is_empty() => s.clone(),
+        _ => {
+            return Err(ConfigError::invalid(
+                "db.dataSource",
+                "postgresql needs a connection URL in db.dataSource, such as \
+                 \"postgresql://acmeproxy@127.0.0.1:5432/\"",
+            ));
+        }
+    };
+    let database = db
+        .database
+        .clone()
+        .unwrap_or_else(|| "acmeproxy".to_owned());
+    if database.is_empty() || database.len() > 63 {
+        return Err(ConfigError::invalid(
+            "db.database",
+            "a PostgreSQL database name of 1 to 63 bytes",
+        ));
+    }
+    let max_connections = db.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(1..=1000).contains(&max_connections) {
+        return Err(ConfigError::invalid(
+            "db.maxConnections",
+            "between 1 and 1000",
+        ));
+    }
+    let password = match &db.password_file {
+        Some(path) => Some(super::read_password_file(path)?),
+        None => std::env::var(DB_PASSWORD_ENV)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(Secret::new),
+    };
+    Ok(PostgresSettings {
+        data_source,
+        database,
+        password,
+        max_connections,
+    })
+}
+
+/// Refuses the PostgreSQL keys on another store.
+fn refuse_postgres_keys(db: &DbConfig) -> Result<(), ConfigError> {
+    for (key, set) in [
+        ("db.database", db.database.is_some()),
+        ("db.passwordFile", db.password_file.is_some()),
+        ("db.maxConnections", db.max_connections.is_some()),
+    ] {
+        if set {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "only the postgresql store reads it, and db.type is {:?}",
+                    db.kind
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

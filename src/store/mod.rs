@@ -8,6 +8,7 @@
 //! succeeded is lost in a crash.
 
 pub mod memory;
+pub mod postgres;
 pub mod records;
 pub mod sled;
 

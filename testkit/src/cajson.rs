@@ -17,8 +17,11 @@ pub struct CaJson {
     pub address: String,
     /// `dataDir`.
     pub data_dir: PathBuf,
-    /// `db.type` (`memory` or `sled`); `None` leaves the default.
+    /// `db.type` (`memory`, `sled` or `postgresql`); `None` leaves the default.
     pub db: Option<&'static str>,
+    /// Further keys of `db` (`dataSource`, `database`, `passwordFile`...,
+    /// see [`CaJson::postgres`]).
+    pub db_keys: Value,
     /// `metrics.address`; `None` turns metrics off.
     pub metrics: Option<String>,
     /// The whole `authority` block (see [`CaJson::softcas`]).
@@ -36,6 +39,7 @@ impl CaJson {
             address: "127.0.0.1:0".to_owned(),
             data_dir: data_dir.into(),
             db: Some("memory"),
+            db_keys: json!({}),
             metrics: None,
             authority: Self::softcas(),
             validation: None,
@@ -52,6 +56,22 @@ impl CaJson {
     /// The store.
     pub fn db(mut self, db: Option<&'static str>) -> Self {
         self.db = db;
+        self
+    }
+
+    /// The PostgreSQL store: `dataSource` (a URL without the password),
+    /// `database`, and the password in `passwordFile` when given.
+    pub fn postgres(
+        mut self,
+        data_source: &str,
+        database: &str,
+        password_file: Option<&Path>,
+    ) -> Self {
+        self.db = Some("postgresql");
+        self.db_keys = json!({"dataSource": data_source, "database": database});
+        if let Some(file) = password_file {
+            self.db_keys["passwordFile"] = json!(file);
+        }
         self
     }
 
@@ -105,6 +125,11 @@ impl CaJson {
         });
         if let Some(db) = self.db {
             doc["db"] = json!({"type": db});
+            if let Some(keys) = self.db_keys.as_object() {
+                for (k, v) in keys {
+                    doc["db"][k] = v.clone();
+                }
+            }
         }
         if let Some(validation) = &self.validation {
             doc["validation"] = validation.clone();

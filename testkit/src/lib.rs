@@ -12,6 +12,7 @@ pub mod fuzzing;
 mod mockdns;
 pub mod openbao;
 pub mod pebble;
+pub mod postgres;
 pub mod procs;
 pub mod raw;
 pub mod responders;

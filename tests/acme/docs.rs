@@ -103,7 +103,16 @@ fn full_document() -> Value {
         "address": "127.0.0.1:8443",
         "dnsNames": ["localhost", "127.0.0.1"],
         "dataDir": "/var/lib/acmeproxy",
-        "db": {"type": "sled", "dataSource": "/var/lib/acmeproxy/db", "badgerFileLoadingMode": ""},
+        // The PostgreSQL store, whose keys are a superset of sled's
+        // (`passwordFile` must exist: /dev/null, an empty password).
+        "db": {
+            "type": "postgresql",
+            "dataSource": "postgresql://acmeproxy@127.0.0.1:5432/",
+            "database": "acmeproxy",
+            "passwordFile": "/dev/null",
+            "maxConnections": 16,
+            "badgerFileLoadingMode": ""
+        },
         "logger": {"format": "json"},
         "tls": {
             "minVersion": 1.2,

@@ -18,5 +18,6 @@ mod hardening_conn;
 mod hardening_ops;
 mod metrics;
 mod packaging;
+mod postgres;
 mod rate_limits;
 mod validation_egress;

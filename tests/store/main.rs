@@ -1,11 +1,16 @@
-//! One test battery for every `Store` backend: the same suite runs against the memory reference and sled.
+//! One test battery for every `Store` backend: the same suite runs against the memory reference, sled and PostgreSQL.
 //! A backend is added with one line, `store_battery!(name, fixture_expr)`, where
 //! `fixture_expr` is evaluated inside each async test returning `Result` (so it
 //! may `.await`, use `?`, or `return Ok(())` to skip when, say,
 //! `ACMEPROXY_TEST_PG_URL` is unset).
 //!
 //! Below the battery: sled-only tests (durability across a restart, the
-//! directory lock, and a commit-rate measurement that prints its numbers).
+//! directory lock, and a commit-rate measurement that prints its numbers);
+//! the PostgreSQL-only tests are in `postgres.rs`. The PostgreSQL battery
+//! runs on one throw-away server (`kit::postgres`), each test in a database
+//! of its own.
+
+mod postgres;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -20,9 +25,12 @@ use acmeproxy::model::{
     FinalizeJob, OrderId, OrderRecord,
 };
 use acmeproxy::store::memory::MemoryStore;
+use acmeproxy::store::postgres::{PgOptions, PgStore};
 use acmeproxy::store::records::Batch;
 use acmeproxy::store::sled::SledStore;
 use acmeproxy::store::{Expect, Op, Records, Snapshot, Store, StoreError, Table};
+use acmeproxy_testkit as kit;
+use kit::postgres::{PgServer, unique_database};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
@@ -49,6 +57,30 @@ impl Fixture {
             store: Arc::new(store),
             _guard: Some(Box::new(dir)),
         })
+    }
+
+    /// A store in a new database of the shared PostgreSQL server; `None`
+    /// (after a note) when PostgreSQL is not installed and `CI` is unset.
+    async fn postgres() -> anyhow::Result<Option<Self>> {
+        if kit::postgres::skip("the PostgreSQL store battery") {
+            return Ok(None);
+        }
+        let server = PgServer::shared().map_err(anyhow::Error::msg)?;
+        let store = PgStore::open(&pg_options(server, &unique_database("battery"))).await?;
+        Ok(Some(Self {
+            store: Arc::new(store),
+            _guard: None,
+        }))
+    }
+}
+
+/// Options for `database` on `server`, the password in the URL.
+fn pg_options(server: &PgServer, database: &str) -> PgOptions {
+    PgOptions {
+        data_source: server.url_with_password(),
+        database: database.to_owned(),
+        password: None,
+        max_connections: 8,
     }
 }
 
@@ -115,6 +147,13 @@ macro_rules! battery_tests {
 
 store_battery!(memory, Fixture::memory());
 store_battery!(sled, Fixture::sled()?);
+store_battery!(
+    postgresql,
+    match Fixture::postgres().await? {
+        Some(f) => f,
+        None => return Ok(()),
+    }
+);
 
 // ---------------------------------------------------------------------------
 // Raw key-value behaviour
