@@ -6,6 +6,7 @@ mod admin;
 pub mod admin_socket;
 mod backup;
 mod connections;
+pub mod migrate;
 mod restore;
 mod serve;
 mod store_watch;
@@ -99,6 +100,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Restore { file, dir, db } => {
             runtime()?.block_on(restore::restore(&file, &dir, db.as_deref()))
         }
+        Command::Migrate { from, to } => runtime()?.block_on(migrate::migrate(&from, &to)),
         Command::Version => {
             println!("acmeproxy {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -94,6 +94,22 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         db: Option<PathBuf>,
     },
+    /// Copies every record of one configuration's store into another's,
+    /// offline: for example from sled to PostgreSQL before running replicas.
+    ///
+    /// Stop the server first. The source is read as one consistent
+    /// snapshot; the target must be empty, and is counted table by table
+    /// after the copy. The files of the data directory (softcas's CA, the TLS
+    /// key) are not copied: point both configurations at the same dataDir,
+    /// or copy it.
+    Migrate {
+        /// The ca.json whose store is read.
+        #[arg(long, value_name = "CA_JSON")]
+        from: PathBuf,
+        /// The ca.json whose (empty) store is written.
+        #[arg(long, value_name = "CA_JSON")]
+        to: PathBuf,
+    },
     /// Prints the version.
     Version,
 }
