@@ -9,6 +9,7 @@ pub mod cajson;
 pub mod clients;
 pub mod crash_support;
 pub mod fuzzing;
+pub mod haproxy;
 mod mockdns;
 pub mod openbao;
 pub mod pebble;

@@ -2,7 +2,8 @@
 # install-clients.sh: installs the ACME clients and tools that
 # tests/interop/clients.rs drives, Pebble, the upstream CA of
 # tests/upstreams/pebble.rs, and strace for the store's durability test
-# (Debian/Ubuntu). Idempotent: runs apt-get only
+# (Debian/Ubuntu), and haproxy for the replicas test behind a load balancer.
+# Idempotent: runs apt-get only
 # when a package is missing, and `apt-get update` only then. Needs root for
 # that; prints what it did.
 #
@@ -12,7 +13,7 @@
 # parsers (Python cryptography >= 42) see what Debian's does not.
 set -eu
 
-PACKAGES="certbot lego uacme dehydrated pebble openssl python3 python3-venv curl ca-certificates util-linux prometheus shellcheck strace"
+PACKAGES="certbot lego uacme dehydrated pebble openssl python3 python3-venv curl ca-certificates util-linux prometheus shellcheck strace haproxy"
 CERTBOT_PYPI_VERSION="5.8.0"
 VENV="${ACMEPROXY_CERTBOT_VENV:-/var/tmp/acmeproxy-certbot}"
 
@@ -55,7 +56,7 @@ timeout 600 apt-get update -q
 echo "install-clients: apt-get install -y$missing"
 # shellcheck disable=SC2086 # word splitting of the package list is wanted
 timeout 1200 apt-get install -y -q --no-install-recommends $missing
-for bin in certbot lego uacme dehydrated pebble openssl promtool strace; do
+for bin in certbot lego uacme dehydrated pebble openssl promtool strace haproxy; do
     command -v "$bin" >/dev/null || { echo "install-clients: $bin still missing" >&2; exit 1; }
 done
 install_pypi_certbot
