@@ -3,8 +3,9 @@
 //! against the replicas' root), round-robin per request, so consecutive
 //! requests of one ACME flow land on different replicas. A replica is taken
 //! out after two failed `/ready` checks 500 ms apart, and a request whose
-//! connection to a replica fails is sent to another one (`retries`,
-//! `option redispatch`).
+//! replica fails (no connection, the connection closed without an answer) is
+//! sent again to another one (`retries`, `option redispatch`, `retry-on`):
+//! replaying an ACME POST is safe, as its nonce can be redeemed only once.
 //!
 //! Installed by `make test-deps` (tests/interop/install-clients.sh).
 
@@ -78,7 +79,8 @@ impl Haproxy {
         let cfg = format!(
             "global\n  maxconn 4096\n\
              defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  \
-             retries 3\n  option redispatch 1\n  option http-keep-alive\n\
+             retries 3\n  option redispatch 1\n  option http-keep-alive\n  \
+             retry-on conn-failure empty-response junk-response response-timeout\n\
              frontend acme\n  bind 127.0.0.1:{port} ssl crt {front} alpn http/1.1\n  default_backend replicas\n\
              backend replicas\n  balance roundrobin\n  http-reuse safe\n  \
              option httpchk GET /ready\n  http-check expect status 200\n{servers}",
