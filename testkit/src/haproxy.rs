@@ -77,8 +77,8 @@ impl Haproxy {
             })
             .collect();
         let cfg = format!(
-            "global\n  maxconn 4096\n\
-             defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  \
+            "global\n  maxconn 4096\n  log stdout format raw local0\n\
+             defaults\n  mode http\n  log global\n  option httplog\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  \
              retries 3\n  option redispatch 1\n  option http-keep-alive\n  \
              retry-on conn-failure empty-response junk-response response-timeout\n\
              frontend acme\n  bind 127.0.0.1:{port} ssl crt {front} alpn http/1.1\n  default_backend replicas\n\
@@ -123,6 +123,23 @@ impl Haproxy {
     /// The ACME directory URL through haproxy.
     pub fn directory_url(&self) -> String {
         format!("https://127.0.0.1:{}/acme/acme/directory", self.port)
+    }
+
+    /// Requests each replica answered so far (`r0`, `r1`, … in the order
+    /// given to [`start`](Self::start)), from haproxy's request log.
+    pub fn requests_per_replica(&self) -> std::collections::BTreeMap<String, usize> {
+        let log = std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default();
+        let mut counts = std::collections::BTreeMap::new();
+        for line in log.lines() {
+            if let Some(at) = line.find("replicas/") {
+                let server: String = line[at + "replicas/".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                *counts.entry(server).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// haproxy's pid (for its CPU time).

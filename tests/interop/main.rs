@@ -3,4 +3,5 @@
 //! Pebble (`upstream`). The shell helpers they use live next to this file.
 
 mod clients;
+mod replicas;
 mod upstream;
