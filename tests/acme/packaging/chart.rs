@@ -36,6 +36,14 @@ fn merge(base: &mut Value, over: &Value) {
 /// into values.yaml: file name → parsed manifest (None when it rendered to
 /// nothing), plus NOTES.txt as text.
 fn render(release: &str, overrides: &Value) -> (BTreeMap<String, Option<Value>>, String) {
+    try_render(release, overrides).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`render`], returning the first template's error (a `fail` included).
+fn try_render(
+    release: &str,
+    overrides: &Value,
+) -> Result<(BTreeMap<String, Option<Value>>, String), String> {
     let chart = yaml_file("Chart.yaml");
     let mut values = yaml_file("values.yaml");
     merge(&mut values, overrides);
@@ -54,18 +62,18 @@ fn render(release: &str, overrides: &Value) -> (BTreeMap<String, Option<Value>>,
         .unwrap();
     let mut out = BTreeMap::new();
     let mut notes = String::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for path in paths {
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
         let src = std::fs::read_to_string(&path).unwrap();
         if name == "NOTES.txt" {
-            notes = t
-                .render(&src, &ctx)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            notes = t.render(&src, &ctx).map_err(|e| format!("{name}: {e}"))?;
         } else if name.ends_with(".yaml") {
-            let rendered = t
-                .render(&src, &ctx)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let rendered = t.render(&src, &ctx).map_err(|e| format!("{name}: {e}"))?;
             let doc = (!rendered.trim().is_empty()).then(|| {
                 serde_norway::from_str::<Value>(&rendered)
                     .unwrap_or_else(|e| panic!("{name} is not YAML ({e}):\n{rendered}"))
@@ -73,7 +81,7 @@ fn render(release: &str, overrides: &Value) -> (BTreeMap<String, Option<Value>>,
             out.insert(name, doc);
         }
     }
-    (out, notes)
+    Ok((out, notes))
 }
 
 /// The common shape of every manifest: kind, name, string labels.
@@ -182,6 +190,15 @@ fn chart_renders_with_defaults() {
     for m in mounts.values() {
         assert!(volumes.contains_key(m["name"].as_str().unwrap()));
     }
+    assert!(!volumes.contains_key("db-password"));
+    assert!(
+        spec.get("affinity").is_none(),
+        "no anti-affinity for one pod"
+    );
+    assert!(
+        docs["pdb.yaml"].is_none(),
+        "no PodDisruptionBudget for one pod"
+    );
 
     let svc = get("service.yaml");
     check_meta(svc, "Service", name);
@@ -255,6 +272,220 @@ fn chart_renders_with_existing_secret_and_claim() {
     assert_eq!(pvc["metadata"]["name"], "x-acmeproxy");
 }
 
+/// The PostgreSQL values of docs/admin.md: 3 replicas, an externalcas upstream.
+fn postgres_values() -> Value {
+    json!({
+        "replicaCount": 3,
+        "postgresql": {
+            "enabled": true,
+            "dataSource": "postgresql://acmeproxy@postgres.db.svc:5432/?sslmode=verify-full",
+            "passwordSecret": {"name": "acmeproxy-db", "key": "password"},
+        },
+        "config": {
+            "authority": {
+                "type": "externalcas",
+                "config": {"ca_url": "https://ca.example.test/acme/directory"},
+            },
+        },
+    })
+}
+
+/// ca.json from a rendered secret.yaml.
+fn ca_json(docs: &BTreeMap<String, Option<Value>>) -> Value {
+    let secret = docs["secret.yaml"].as_ref().expect("secret.yaml is empty");
+    serde_json::from_str(secret["stringData"]["ca.json"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn chart_runs_replicas_on_postgresql() {
+    let (docs, notes) = render("ra", &postgres_values());
+    let name = "ra-acmeproxy";
+    let get = |f: &str| docs[f].as_ref().unwrap_or_else(|| panic!("{f} is empty"));
+
+    // ca.json: the postgresql db block, the password only as a file name;
+    // the server accepts it (with the file present where it points).
+    check_meta(get("secret.yaml"), "Secret", name);
+    let config = ca_json(&docs);
+    assert_eq!(
+        config["db"],
+        json!({
+            "type": "postgresql",
+            "dataSource": "postgresql://acmeproxy@postgres.db.svc:5432/?sslmode=verify-full",
+            "database": "acmeproxy",
+            "passwordFile": "/etc/acmeproxy-db/password",
+        })
+    );
+    assert_eq!(config["authority"]["type"], "externalcas");
+    assert_eq!(config["dataDir"], "/var/lib/acmeproxy");
+    // The chart never sees the password: no user:password@ in the URL, no
+    // password= parameter, no password key (the db block above is exact).
+    let all = serde_json::to_string(&docs).unwrap().to_lowercase();
+    assert!(
+        !all.contains("://acmeproxy:") && !all.contains("password="),
+        "a password in a manifest: {all}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = tmp.path().join("password");
+    std::fs::write(&pw, "not-used-here\n").unwrap();
+    let mut local = config.clone();
+    local["db"]["passwordFile"] = json!(pw);
+    let conf = tmp.path().join("ca.json");
+    std::fs::write(&conf, serde_json::to_string_pretty(&local).unwrap()).unwrap();
+    check_config(&conf);
+
+    // No PVC; 3 replicas, rolled one at a time, spread across nodes.
+    assert!(docs["pvc.yaml"].is_none(), "no PVC on PostgreSQL");
+    let deploy = get("deployment.yaml");
+    check_meta(deploy, "Deployment", name);
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(
+        deploy["spec"]["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    );
+    let selector = &deploy["spec"]["selector"]["matchLabels"];
+    let spec = &deploy["spec"]["template"]["spec"];
+    let term =
+        &spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(
+        term["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        &term["podAffinityTerm"]["labelSelector"]["matchLabels"],
+        selector
+    );
+
+    // The data directory is an emptyDir; the password Secret's one key is
+    // mounted read-only, mode 0400, where passwordFile points.
+    let volumes: BTreeMap<&str, &Value> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v))
+        .collect();
+    assert_eq!(volumes["data"], &json!({"name": "data", "emptyDir": {}}));
+    assert_eq!(
+        volumes["db-password"]["secret"],
+        json!({"secretName": "acmeproxy-db",
+               "items": [{"key": "password", "path": "password", "mode": 0o400}]})
+    );
+    assert_eq!(volumes["config"]["secret"]["secretName"], name);
+    let c = &spec["containers"][0];
+    let mounts: BTreeMap<&str, &Value> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["mountPath"].as_str().unwrap(), m))
+        .collect();
+    assert_eq!(
+        mounts["/etc/acmeproxy-db"],
+        &json!({"name": "db-password", "mountPath": "/etc/acmeproxy-db", "readOnly": true})
+    );
+    assert_eq!(mounts["/var/lib/acmeproxy"]["name"], "data");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+
+    // A PodDisruptionBudget over the same pods.
+    let pdb = get("pdb.yaml");
+    check_meta(pdb, "PodDisruptionBudget", name);
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+    assert!(notes.contains("3 replica(s) on PostgreSQL"), "{notes}");
+
+    // Configurable: another budget, none, an explicit affinity.
+    let mut v = postgres_values();
+    v["podDisruptionBudget"] = json!({"maxUnavailable": 2});
+    v["affinity"] = json!({"nodeAffinity": {"x": 1}});
+    let (docs, _) = render("ra", &v);
+    assert_eq!(
+        docs["pdb.yaml"].as_ref().unwrap()["spec"]["maxUnavailable"],
+        2
+    );
+    let spec = &docs["deployment.yaml"].as_ref().unwrap()["spec"]["template"]["spec"];
+    assert_eq!(spec["affinity"], json!({"nodeAffinity": {"x": 1}}));
+    v["podDisruptionBudget"]["enabled"] = json!(false);
+    assert!(render("ra", &v).0["pdb.yaml"].is_none());
+
+    // One replica on PostgreSQL (softcas allowed): rolling, no PVC, no PDB;
+    // a maxConnections under config.db is kept beside the generated keys.
+    let mut v = postgres_values();
+    v["replicaCount"] = json!(1);
+    v["config"] = json!({"db": {"maxConnections": 8}});
+    let (docs, _) = render("ra", &v);
+    let config = ca_json(&docs);
+    assert_eq!(config["db"]["type"], "postgresql");
+    assert_eq!(config["db"]["maxConnections"], 8);
+    assert_eq!(config["authority"]["type"], "softcas");
+    let deploy = docs["deployment.yaml"].as_ref().unwrap();
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate");
+    assert!(deploy["spec"]["template"]["spec"].get("affinity").is_none());
+    assert!(docs["pdb.yaml"].is_none() && docs["pvc.yaml"].is_none());
+}
+
+#[test]
+fn chart_refuses_replicas_it_cannot_run() {
+    let refused = |what: &str, v: &Value, needles: &[&str]| {
+        let Err(e) = try_render("ra", v) else {
+            panic!("{what}: rendered")
+        };
+        for n in needles {
+            assert!(e.contains(n), "{what}: no {n:?} in {e}");
+        }
+        println!("{what}: {e}");
+    };
+    refused(
+        "sled with 3 replicas",
+        &json!({"replicaCount": 3}),
+        &[
+            "replicaCount > 1 needs postgresql.enabled",
+            "sled",
+            "one process on one disk",
+        ],
+    );
+    let mut v = postgres_values();
+    v["config"]["authority"] = yaml_file("values.yaml")["config"]["authority"].clone();
+    refused(
+        "softcas with 3 replicas",
+        &v,
+        &["replicaCount > 1 needs an external upstream", "softcas"],
+    );
+    let mut v = postgres_values();
+    v["postgresql"]["dataSource"] = json!("");
+    refused("no dataSource", &v, &["postgresql.dataSource"]);
+    let mut v = postgres_values();
+    v["postgresql"]["passwordSecret"]["name"] = json!("");
+    refused("no password Secret", &v, &["postgresql.passwordSecret"]);
+    // One replica: sled and softcas are fine (the defaults).
+    assert!(try_render("ra", &json!({"replicaCount": 1})).is_ok());
+}
+
+/// docs/admin.md's `values-ha.yaml` renders, and its ca.json passes
+/// check-config.
+#[test]
+fn chart_renders_the_admin_guide_ha_values() {
+    let doc = std::fs::read_to_string(repo().join("docs/admin.md")).unwrap();
+    let after = doc
+        .split_once("`values-ha.yaml`:\n\n```yaml\n")
+        .expect("docs/admin.md has a values-ha.yaml block")
+        .1;
+    let yaml = after.split_once("```").unwrap().0;
+    let values: Value = serde_norway::from_str(yaml).unwrap();
+    let (docs, _) = render("acmeproxy", &values);
+    let deploy = docs["deployment.yaml"].as_ref().unwrap();
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert!(docs["pdb.yaml"].is_some() && docs["pvc.yaml"].is_none());
+    let mut config = ca_json(&docs);
+    assert_eq!(config["db"]["passwordFile"], "/etc/acmeproxy-db/password");
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = tmp.path().join("password");
+    std::fs::write(&pw, "x\n").unwrap();
+    config["db"]["passwordFile"] = json!(pw);
+    let conf = tmp.path().join("ca.json");
+    std::fs::write(&conf, config.to_string()).unwrap();
+    check_config(&conf);
+}
+
 /// `helm lint` and `helm template` when helm is on PATH (Debian packages no
 /// helm, so usually this is skipped and the renderer above is the check).
 #[test]
@@ -289,5 +520,40 @@ fn chart_with_helm_when_installed() {
     assert_eq!(
         kinds,
         ["Deployment", "PersistentVolumeClaim", "Secret", "Service"]
+    );
+
+    // Replicas on PostgreSQL: a PDB and no PVC; sled with replicas refused.
+    let pg = [
+        "replicaCount=3",
+        "postgresql.enabled=true",
+        "postgresql.dataSource=postgresql://acmeproxy@postgres.db.svc:5432/",
+        "postgresql.passwordSecret.name=acmeproxy-db",
+        "config.authority.type=externalcas",
+        "config.authority.config.ca_url=https://ca.example.test/acme/directory",
+    ];
+    let out = Command::new("helm")
+        .args(["template", "ra"])
+        .arg(chart_dir())
+        .args(pg.iter().flat_map(|s| ["--set", s]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm template:\n{}", text(&out));
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    assert!(rendered.contains("kind: PodDisruptionBudget"), "{rendered}");
+    assert!(
+        !rendered.contains("kind: PersistentVolumeClaim"),
+        "{rendered}"
+    );
+    let out = Command::new("helm")
+        .args(["template", "ra"])
+        .arg(chart_dir())
+        .args(["--set", "replicaCount=3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("one process on one disk"),
+        "{}",
+        text(&out)
     );
 }

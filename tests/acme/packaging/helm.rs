@@ -10,11 +10,15 @@
 //!   integers, `( … )` sub-pipelines;
 //! - functions: `include`, `printf` (`%s` only), `default`, `quote`,
 //!   `nindent`, `indent`, `toYaml`, `toJson`, `toPrettyJson`, `trunc`, `trimSuffix`,
-//!   `contains`, `not`, `eq`.
+//!   `contains`, `not`, `eq`, `and`, `or`, `gt`, `int`, `dict`, `merge`
+//!   (sprig's: deep, the first map's values win) and `fail` (the render
+//!   fails with its message, as `helm install` does).
 //!
 //! Stricter than Helm on purpose: printing a missing value, a map or a list
 //! (without `toYaml`/`toPrettyJson`) is an error, so typos in a template fail
-//! the test instead of rendering an empty string.
+//! the test instead of rendering an empty string. `gt` compares integers
+//! only: Helm reads numbers in values as float64, and Go's `gt` refuses a
+//! float against an int literal, so templates write `gt (int .Values.x) 1`.
 
 use std::collections::BTreeMap;
 
@@ -234,9 +238,83 @@ impl Templates {
                 arity(2)?;
                 Value::Bool(args[0] == args[1])
             }
+            // Go's `and`/`or` return the deciding argument, not a bool.
+            "and" | "or" => {
+                if args.len() < 2 {
+                    return Err(format!("{name} takes 2 or more arguments"));
+                }
+                let stop = |v: &Value| truthy(v) == (name == "or");
+                args.iter()
+                    .find(|v| stop(v))
+                    .unwrap_or(&args[args.len() - 1])
+                    .clone()
+            }
+            "int" => {
+                arity(1)?;
+                match &args[0] {
+                    Value::Number(n) if n.is_i64() => args[0].clone(),
+                    Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+                        Value::from(n.as_f64().unwrap_or_default() as i64)
+                    }
+                    Value::String(s) => Value::from(
+                        s.parse::<i64>()
+                            .map_err(|_| format!("int: {s:?} is not an integer"))?,
+                    ),
+                    other => return Err(format!("int: {other} is not an integer")),
+                }
+            }
+            "gt" => {
+                arity(2)?;
+                let n = |v: &Value| {
+                    v.as_i64()
+                        .ok_or_else(|| format!("gt: {v} is not an integer (use int)"))
+                };
+                Value::Bool(n(&args[0])? > n(&args[1])?)
+            }
+            "dict" => {
+                if args.len() % 2 != 0 {
+                    return Err("dict takes key/value pairs".to_owned());
+                }
+                let mut map = serde_json::Map::new();
+                for pair in args.chunks(2) {
+                    let key = pair[0].as_str().ok_or("dict: a key is not a string")?;
+                    map.insert(key.to_owned(), pair[1].clone());
+                }
+                Value::Object(map)
+            }
+            "merge" => {
+                let (dst, srcs) = args.split_first().ok_or("merge needs maps")?;
+                let mut out = dst.clone();
+                for src in srcs {
+                    merge_under(&mut out, src)?;
+                }
+                out
+            }
+            "fail" => {
+                arity(1)?;
+                return Err(format!("execution error: {}", printable(&args[0])?));
+            }
             other => return Err(format!("unknown function {other:?}")),
         })
     }
+}
+
+/// sprig's `merge`: keys of `src` missing from `dst` are added, maps merged
+/// recursively, and every value `dst` already has is kept.
+fn merge_under(dst: &mut Value, src: &Value) -> Result<(), String> {
+    let (Value::Object(d), Value::Object(s)) = (dst, src) else {
+        return Err("merge takes maps".to_owned());
+    };
+    for (k, v) in s {
+        match d.get_mut(k) {
+            None => {
+                d.insert(k.clone(), v.clone());
+            }
+            Some(dv @ Value::Object(_)) if v.is_object() => merge_under(dv, v)?,
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Go template truth: false, 0, "", null and empty collections are false.
@@ -477,5 +555,26 @@ mod tests {
         assert!(t.render("{{ .Values.missing }}", &ctx).is_err());
         assert!(t.render("{{ .Values.m }}", &ctx).is_err());
         assert!(t.render("{{ nosuch 1 }}", &ctx).is_err());
+
+        // and/or/gt/int/dict/merge/fail.
+        let out = t
+            .render(
+                "{{ and .Values.on .Values.b }} {{ or .Values.a \"y\" }} {{ gt (int .Values.b) 1 }} {{ gt (int \"1\") 1 }}\n{{- merge (dict \"m\" (dict \"j\" 3 \"k\" 0)) .Values | toJson | nindent 0 }}",
+                &ctx,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "7 y true false\n{\"a\":\"\",\"b\":7,\"m\":{\"j\":3,\"k\":0},\"on\":true}"
+        );
+        assert!(t.render("{{ gt .Values.a 1 }}", &ctx).is_err());
+        assert!(
+            t.render("{{ merge .Values.b .Values.m | toJson }}", &ctx)
+                .is_err()
+        );
+        let e = t
+            .render("a{{ if .Values.on }}{{ fail \"no way\" }}{{ end }}", &ctx)
+            .unwrap_err();
+        assert_eq!(e, "execution error: no way");
     }
 }
