@@ -159,11 +159,13 @@ fn certbot_and_lego_through_haproxy_in_front_of_three_replicas() {
     if skip("the replicas test") {
         return;
     }
+    // Kept on failure (the logs), removed at the end of a passing run.
     let tmp = tempfile::Builder::new()
         .prefix("acmeproxy-replicas-")
         .tempdir()
-        .unwrap();
-    let cluster = Cluster::start(tmp.path(), 3).unwrap();
+        .unwrap()
+        .keep();
+    let cluster = Cluster::start(&tmp, 3).unwrap();
     for (client, name) in [
         (Client::Certbot, "certbot.replicas.test"),
         (Client::Lego, "lego.replicas.test"),
@@ -180,10 +182,10 @@ fn certbot_and_lego_through_haproxy_in_front_of_three_replicas() {
             name,
             Challenge::Http01,
             &cluster.ports,
-            &tmp.path().join("clients"),
+            &tmp.join("clients"),
         )
         .unwrap_or_else(|e| {
-            let kept = tmp.path().to_owned();
+            let kept = tmp.clone();
             panic!(
                 "{client} through haproxy failed: {e} (logs under {})",
                 kept.display()
@@ -200,5 +202,6 @@ fn certbot_and_lego_through_haproxy_in_front_of_three_replicas() {
     println!("replicas: requests per replica {counts:?}");
     assert_eq!(counts.len(), cluster.replicas.len(), "{counts:?}");
     assert!(counts.values().all(|n| *n >= 5), "{counts:?}");
-    drop(cluster.pg);
+    drop(cluster);
+    let _ = fs::remove_dir_all(&tmp);
 }
