@@ -123,15 +123,25 @@ fn load(path: &Path) -> anyhow::Result<(Settings, crate::config::Warnings)> {
 pub async fn open_store(cfg: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &cfg.store {
         StoreChoice::Memory => Arc::new(MemoryStore::new()),
-        StoreChoice::Postgres(pg) => Arc::new(
-            PgStore::open(&PgOptions {
-                data_source: pg.data_source.expose().to_owned(),
-                database: pg.database.clone(),
-                password: pg.password.as_ref().map(|p| p.expose().to_owned()),
-                max_connections: pg.max_connections,
-            })
-            .await?,
-        ),
+        StoreChoice::Postgres(pg) => {
+            let store: Arc<dyn Store> = Arc::new(
+                PgStore::open(&PgOptions {
+                    data_source: pg.data_source.expose().to_owned(),
+                    database: pg.database.clone(),
+                    password: pg.password.as_ref().map(|p| p.expose().to_owned()),
+                    max_connections: pg.max_connections,
+                })
+                .await?,
+            );
+            // The pool's figures at each scrape, while the store lives.
+            let weak = Arc::downgrade(&store);
+            crate::metrics::before_render(move || {
+                if let Some(p) = weak.upgrade().and_then(|s| s.pool_status()) {
+                    crate::metrics::store_pool(p.max, p.open, p.idle, p.waiting);
+                }
+            });
+            store
+        }
         StoreChoice::Sled(path) => {
             if let Some(parent) = path.parent() {
                 create_private_dir(parent)?;

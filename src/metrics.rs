@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use time::OffsetDateTime;
 
@@ -31,6 +31,7 @@ struct Metrics {
     rate_limited: IntCounterVec,
     validations_waiting: IntGauge,
     purged: IntCounterVec,
+    store_pool: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -131,6 +132,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["kind"],
         )?,
+        store_pool: IntGaugeVec::new(
+            Opts::new(
+                "acmeproxy_store_pool_connections",
+                "The PostgreSQL store's connection pool: max, open, idle, and waiting (requests waiting for a connection)",
+            ),
+            &["state"],
+        )?,
         registry,
     };
     m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -155,6 +163,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     m.registry
         .register(Box::new(m.validations_waiting.clone()))?;
     m.registry.register(Box::new(m.purged.clone()))?;
+    m.registry.register(Box::new(m.store_pool.clone()))?;
     Ok(m)
 }
 
@@ -262,11 +271,51 @@ pub fn purged(kind: &'static str, n: u64) {
     }
 }
 
+/// The store's connection pool (PostgreSQL): its size limit, connections
+/// open, idle, and requests waiting for one.
+pub fn store_pool(max: usize, open: usize, idle: usize, waiting: usize) {
+    with(|m| {
+        for (state, n) in [
+            ("max", max),
+            ("open", open),
+            ("idle", idle),
+            ("waiting", waiting),
+        ] {
+            m.store_pool
+                .with_label_values(&[state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    });
+}
+
+type Refresh = Box<dyn Fn() + Send + Sync>;
+
+/// Gauges read at scrape time (the store's pool), set by the composition
+/// root.
+static BEFORE_RENDER: std::sync::Mutex<Vec<Refresh>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `refresh` before each [`render`] (it reads a figure and sets a
+/// gauge). It must hold nothing that should be dropped earlier (hold a weak
+/// reference).
+pub fn before_render(refresh: impl Fn() + Send + Sync + 'static) {
+    BEFORE_RENDER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Box::new(refresh));
+}
+
 /// The text exposition of every metric.
 pub fn render() -> String {
     let Some(m) = METRICS.as_ref() else {
         return String::new();
     };
+    for refresh in BEFORE_RENDER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+    {
+        refresh();
+    }
     let mut buf = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
         tracing::error!(error = %e, "encoding metrics failed");

@@ -184,6 +184,19 @@ impl StoreError {
     }
 }
 
+/// Connection-pool figures of a backend that keeps a pool (PostgreSQL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The most connections the pool opens.
+    pub max: usize,
+    /// Connections open now (in use or idle).
+    pub open: usize,
+    /// Open connections no request uses now.
+    pub idle: usize,
+    /// Requests waiting for a connection.
+    pub waiting: usize,
+}
+
 /// The persistence seam.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -237,6 +250,11 @@ pub trait Store: Send + Sync + 'static {
             "taking a snapshot",
             format!("the {} store cannot take snapshots", self.backend_name()),
         ))
+    }
+
+    /// The backend's connection pool, if it has one (for metrics).
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
     }
 
     /// Whether a write can be made durable now (for `/ready`).

@@ -328,6 +328,16 @@ impl Store for PgStore {
         "postgresql"
     }
 
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        let status = self.pool.status();
+        Some(super::PoolStatus {
+            max: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        })
+    }
+
     async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let client = self.client().await?;
         let st = client

@@ -51,7 +51,8 @@ async fn issues_on_postgresql_and_is_unready_while_it_is_down() {
     let data = tmp.path().join("data");
     let password_file = tmp.path().join("db-password");
     std::fs::write(&password_file, format!("{}\n", pg.password())).unwrap();
-    let ca = CaJson::new(&data)
+    let [metrics_port] = kit::procs::free_ports().unwrap();
+    let mut ca = CaJson::new(&data)
         .postgres(&pg.url(), "acmeproxy_e2e", Some(&password_file))
         .validation(
             responders.http_port(),
@@ -59,6 +60,7 @@ async fn issues_on_postgresql_and_is_unready_while_it_is_down() {
             responders.dns_addr(),
             10,
         );
+    ca.metrics = Some(format!("127.0.0.1:{metrics_port}"));
     let binary = Binary::with_config(tmp.path(), ca, data.join("softcas/root.crt"));
     let mut server = binary.start().await;
     let serve = |token: &str, key_auth: &str| responders.set_http01(token, key_auth);
@@ -72,6 +74,18 @@ async fn issues_on_postgresql_and_is_unready_while_it_is_down() {
         )
         .unwrap();
     assert_eq!(orders, "1");
+    // The pool's figures, read at the scrape.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"acmeproxy_store_pool_connections{state="max"} 16"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"acmeproxy_store_pool_connections{state="open"}"#));
 
     let root = reqwest::Certificate::from_pem(&std::fs::read(&binary.root_file).unwrap()).unwrap();
     let http = reqwest::Client::builder()

@@ -33,7 +33,7 @@ struct Replica {
 
 /// The database, the replicas and haproxy in front of them.
 struct Cluster {
-    pg: PgServer,
+    _pg: PgServer,
     replicas: Vec<Replica>,
     lb: Haproxy,
     root: PathBuf,
@@ -140,7 +140,7 @@ impl Cluster {
             &root,
         )?;
         Ok(Self {
-            pg,
+            _pg: pg,
             replicas: all,
             lb,
             root,
