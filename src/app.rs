@@ -6,6 +6,7 @@ mod admin;
 pub mod admin_socket;
 mod backup;
 mod connections;
+mod nonces;
 mod restore;
 mod serve;
 mod store_watch;

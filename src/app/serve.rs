@@ -15,7 +15,6 @@ use super::{SHUTDOWN_GRACE, create_private_dir, open_store, provisioners, shutdo
 use crate::config::{Settings, Upstream};
 use crate::http::{AppState, router};
 use crate::model::{Clock, SystemClock};
-use crate::nonce::NonceService;
 use crate::ra::{Authority, AuthorityOptions, FinalizeWorker, RetentionPolicy, RetentionWorker};
 use crate::store::{Records, Store};
 use crate::tls::{ServerIdentity, TlsOptions};
@@ -24,6 +23,9 @@ use crate::upstream::acme::{AcmeUpstream, AcmeUpstreamOptions};
 use crate::upstream::softcas::{SoftCas, SoftCasOptions};
 use crate::upstream::stepca::{StepCa, StepCaOptions};
 use crate::validate::{HickoryResolver, ValidationSettings, Validator};
+
+/// How long a Replay-Nonce may be redeemed after it was issued.
+const NONCE_LIFETIME: Duration = Duration::minutes(30);
 
 /// A running server, for `main` and for tests.
 pub struct Server {
@@ -96,6 +98,9 @@ pub struct Overrides {
     /// Builds the upstream from the opened store, instead of
     /// `authority.type`'s; ignored when `upstream` is given.
     pub upstream_factory: Option<UpstreamFactory>,
+    /// A store already open, instead of the one `db` names (tests start
+    /// several replicas on one shared store this way).
+    pub store: Option<Arc<dyn Store>>,
 }
 
 /// [`start`], with some parts supplied by the caller.
@@ -107,7 +112,10 @@ pub async fn start_with(
 ) -> anyhow::Result<Server> {
     let data_dir = cfg.data_dir.clone();
     create_private_dir(&data_dir)?;
-    let store = open_store(&cfg).await?;
+    let store = match overrides.store {
+        Some(store) => store,
+        None => open_store(&cfg).await?,
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     let upstream: Arc<dyn CertificateAuthorityService> =
@@ -149,7 +157,7 @@ pub async fn start_with(
     )
     .await
     .context("starting the admin socket")?;
-    let nonces = NonceService::new(clock, Duration::minutes(30));
+    let nonces = super::nonces::service(&store, clock, NONCE_LIFETIME, shutdown.clone()).await?;
     let app = router(AppState {
         ra: Arc::clone(&ra),
         nonces,
