@@ -19,7 +19,7 @@ use std::time::Duration as StdDuration;
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-pub use serve::{Overrides, Server, UpstreamFactory, start, start_with};
+pub use serve::{OptionsTweak, Overrides, Server, UpstreamFactory, start, start_with};
 pub use store_watch::{EXIT_RESTART, RestartNeeded};
 pub use upstream_state::StoreUpstreamState;
 

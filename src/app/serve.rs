@@ -89,6 +89,9 @@ pub async fn start(
 pub type UpstreamFactory =
     Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn CertificateAuthorityService> + Send>;
 
+/// Changes made to the Authority's options ([`Overrides::authority_options`]).
+pub type OptionsTweak = Box<dyn FnOnce(&mut AuthorityOptions) + Send>;
+
 /// Parts a caller (a test, an embedding program) supplies instead of the
 /// ones the configuration names.
 #[derive(Default)]
@@ -101,6 +104,9 @@ pub struct Overrides {
     /// A store already open, instead of the one `db` names (tests start
     /// several replicas on one shared store this way).
     pub store: Option<Arc<dyn Store>>,
+    /// Changes the Authority's timing options after the configuration's
+    /// (tests shorten the replicas' lease and scan times this way).
+    pub authority_options: Option<OptionsTweak>,
 }
 
 /// [`start`], with some parts supplied by the caller.
@@ -136,17 +142,21 @@ pub async fn start_with(
         egress: v.egress.clone(),
     });
 
+    let mut options = AuthorityOptions {
+        finalize_concurrency: cfg.upstream_concurrency,
+        rate_limits: super::rate_limits(&cfg.rate_limits),
+        ..AuthorityOptions::default()
+    };
+    if let Some(change) = overrides.authority_options {
+        change(&mut options);
+    }
     let ra = Authority::new(
         Records::new(Arc::clone(&store)),
         Arc::clone(&clock),
         validator,
         Arc::clone(&upstream),
         provisioners(&cfg)?,
-        AuthorityOptions {
-            finalize_concurrency: cfg.upstream_concurrency,
-            rate_limits: super::rate_limits(&cfg.rate_limits),
-            ..AuthorityOptions::default()
-        },
+        options,
         shutdown.clone(),
     );
     super::admin_socket::serve(
@@ -157,6 +167,11 @@ pub async fn start_with(
     )
     .await
     .context("starting the admin socket")?;
+    let mut names = cfg.dns_names.clone();
+    if !cfg.listen.ip().is_unspecified() {
+        names.push(cfg.listen.ip().to_string());
+    }
+    ra.set_public_names(names);
     let nonces = super::nonces::service(&store, clock, NONCE_LIFETIME, shutdown.clone()).await?;
     let app = router(AppState {
         ra: Arc::clone(&ra),

@@ -1,5 +1,7 @@
 //! Every resource URL is built here (step-ca's linker). The base comes from
-//! the request's Host, so URLs match what the client used to reach us.
+//! the request's Host, so URLs match what the client used to reach us
+//! (through a load balancer too); a Host that is not one of the server's
+//! names is refused before it reaches a handler ([`host_allowed`]).
 
 use axum::http::{HeaderMap, Uri, header};
 
@@ -80,6 +82,26 @@ impl Links {
     pub fn certificate(&self, id: &CertId) -> String {
         format!("{}/cert/{id}", self.base)
     }
+}
+
+/// Whether the request's host (Host header or HTTP/2 authority, any port)
+/// is one of `names` (`dnsNames` and the listen address), so that a name
+/// nobody configured is never reflected into URLs. An empty `names`
+/// allows any well-formed host; a request without a usable host is left
+/// to the handlers, which refuse it.
+pub fn host_allowed(headers: &HeaderMap, uri: &Uri, names: &[String]) -> bool {
+    if names.is_empty() {
+        return true;
+    }
+    let Some(host) = request_host(headers, uri) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    names.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 fn request_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {

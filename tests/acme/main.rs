@@ -19,4 +19,5 @@ mod hardening_ops;
 mod metrics;
 mod packaging;
 mod rate_limits;
+mod replicas;
 mod validation_egress;
