@@ -9,6 +9,7 @@ mod connections;
 mod nonces;
 mod restore;
 mod serve;
+mod shared_tls;
 mod store_watch;
 mod upstream_state;
 

@@ -179,7 +179,11 @@ pub async fn start_with(
     });
 
     let tls = &cfg.tls;
-    let identity = ServerIdentity::load_or_obtain(
+    let shared_identity = store.is_shared().then(|| {
+        Arc::new(super::shared_tls::StoreIdentity::new(Arc::clone(&store)))
+            as Arc<dyn crate::tls::SharedIdentity>
+    });
+    let identity = ServerIdentity::load_or_obtain_shared(
         &TlsOptions {
             dns_names: cfg.dns_names.clone(),
             data_dir: data_dir.clone(),
@@ -190,6 +194,7 @@ pub async fn start_with(
             wait_for_upstream: Some(shutdown.clone()),
         },
         Arc::clone(&upstream),
+        shared_identity,
     )
     .await
     .context("getting the server's own TLS certificate")?;

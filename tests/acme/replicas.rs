@@ -94,7 +94,6 @@ async fn a_flow_alternating_between_three_replicas_and_nonces_shared_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "the shared own certificate is the next commit"]
 async fn replicas_serve_one_own_certificate() {
     let replicas = TestServer::start_replicas(2, kit::Options::default(), None, |_| {}).await;
     let root = replicas[0].server.as_ref().unwrap().roots_pem.clone();
