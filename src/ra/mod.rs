@@ -13,6 +13,8 @@ mod order;
 mod quota;
 mod readiness;
 pub mod renewal;
+#[cfg(test)]
+mod replica_tests;
 pub mod retention;
 pub mod state;
 mod worker;
