@@ -167,8 +167,10 @@ pub async fn start_with(
     )
     .await
     .context("starting the admin socket")?;
+    // The Host a request may name: `dnsNames` and the listen address. With
+    // no `dnsNames` (a certificate from files) any Host is taken.
     let mut names = cfg.dns_names.clone();
-    if !cfg.listen.ip().is_unspecified() {
+    if !names.is_empty() && !cfg.listen.ip().is_unspecified() {
         names.push(cfg.listen.ip().to_string());
     }
     ra.set_public_names(names);

@@ -119,3 +119,39 @@ fn request_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
     ok.then_some(host)
 }
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    fn allowed(host: &str, names: &[&str]) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, host.parse().unwrap());
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        host_allowed(&headers, &Uri::from_static("/acme/acme/directory"), &names)
+    }
+
+    #[test]
+    fn only_the_servers_names_are_reflected() {
+        let names = ["ra.example", "::1", "192.0.2.7"];
+        for ok in [
+            "ra.example",
+            "RA.example:443",
+            "ra.example.:8443",
+            "[::1]:8443",
+            "192.0.2.7",
+        ] {
+            assert!(allowed(ok, &names), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "ra.example.evil",
+            "[::2]",
+            "192.0.2.8:443",
+            "x",
+        ] {
+            assert!(!allowed(bad, &names), "{bad}");
+        }
+        assert!(allowed("anything.example", &[]), "no names: any host");
+    }
+}

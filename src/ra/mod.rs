@@ -143,7 +143,7 @@ pub struct Authority {
     roots: std::sync::RwLock<Vec<Vec<u8>>>,
     /// The names requests may address the server by (`dnsNames` and the
     /// listen address); empty allows any.
-    public_names: std::sync::RwLock<Vec<String>>,
+    public_names: std::sync::RwLock<Arc<[String]>>,
     /// Replicas on a shared store: this replica's leases (`None` when the
     /// store serves this process alone).
     leases: Option<Leases>,
@@ -171,7 +171,7 @@ impl Authority {
             .is_shared()
             .then(|| Leases::new(Arc::clone(records.store()), random_token(12)));
         Arc::new(Self {
-            public_names: std::sync::RwLock::new(Vec::new()),
+            public_names: std::sync::RwLock::new(Arc::from(Vec::new())),
             leases,
             records,
             clock,
@@ -240,15 +240,17 @@ impl Authority {
         *self
             .public_names
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(names);
     }
 
     /// The names set by [`set_public_names`](Self::set_public_names).
-    pub fn public_names(&self) -> Vec<String> {
-        self.public_names
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    pub fn public_names(&self) -> Arc<[String]> {
+        Arc::clone(
+            &self
+                .public_names
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The self-signed roots the RA's chains lead to, PEM, for `/roots.pem`:
