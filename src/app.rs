@@ -7,8 +7,10 @@ pub mod admin_socket;
 mod backup;
 mod connections;
 pub mod migrate;
+mod nonces;
 mod restore;
 mod serve;
+mod shared_tls;
 mod store_watch;
 mod upstream_state;
 
@@ -19,7 +21,7 @@ use std::time::Duration as StdDuration;
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-pub use serve::{Overrides, Server, UpstreamFactory, start, start_with};
+pub use serve::{OptionsTweak, Overrides, Server, UpstreamFactory, start, start_with};
 pub use store_watch::{EXIT_RESTART, RestartNeeded};
 pub use upstream_state::StoreUpstreamState;
 

@@ -19,15 +19,21 @@
 //! (256 KiB for 2^20).
 //!
 //! A restart draws a new key, so nonces of the previous process fail with
-//! `badNonce` and clients retry. Replicas (a shared store) will need a
-//! shared key, disjoint counters (a replica number in the high bits) and a
-//! shared replay set; see docs/security.md.
+//! `badNonce` and clients retry.
+//!
+//! **Replicas** ([`NonceService::shared`]): when several processes share one
+//! store, every replica uses one key kept in the store, the counter field
+//! holds 64 random bits instead of a counter (so no replica numbers are
+//! needed), and the replay window is replaced by a [`ReplaySet`] in the store:
+//! redeeming writes the nonce's id once, and a second write anywhere
+//! conflicts. That costs one store write per JWS request; see docs/ha.md.
 //!
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-6.5>
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
@@ -63,6 +69,19 @@ pub enum NonceError {
     /// nonces.
     #[error("has expired")]
     Expired,
+    /// The shared replay set could not be reached (replicas only): the
+    /// nonce is neither accepted nor spent.
+    #[error("could not be checked (the store failed)")]
+    Unavailable,
+}
+
+/// The replay set replicas share ([`NonceService::shared`]).
+#[async_trait]
+pub trait ReplaySet: Send + Sync + 'static {
+    /// Marks nonce `id` used until `expires` (Unix seconds; it may be
+    /// forgotten after that). `Ok(true)` the first time, `Ok(false)` if any
+    /// replica marked it before.
+    async fn mark_used(&self, id: &str, expires: i64) -> Result<bool, NonceError>;
 }
 
 /// Issues and redeems nonces.
@@ -80,6 +99,8 @@ struct Inner {
     /// Counters in the window; a multiple of 64.
     window: u64,
     seen: Mutex<Seen>,
+    /// Replicas: the shared replay set, used instead of the window.
+    shared: Option<Arc<dyn ReplaySet>>,
 }
 
 /// The replay bitmap: slot `w % slots` holds word `w` (counters `64w ..
@@ -100,16 +121,34 @@ impl NonceService {
     /// (rounded up to a multiple of 64, at least 64).
     pub fn with_window(clock: Arc<dyn Clock>, max_age: Duration, window: u64) -> Self {
         let mut key = [0u8; 32];
-        // As `random_token`: without the OS generator no nonce is safe.
-        if SystemRandom::new().fill(&mut key).is_err() {
-            tracing::error!("the operating system's random generator failed");
-            std::process::abort();
-        }
+        fill_random(&mut key);
+        Self::build(clock, max_age, window, &key, None)
+    }
+
+    /// A service for one of several replicas sharing a store: `key` is the
+    /// one all replicas read from the store, and `replay` the shared replay
+    /// set. Nonces carry 64 random bits instead of a counter.
+    pub fn shared(
+        clock: Arc<dyn Clock>,
+        max_age: Duration,
+        key: &[u8],
+        replay: Arc<dyn ReplaySet>,
+    ) -> Self {
+        Self::build(clock, max_age, 64, key, Some(replay))
+    }
+
+    fn build(
+        clock: Arc<dyn Clock>,
+        max_age: Duration,
+        window: u64,
+        key: &[u8],
+        shared: Option<Arc<dyn ReplaySet>>,
+    ) -> Self {
         let slots = window.div_ceil(64).clamp(1, 1 << 26);
         let len = usize::try_from(slots).unwrap_or(1 << 14);
         Self {
             inner: Arc::new(Inner {
-                key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+                key: hmac::Key::new(hmac::HMAC_SHA256, key),
                 clock,
                 max_age,
                 next: AtomicU64::new(0),
@@ -118,6 +157,7 @@ impl NonceService {
                     tags: vec![0; len].into_boxed_slice(),
                     bits: vec![0; len].into_boxed_slice(),
                 }),
+                shared,
             }),
         }
     }
@@ -125,6 +165,15 @@ impl NonceService {
     /// A fresh nonce (RFC 8555 §6.5.1). Stores nothing.
     pub fn issue(&self) -> String {
         let counter = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        // Replicas: 64 random bits, unique among live nonces with
+        // overwhelming odds (a collision only refuses the second one).
+        let counter = if self.inner.shared.is_some() {
+            let mut r = [0u8; 8];
+            fill_random(&mut r);
+            u64::from_be_bytes(r)
+        } else {
+            counter
+        };
         let issued = self.inner.clock.now().unix_timestamp();
         let mut raw = [0u8; RAW_LEN];
         raw[..8].copy_from_slice(&counter.to_be_bytes());
@@ -134,9 +183,33 @@ impl NonceService {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// Redeems a nonce: accepted once, if this process issued it, within its
-    /// lifetime and within the replay window.
-    pub fn redeem(&self, nonce: &str) -> Result<(), NonceError> {
+    /// Redeems a nonce: accepted once, if this process (or, for replicas,
+    /// any replica) issued it, within its lifetime and within the replay
+    /// window (replicas: not in the shared replay set).
+    pub async fn redeem(&self, nonce: &str) -> Result<(), NonceError> {
+        let (counter, issued) = self.check(nonce)?;
+        match &self.inner.shared {
+            None => self.inner.check_window(counter),
+            Some(set) => {
+                let expires = issued.saturating_add(self.inner.max_age.whole_seconds());
+                let id = format!("{counter:016x}{issued:x}");
+                match set.mark_used(&id, expires).await? {
+                    true => Ok(()),
+                    false => Err(NonceError::Replayed),
+                }
+            }
+        }
+    }
+
+    /// The in-memory check of [`redeem`](Self::redeem), for one process.
+    #[cfg(test)]
+    fn redeem_local(&self, nonce: &str) -> Result<(), NonceError> {
+        let (counter, _) = self.check(nonce)?;
+        self.inner.check_window(counter)
+    }
+
+    /// Checks the MAC and the age; the nonce's counter and issue time.
+    fn check(&self, nonce: &str) -> Result<(u64, i64), NonceError> {
         if nonce.len() != ENCODED_LEN {
             return Err(NonceError::Unknown);
         }
@@ -159,7 +232,7 @@ impl NonceService {
         if age > self.inner.max_age.whole_seconds() || age < -60 {
             return Err(NonceError::Expired);
         }
-        self.inner.check_window(counter)
+        Ok((counter, issued))
     }
 
     /// Nonces issued so far (for the benchmark and tests).
@@ -207,6 +280,15 @@ impl Inner {
     }
 }
 
+/// Fills `buf` from the OS generator, or aborts: as `random_token`, without
+/// it no nonce is safe.
+fn fill_random(buf: &mut [u8]) {
+    if SystemRandom::new().fill(buf).is_err() {
+        tracing::error!("the operating system's random generator failed");
+        std::process::abort();
+    }
+}
+
 /// Constant-time comparison of two MAC tags.
 fn ring_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -228,14 +310,14 @@ mod tests {
         let (svc, _) = service(DEFAULT_WINDOW);
         let a = svc.issue();
         assert_eq!(a.len(), ENCODED_LEN);
-        assert_eq!(svc.redeem(&a), Ok(()));
-        assert_eq!(svc.redeem(&a), Err(NonceError::Replayed));
+        assert_eq!(svc.redeem_local(&a), Ok(()));
+        assert_eq!(svc.redeem_local(&a), Err(NonceError::Replayed));
         // Out of order is fine within the window.
         let b = svc.issue();
         let c = svc.issue();
-        assert_eq!(svc.redeem(&c), Ok(()));
-        assert_eq!(svc.redeem(&b), Ok(()));
-        assert_eq!(svc.redeem(&b), Err(NonceError::Replayed));
+        assert_eq!(svc.redeem_local(&c), Ok(()));
+        assert_eq!(svc.redeem_local(&b), Ok(()));
+        assert_eq!(svc.redeem_local(&b), Err(NonceError::Replayed));
     }
 
     #[test]
@@ -251,20 +333,20 @@ mod tests {
             good[..ENCODED_LEN - 1].to_owned(),
             "é".repeat(ENCODED_LEN / 2),
         ] {
-            assert_eq!(svc.redeem(&bad), Err(NonceError::Unknown), "{bad:?}");
+            assert_eq!(svc.redeem_local(&bad), Err(NonceError::Unknown), "{bad:?}");
         }
         // Flip one bit of the counter: the MAC no longer matches.
         let mut raw = URL_SAFE_NO_PAD.decode(&good).unwrap();
         raw[7] ^= 1;
         assert_eq!(
-            svc.redeem(&URL_SAFE_NO_PAD.encode(&raw)),
+            svc.redeem_local(&URL_SAFE_NO_PAD.encode(&raw)),
             Err(NonceError::Unknown)
         );
         // Another process (another key) issued it.
         let (other, _) = service(DEFAULT_WINDOW);
-        assert_eq!(other.redeem(&svc.issue()), Err(NonceError::Unknown));
+        assert_eq!(other.redeem_local(&svc.issue()), Err(NonceError::Unknown));
         // The good one still works.
-        assert_eq!(svc.redeem(&good), Ok(()));
+        assert_eq!(svc.redeem_local(&good), Ok(()));
     }
 
     #[test]
@@ -272,8 +354,8 @@ mod tests {
         let (svc, clock) = service(DEFAULT_WINDOW);
         let a = svc.issue();
         clock.advance(Duration::minutes(6));
-        assert_eq!(svc.redeem(&a), Err(NonceError::Expired));
-        assert_eq!(svc.redeem(&svc.issue()), Ok(()));
+        assert_eq!(svc.redeem_local(&a), Err(NonceError::Expired));
+        assert_eq!(svc.redeem_local(&svc.issue()), Ok(()));
     }
 
     #[test]
@@ -281,21 +363,21 @@ mod tests {
         let (svc, _) = service(128);
         let old = svc.issue();
         let kept = svc.issue();
-        assert_eq!(svc.redeem(&kept), Ok(()));
+        assert_eq!(svc.redeem_local(&kept), Ok(()));
         for _ in 0..200 {
             svc.issue();
         }
-        assert_eq!(svc.redeem(&old), Err(NonceError::Expired));
+        assert_eq!(svc.redeem_local(&old), Err(NonceError::Expired));
         assert_eq!(
-            svc.redeem(&kept),
+            svc.redeem_local(&kept),
             Err(NonceError::Expired),
             "not accepted again"
         );
         // The slots are reused for new counters.
         let fresh: Vec<String> = (0..128).map(|_| svc.issue()).collect();
         for n in &fresh[64..] {
-            assert_eq!(svc.redeem(n), Ok(()));
-            assert_eq!(svc.redeem(n), Err(NonceError::Replayed));
+            assert_eq!(svc.redeem_local(n), Ok(()));
+            assert_eq!(svc.redeem_local(n), Err(NonceError::Replayed));
         }
     }
 
@@ -304,9 +386,9 @@ mod tests {
         let (svc, _) = service(128);
         let all: Vec<String> = (0..130).map(|_| svc.issue()).collect();
         // Counter 129 is in word 2; counter 1 is in word 0, same slot.
-        assert_eq!(svc.redeem(&all[129]), Ok(()));
-        assert_eq!(svc.redeem(&all[1]), Err(NonceError::Expired));
-        assert_eq!(svc.redeem(&all[129]), Err(NonceError::Replayed));
+        assert_eq!(svc.redeem_local(&all[129]), Ok(()));
+        assert_eq!(svc.redeem_local(&all[1]), Err(NonceError::Expired));
+        assert_eq!(svc.redeem_local(&all[129]), Err(NonceError::Replayed));
     }
 
     #[test]
@@ -317,8 +399,8 @@ mod tests {
                 let svc = svc.clone();
                 std::thread::spawn(move || {
                     let mine: Vec<String> = (0..5_000).map(|_| svc.issue()).collect();
-                    let ok = mine.iter().filter(|n| svc.redeem(n).is_ok()).count();
-                    let again = mine.iter().filter(|n| svc.redeem(n).is_ok()).count();
+                    let ok = mine.iter().filter(|n| svc.redeem_local(n).is_ok()).count();
+                    let again = mine.iter().filter(|n| svc.redeem_local(n).is_ok()).count();
                     (mine, ok, again)
                 })
             })

@@ -34,6 +34,10 @@ use crate::acme::Identifier;
 use crate::upstream::softcas::write_atomic;
 use crate::upstream::{CertificateAuthorityService, NoCheckpoint, SignRequest, UpstreamError};
 
+pub mod shared;
+
+pub use shared::{SharedIdentity, StoredIdentity};
+
 const CERT_FILE: &str = "server.crt";
 const KEY_FILE: &str = "server.key";
 /// The renewal task looks at the clock at least this often.
@@ -133,6 +137,18 @@ impl ServerIdentity {
         opts: &TlsOptions,
         upstream: Arc<dyn CertificateAuthorityService>,
     ) -> Result<Arc<Self>, TlsError> {
+        Self::load_or_obtain_shared(opts, upstream, None).await
+    }
+
+    /// As [`load_or_obtain`](Self::load_or_obtain); with `shared` (replicas
+    /// on a shared store), an obtained certificate is the one kept in the
+    /// store: obtained and renewed by one replica at a time, loaded and
+    /// periodically reloaded by the others ([`shared`]).
+    pub async fn load_or_obtain_shared(
+        opts: &TlsOptions,
+        upstream: Arc<dyn CertificateAuthorityService>,
+        shared: Option<Arc<dyn SharedIdentity>>,
+    ) -> Result<Arc<Self>, TlsError> {
         let versions = protocol_versions(opts.min_version, opts.max_version)?;
         let (source, loaded) = match (&opts.cert_file, &opts.key_file) {
             (Some(cert), Some(key)) => {
@@ -143,18 +159,17 @@ impl ServerIdentity {
             (None, None) => {
                 let names = parse_names(&opts.dns_names)?;
                 let dir = opts.data_dir.join("tls");
-                let loaded = stored_or_obtain(
-                    upstream.as_ref(),
-                    &names,
-                    &dir,
-                    opts.wait_for_upstream.as_ref(),
-                )
-                .await?;
+                let wait = opts.wait_for_upstream.as_ref();
+                let loaded = match &shared {
+                    Some(s) => shared::start(upstream.as_ref(), &names, &dir, s, wait).await?,
+                    None => stored_or_obtain(upstream.as_ref(), &names, &dir, wait).await?,
+                };
                 (
                     Source::Upstream {
                         upstream,
                         dir,
                         names,
+                        shared,
                     },
                     loaded,
                 )
@@ -234,11 +249,17 @@ impl ServerIdentity {
             upstream,
             dir,
             names,
+            shared,
         } = &self.source
         else {
             shutdown.cancelled().await;
             return;
         };
+        if let Some(shared) = shared {
+            return self
+                .renew_shared(upstream.as_ref(), names, dir, shared.as_ref(), shutdown)
+                .await;
+        }
         let mut backoff = FIRST_BACKOFF;
         loop {
             let current = self.current();
@@ -274,6 +295,66 @@ impl ServerIdentity {
     }
 }
 
+impl ServerIdentity {
+    /// Replicas: every [`shared::RELOAD_EVERY`], takes a newer certificate
+    /// another replica stored; once the one in use is two thirds through
+    /// its life, renews it under the lease (or leaves it to the replica
+    /// that holds the lease).
+    async fn renew_shared(
+        &self,
+        upstream: &dyn CertificateAuthorityService,
+        names: &[Identifier],
+        dir: &Path,
+        shared: &dyn SharedIdentity,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let current = self.current();
+            let wait = to_std(current.renew_at() - OffsetDateTime::now_utc());
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(if wait.is_zero() { FIRST_BACKOFF } else { wait.min(shared::RELOAD_EVERY) }) => {}
+            }
+            self.reload_shared(shared, names).await;
+            if self.current().renew_at() > OffsetDateTime::now_utc() {
+                continue;
+            }
+            match shared::obtain_locked(upstream, names, dir, shared).await {
+                Ok(Some(l)) => {
+                    let not_after = l.not_after;
+                    tracing::info!(%not_after, "renewed the shared TLS certificate");
+                    self.swap(l);
+                }
+                // Another replica renews it; the next reload picks it up.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "TLS certificate renewal failed; retried at the next reload")
+                }
+            }
+        }
+    }
+}
+
+impl ServerIdentity {
+    /// Replicas: swaps in the stored certificate when it outlives the one
+    /// in use (another replica renewed it); true if it did.
+    async fn reload_shared(&self, shared: &dyn SharedIdentity, names: &[Identifier]) -> bool {
+        match shared::stored(shared, names).await {
+            Ok(Some(l)) if l.not_after > self.current().not_after => {
+                let not_after = l.not_after;
+                tracing::info!(%not_after, "loaded the TLS certificate renewed by another replica");
+                self.swap(l);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "cannot read the shared TLS certificate");
+                false
+            }
+        }
+    }
+}
+
 impl ResolvesServerCert for ServerIdentity {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.current().certified))
@@ -303,6 +384,8 @@ enum Source {
         upstream: Arc<dyn CertificateAuthorityService>,
         dir: PathBuf,
         names: Vec<Identifier>,
+        /// Replicas: the certificate they share in the store.
+        shared: Option<Arc<dyn SharedIdentity>>,
     },
 }
 
@@ -325,18 +408,35 @@ impl Loaded {
             })
         };
         let cert_pem = read(cert_path)?;
+        let key_pem = read(key_path)?;
+        Self::parse(&cert_pem, &key_pem, cert_path, key_path)
+    }
+
+    /// A PEM chain and a PEM key held in memory (the store's copy).
+    fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let (cert, key) = (Path::new("<store: chain>"), Path::new("<store: key>"));
+        Self::parse(cert_pem, key_pem, cert, key)
+    }
+
+    /// Parses a PEM chain and key; the paths name them in errors.
+    fn parse(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<Self, TlsError> {
         let pem_error = |path: &Path, what, source| TlsError::Pem {
             path: path.to_owned(),
             what,
             source,
         };
-        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| pem_error(cert_path, "certificate", e))?;
         if chain.is_empty() {
             return Err(pem_error(cert_path, "certificate", PemError::NoItemsFound));
         }
-        let key = PrivateKeyDer::from_pem_slice(&read(key_path)?)
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
             .map_err(|e| pem_error(key_path, "private key", e))?;
         Self::new(chain, key, cert_path, key_path)
     }
@@ -492,6 +592,17 @@ async fn obtain(
     names: &[Identifier],
     dir: &Path,
 ) -> Result<Loaded, TlsError> {
+    obtain_with_key(upstream, names, dir)
+        .await
+        .map(|(loaded, _)| loaded)
+}
+
+/// As [`obtain`], with the new key's PEM (for the store's copy).
+async fn obtain_with_key(
+    upstream: &dyn CertificateAuthorityService,
+    names: &[Identifier],
+    dir: &Path,
+) -> Result<(Loaded, String), TlsError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(TlsError::Csr)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -536,6 +647,7 @@ async fn obtain(
         loaded.chain_pem.clone(),
         key.serialize_pem(),
     );
+    let returned_key = key_pem.clone();
     tokio::task::spawn_blocking(move || {
         DirBuilder::new()
             .recursive(true)
@@ -563,7 +675,7 @@ async fn obtain(
     })??;
     let (upstream, not_after) = (upstream.name(), loaded.not_after);
     tracing::info!(upstream = %upstream, %not_after, "obtained a TLS certificate");
-    Ok(loaded)
+    Ok((loaded, returned_key))
 }
 
 /// `dnsNames` as identifiers: IP literals as IPs, everything else as DNS names.

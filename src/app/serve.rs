@@ -15,7 +15,6 @@ use super::{SHUTDOWN_GRACE, create_private_dir, open_store, provisioners, shutdo
 use crate::config::{Settings, Upstream};
 use crate::http::{AppState, router};
 use crate::model::{Clock, SystemClock};
-use crate::nonce::NonceService;
 use crate::ra::{Authority, AuthorityOptions, FinalizeWorker, RetentionPolicy, RetentionWorker};
 use crate::store::{Records, Store};
 use crate::tls::{ServerIdentity, TlsOptions};
@@ -24,6 +23,9 @@ use crate::upstream::acme::{AcmeUpstream, AcmeUpstreamOptions};
 use crate::upstream::softcas::{SoftCas, SoftCasOptions};
 use crate::upstream::stepca::{StepCa, StepCaOptions};
 use crate::validate::{HickoryResolver, ValidationSettings, Validator};
+
+/// How long a Replay-Nonce may be redeemed after it was issued.
+const NONCE_LIFETIME: Duration = Duration::minutes(30);
 
 /// A running server, for `main` and for tests.
 pub struct Server {
@@ -87,6 +89,9 @@ pub async fn start(
 pub type UpstreamFactory =
     Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn CertificateAuthorityService> + Send>;
 
+/// Changes made to the Authority's options ([`Overrides::authority_options`]).
+pub type OptionsTweak = Box<dyn FnOnce(&mut AuthorityOptions) + Send>;
+
 /// Parts a caller (a test, an embedding program) supplies instead of the
 /// ones the configuration names.
 #[derive(Default)]
@@ -96,6 +101,12 @@ pub struct Overrides {
     /// Builds the upstream from the opened store, instead of
     /// `authority.type`'s; ignored when `upstream` is given.
     pub upstream_factory: Option<UpstreamFactory>,
+    /// A store already open, instead of the one `db` names (tests start
+    /// several replicas on one shared store this way).
+    pub store: Option<Arc<dyn Store>>,
+    /// Changes the Authority's timing options after the configuration's
+    /// (tests shorten the replicas' lease and scan times this way).
+    pub authority_options: Option<OptionsTweak>,
 }
 
 /// [`start`], with some parts supplied by the caller.
@@ -107,7 +118,10 @@ pub async fn start_with(
 ) -> anyhow::Result<Server> {
     let data_dir = cfg.data_dir.clone();
     create_private_dir(&data_dir)?;
-    let store = open_store(&cfg).await?;
+    let store = match overrides.store {
+        Some(store) => store,
+        None => open_store(&cfg).await?,
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     let upstream: Arc<dyn CertificateAuthorityService> =
@@ -128,17 +142,21 @@ pub async fn start_with(
         egress: v.egress.clone(),
     });
 
+    let mut options = AuthorityOptions {
+        finalize_concurrency: cfg.upstream_concurrency,
+        rate_limits: super::rate_limits(&cfg.rate_limits),
+        ..AuthorityOptions::default()
+    };
+    if let Some(change) = overrides.authority_options {
+        change(&mut options);
+    }
     let ra = Authority::new(
         Records::new(Arc::clone(&store)),
         Arc::clone(&clock),
         validator,
         Arc::clone(&upstream),
         provisioners(&cfg)?,
-        AuthorityOptions {
-            finalize_concurrency: cfg.upstream_concurrency,
-            rate_limits: super::rate_limits(&cfg.rate_limits),
-            ..AuthorityOptions::default()
-        },
+        options,
         shutdown.clone(),
     );
     super::admin_socket::serve(
@@ -149,14 +167,25 @@ pub async fn start_with(
     )
     .await
     .context("starting the admin socket")?;
-    let nonces = NonceService::new(clock, Duration::minutes(30));
+    // The Host a request may name: `dnsNames` and the listen address. With
+    // no `dnsNames` (a certificate from files) any Host is taken.
+    let mut names = cfg.dns_names.clone();
+    if !names.is_empty() && !cfg.listen.ip().is_unspecified() {
+        names.push(cfg.listen.ip().to_string());
+    }
+    ra.set_public_names(names);
+    let nonces = super::nonces::service(&store, clock, NONCE_LIFETIME, shutdown.clone()).await?;
     let app = router(AppState {
         ra: Arc::clone(&ra),
         nonces,
     });
 
     let tls = &cfg.tls;
-    let identity = ServerIdentity::load_or_obtain(
+    let shared_identity = store.is_shared().then(|| {
+        Arc::new(super::shared_tls::StoreIdentity::new(Arc::clone(&store)))
+            as Arc<dyn crate::tls::SharedIdentity>
+    });
+    let identity = ServerIdentity::load_or_obtain_shared(
         &TlsOptions {
             dns_names: cfg.dns_names.clone(),
             data_dir: data_dir.clone(),
@@ -167,6 +196,7 @@ pub async fn start_with(
             wait_for_upstream: Some(shutdown.clone()),
         },
         Arc::clone(&upstream),
+        shared_identity,
     )
     .await
     .context("getting the server's own TLS certificate")?;

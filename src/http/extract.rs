@@ -154,7 +154,7 @@ pub async fn verify(
             "the JWS protected header has no \"nonce\"; get one from newNonce",
         ));
     };
-    state.nonces.redeem(nonce)?;
+    state.nonces.redeem(nonce).await?;
     let signer = match (&jws.header.jwk, &jws.header.kid, key_ref) {
         (Some(_), Some(_), _) => {
             return Err(HttpError::new(

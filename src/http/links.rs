@@ -1,5 +1,7 @@
 //! Every resource URL is built here (step-ca's linker). The base comes from
-//! the request's Host, so URLs match what the client used to reach us.
+//! the request's Host, so URLs match what the client used to reach us
+//! (through a load balancer too); a Host that is not one of the server's
+//! names is refused before it reaches a handler ([`host_allowed`]).
 
 use axum::http::{HeaderMap, Uri, header};
 
@@ -82,6 +84,26 @@ impl Links {
     }
 }
 
+/// Whether the request's host (Host header or HTTP/2 authority, any port)
+/// is one of `names` (`dnsNames` and the listen address), so that a name
+/// nobody configured is never reflected into URLs. An empty `names`
+/// allows any well-formed host; a request without a usable host is left
+/// to the handlers, which refuse it.
+pub fn host_allowed(headers: &HeaderMap, uri: &Uri, names: &[String]) -> bool {
+    if names.is_empty() {
+        return true;
+    }
+    let Some(host) = request_host(headers, uri) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
 fn request_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     let host = headers
         .get(header::HOST)
@@ -96,4 +118,40 @@ fn request_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
     ok.then_some(host)
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    fn allowed(host: &str, names: &[&str]) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, host.parse().unwrap());
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        host_allowed(&headers, &Uri::from_static("/acme/acme/directory"), &names)
+    }
+
+    #[test]
+    fn only_the_servers_names_are_reflected() {
+        let names = ["ra.example", "::1", "192.0.2.7"];
+        for ok in [
+            "ra.example",
+            "RA.example:443",
+            "ra.example.:8443",
+            "[::1]:8443",
+            "192.0.2.7",
+        ] {
+            assert!(allowed(ok, &names), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "ra.example.evil",
+            "[::2]",
+            "192.0.2.8:443",
+            "x",
+        ] {
+            assert!(!allowed(bad, &names), "{bad}");
+        }
+        assert!(allowed("anything.example", &[]), "no names: any host");
+    }
 }

@@ -127,8 +127,17 @@ async fn acme_headers(State(state): State<AppState>, req: Request, next: Next) -
     let wants_nonce = req.uri().path().starts_with("/acme/")
         && (method == Method::POST || route == NEW_NONCE_ROUTE);
     // RFC 8555 §7.1: every resource but the directory links to it.
-    let index = index_link(&req, &state);
-    let mut resp = next.run(req).await;
+    let (index, mut resp) =
+        if links::host_allowed(req.headers(), req.uri(), &state.ra.public_names()) {
+            (index_link(&req, &state), next.run(req).await)
+        } else {
+            let refused = problem::HttpError::new(
+                crate::acme::ProblemType::Malformed,
+                "the Host header does not name this server (one of its dnsNames); \
+                 use the name in its directory URL",
+            );
+            (None, refused.into_response())
+        };
     if let Some(link) = index {
         resp.headers_mut().append(header::LINK, link);
     }

@@ -44,6 +44,12 @@ impl From<RaError> for HttpError {
 
 impl From<NonceError> for HttpError {
     fn from(e: NonceError) -> Self {
+        if e == NonceError::Unavailable {
+            return Self::new(
+                ProblemType::ServerInternal,
+                "the shared nonce store could not be reached",
+            );
+        }
         Self::new(
             ProblemType::BadNonce,
             format!("the nonce {e}; retry with the Replay-Nonce of this response"),

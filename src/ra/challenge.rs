@@ -16,6 +16,7 @@ use crate::acme::types::{AuthorizationStatus, ChallengeStatus, ChallengeType, Or
 use crate::acme::{Problem, ProblemType};
 use crate::model::{AccountRecord, AuthzRecord, OrderRecord};
 use crate::store::StoreError;
+use crate::store::lease::Acquired;
 use crate::store::records::{Batch, Change, Versioned};
 
 impl Authority {
@@ -128,7 +129,35 @@ impl Authority {
             id: authz.id.clone(),
         };
         Ok(Some(Box::pin(async move {
-            claim.ra.run_validation(authz, index, key_auth).await;
+            let ra = Arc::clone(&claim.ra);
+            match &ra.leases {
+                None => ra.run_validation(authz, index, key_auth).await,
+                // Replicas: one validation of an authorization at a time
+                // across replicas, under a lease; one whose replica died
+                // is run again by the next replica that reads it once the
+                // lease has expired (`resume_stalled`).
+                Some(leases) => {
+                    let name = format!("authz/{}", authz.id);
+                    match leases
+                        .acquire(&name, ra.clock.now(), ra.opts.job_lease)
+                        .await
+                    {
+                        Ok(Acquired::Held(_)) => {
+                            tokio::select! {
+                                () = ra.run_validation(authz, index, key_auth) => {}
+                                () = ra.hold_lease(&name) => {}
+                            }
+                            if let Err(e) = leases.release(&name).await {
+                                tracing::warn!(lease = %name, error = %e, "cannot release a validation lease; it expires");
+                            }
+                        }
+                        Ok(Acquired::Busy { .. }) => {}
+                        Err(e) => {
+                            tracing::warn!(lease = %name, error = %e, "cannot take a validation lease; the validation runs at the next read");
+                        }
+                    }
+                }
+            }
             drop(claim);
         })))
     }

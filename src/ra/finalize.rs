@@ -100,7 +100,14 @@ impl Authority {
             Err(e) => return Err(e.into()),
         }
         self.enqueue_job(job);
-        let published = self.wait_for(sub, self.opts.finalize_wait).await;
+        let published = self
+            .wait_until(sub, self.opts.finalize_wait, || async {
+                matches!(
+                    self.records.get::<OrderRecord>(order.id.as_str()).await,
+                    Ok(Some(o)) if o.status != OrderStatus::Processing
+                )
+            })
+            .await;
         let shown = self.order(&account.id, order.id.as_str()).await?;
         if !published || (deferred && shown.status == OrderStatus::Processing) {
             // The worker's result is durable before it publishes; otherwise

@@ -13,11 +13,14 @@ mod order;
 mod quota;
 mod readiness;
 pub mod renewal;
+#[cfg(test)]
+mod replica_tests;
 pub mod retention;
 pub mod state;
 mod worker;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -27,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acme::types::ChallengeType;
-use crate::model::Clock;
+use crate::model::{Clock, random_token};
 use crate::store::Records;
+use crate::store::lease::Leases;
 use crate::upstream::{CertificateAuthorityService, UpstreamError};
 use crate::validate::Validator;
 
@@ -78,6 +82,16 @@ pub struct AuthorityOptions {
     /// `authority.rateLimits`: the token buckets, and how many validations
     /// reach the network at once.
     pub rate_limits: limits::RateLimits,
+    /// Replicas on a shared store: how long a finalize job's lease lasts
+    /// unless renewed (its holder renews it every third of that while the
+    /// upstream works); a dead replica's job is taken over after it.
+    pub job_lease: Duration,
+    /// Replicas: how often the worker looks through the stored jobs (for
+    /// jobs whose holder died, and new jobs of other replicas).
+    pub shared_scan_every: StdDuration,
+    /// Replicas: how often a waiting request re-reads the store for an
+    /// outcome another replica stored.
+    pub shared_poll_every: StdDuration,
 }
 
 impl Default for AuthorityOptions {
@@ -90,6 +104,9 @@ impl Default for AuthorityOptions {
             max_backoff: Duration::minutes(5),
             finalize_concurrency: 32,
             rate_limits: limits::RateLimits::default(),
+            job_lease: Duration::seconds(20),
+            shared_scan_every: StdDuration::from_secs(2),
+            shared_poll_every: StdDuration::from_millis(75),
         }
     }
 }
@@ -124,6 +141,12 @@ pub struct Authority {
     validation_slots: tokio::sync::Semaphore,
     /// The roots found at start-up ([`crate::upstream::roots::resolve`]).
     roots: std::sync::RwLock<Vec<Vec<u8>>>,
+    /// The names requests may address the server by (`dnsNames` and the
+    /// listen address); empty allows any.
+    public_names: std::sync::RwLock<Arc<[String]>>,
+    /// Replicas on a shared store: this replica's leases (`None` when the
+    /// store serves this process alone).
+    leases: Option<Leases>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -143,7 +166,13 @@ impl Authority {
         let limiter = limits::RateLimiter::new(opts.rate_limits.clone());
         let validation_slots =
             tokio::sync::Semaphore::new(opts.rate_limits.concurrent_validations.max(1));
+        let leases = records
+            .store()
+            .is_shared()
+            .then(|| Leases::new(Arc::clone(records.store()), random_token(12)));
         Arc::new(Self {
+            public_names: std::sync::RwLock::new(Arc::from(Vec::new())),
+            leases,
             records,
             clock,
             validator,
@@ -203,6 +232,25 @@ impl Authority {
             .roots
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = roots;
+    }
+
+    /// Sets the names requests may address the server by (the HTTP layer
+    /// refuses any other Host, so that it never reaches a URL).
+    pub fn set_public_names(&self, names: Vec<String>) {
+        *self
+            .public_names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(names);
+    }
+
+    /// The names set by [`set_public_names`](Self::set_public_names).
+    pub fn public_names(&self) -> Arc<[String]> {
+        Arc::clone(
+            &self
+                .public_names
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The self-signed roots the RA's chains lead to, PEM, for `/roots.pem`:
@@ -271,14 +319,41 @@ impl Authority {
     /// server shuts down; true if it was published. The caller re-reads the
     /// state either way.
     async fn wait_for(&self, sub: Subscription, limit: StdDuration) -> bool {
-        let Subscription { event, rx } = sub;
-        let published = tokio::select! {
-            r = rx => r.is_ok(),
-            () = tokio::time::sleep(limit) => false,
-            () = self.shutdown.cancelled() => false,
+        self.wait_until(sub, limit, || async { false }).await
+    }
+
+    /// As [`wait_for`](Self::wait_for); with replicas on a shared store it
+    /// also asks `done` every `shared_poll_every` (an outcome another
+    /// replica stored publishes nothing here), and is true once `done` is.
+    async fn wait_until<F, Fut>(&self, sub: Subscription, limit: StdDuration, mut done: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let Subscription { event, mut rx } = sub;
+        let deadline = tokio::time::Instant::now() + limit;
+        let poll = self.leases.is_some();
+        let published = loop {
+            let next = if poll {
+                (tokio::time::Instant::now() + self.opts.shared_poll_every).min(deadline)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                r = &mut rx => break r.is_ok(),
+                () = tokio::time::sleep_until(next) => {}
+                () = self.shutdown.cancelled() => break false,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            if done().await {
+                break true;
+            }
         };
-        if !published {
+        if !published || poll {
             // Drop our (and any other abandoned) registration for this event.
+            drop(rx);
             if let Ok(mut map) = self.waiters.lock()
                 && let Some(list) = map.get_mut(&event)
             {
@@ -289,6 +364,35 @@ impl Authority {
             }
         }
         published
+    }
+
+    /// Keeps our lease `name` (renewing it every third of its time) until it
+    /// is lost: returns then, or never while it holds. Pending forever
+    /// when the store is not shared.
+    async fn hold_lease(&self, name: &str) {
+        let Some(leases) = &self.leases else {
+            return std::future::pending().await;
+        };
+        let every = StdDuration::try_from(self.opts.job_lease / 3)
+            .unwrap_or(StdDuration::from_secs(1))
+            .max(StdDuration::from_millis(50));
+        let mut held_until = self.clock.now() + self.opts.job_lease;
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.clock.now();
+            match leases.renew(name, now, self.opts.job_lease).await {
+                Ok(true) => held_until = now + self.opts.job_lease,
+                Ok(false) => return,
+                // The store is unreachable: keep trying while the lease
+                // still holds; past it, others may take the work over.
+                Err(e) => {
+                    tracing::warn!(lease = name, error = %e, "cannot renew a lease");
+                    if now >= held_until {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 

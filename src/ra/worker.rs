@@ -17,6 +17,7 @@ use crate::acme::types::OrderStatus;
 use crate::acme::{Problem, ProblemType};
 use crate::model::{CertId, CertificateRecord, FinalizeJob, OrderId, OrderRecord};
 use crate::policy::cert;
+use crate::store::lease::{Acquired, Leases};
 use crate::store::records::{Batch, Change, Versioned};
 use crate::store::{Records, StoreError};
 use crate::upstream::{Checkpoint, SignRequest, UpstreamError};
@@ -55,7 +56,7 @@ impl FinalizeWorker {
             tracing::error!("the finalize worker was started twice; this one stops");
             return;
         };
-        let mut scan = tokio::time::interval(SCAN_EVERY);
+        let mut scan = tokio::time::interval(ra.scan_every());
         let mut gauge = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -75,7 +76,7 @@ impl FinalizeWorker {
     /// job's task waits for its due time.
     async fn scan(&self) {
         let ra = &self.authority;
-        let horizon = ra.clock.now() + SCAN_EVERY;
+        let horizon = ra.clock.now() + ra.scan_every();
         match ra.records.due_jobs(horizon, usize::MAX).await {
             Ok(jobs) => {
                 for job in jobs {
@@ -199,8 +200,20 @@ impl Authority {
     /// `serverInternal`, instead of leaving it `processing` and panicking
     /// again after every restart.
     async fn run_job(self: &Arc<Self>, order_id: &OrderId) -> Option<OffsetDateTime> {
+        // Replicas: only the holder of the job's lease talks to the upstream.
+        match self.claim_job(order_id).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::error!(order = %order_id, error = %e, "cannot claim a finalize job; it will be retried");
+                return Some(self.clock.now() + backoff(1, self.opts.max_backoff));
+            }
+        }
         let retry_at = match self.records.get::<FinalizeJob>(order_id.as_str()).await {
-            Ok(None) => None,
+            Ok(None) => {
+                self.release_job(order_id).await;
+                None
+            }
             Ok(Some(job)) => {
                 let ra = Arc::clone(self);
                 match tokio::spawn(async move { ra.try_job(job.value).await }).await {
@@ -308,7 +321,22 @@ impl Authority {
             order_id: order.id.clone(),
         };
         let started = Instant::now();
-        let result = self.upstream.create_certificate(&req, &checkpoint).await;
+        let lease_name = job_lease_name(&order.id);
+        let call = self.upstream.create_certificate(&req, &checkpoint);
+        let result = match &self.leases {
+            None => call.await,
+            // Replicas: the call ends when the lease is lost (this replica
+            // stalled past it and another took the job over) or at shutdown
+            // (the lease then expires, as if this replica had died).
+            Some(_) => tokio::select! {
+                r = call => r,
+                () = self.hold_lease(&lease_name) => {
+                    tracing::warn!(order = %order.id, "lost the finalize job's lease; another replica resumes it");
+                    return Ok(None);
+                }
+                () = self.shutdown.cancelled() => return Ok(None),
+            },
+        };
         crate::metrics::upstream_call(
             self.upstream.name(),
             "create",
@@ -406,7 +434,10 @@ impl Authority {
                     if let Some(c) = cert {
                         batch = Records::cert_insert_ops(batch, c);
                     }
-                    let batch = batch.replace(&order, &next).remove(&job);
+                    let mut batch = batch.replace(&order, &next).remove(&job);
+                    if self.leases.is_some() {
+                        batch = batch.op(Leases::release_op(&job_lease_name(&order.id)));
+                    }
                     Ok::<_, StoreError>(Change::Commit(
                         batch,
                         Finish::Stored(Box::new(next), job.created_at),
@@ -481,12 +512,62 @@ impl Authority {
 
     async fn drop_job(&self, order_id: &OrderId) -> Result<(), super::RaError> {
         if let Some(job) = self.records.get::<FinalizeJob>(order_id.as_str()).await? {
-            match self.records.commit(Batch::new().remove(&job)).await {
+            let mut batch = Batch::new().remove(&job);
+            if self.leases.is_some() {
+                batch = batch.op(Leases::release_op(&job_lease_name(order_id)));
+            }
+            match self.records.commit(batch).await {
                 Ok(()) | Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+}
+
+/// The lease that guards a finalize job.
+fn job_lease_name(order_id: &OrderId) -> String {
+    format!("job/{order_id}")
+}
+
+impl Authority {
+    /// How often the worker looks through the stored jobs: often with
+    /// replicas, so that a dead replica's job resumes soon after its lease
+    /// expires.
+    fn scan_every(&self) -> std::time::Duration {
+        if self.leases.is_some() {
+            self.opts.shared_scan_every
+        } else {
+            SCAN_EVERY
+        }
+    }
+
+    /// Replicas: takes (or renews) the job's lease; false when another
+    /// replica holds it. Always true for a store this process uses alone.
+    async fn claim_job(&self, order_id: &OrderId) -> Result<bool, StoreError> {
+        let Some(leases) = &self.leases else {
+            return Ok(true);
+        };
+        let name = job_lease_name(order_id);
+        match leases
+            .acquire(&name, self.clock.now(), self.opts.job_lease)
+            .await?
+        {
+            Acquired::Held(_) => Ok(true),
+            Acquired::Busy { owner, until } => {
+                tracing::debug!(order = %order_id, %owner, %until, "finalize job runs on another replica");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Replicas: gives the job's lease back (the job is gone).
+    async fn release_job(&self, order_id: &OrderId) {
+        if let Some(leases) = &self.leases
+            && let Err(e) = leases.release(&job_lease_name(order_id)).await
+        {
+            tracing::warn!(order = %order_id, error = %e, "cannot release a finalize job's lease; it expires");
+        }
     }
 }
 

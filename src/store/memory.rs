@@ -37,12 +37,24 @@ type Tables = BTreeMap<(Table, String), Vec<u8>>;
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tables: Mutex<Tables>,
+    /// Reports itself [shared](Store::is_shared), so that several servers in
+    /// one test process behave as replicas on one database.
+    shared: bool,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that says it is [shared](Store::is_shared): servers
+    /// started on one such store act as replicas of one database (tests).
+    pub fn new_shared() -> Self {
+        Self {
+            shared: true,
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Tables>, StoreError> {
@@ -56,6 +68,10 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn backend_name(&self) -> &'static str {
         "memory"
+    }
+
+    fn is_shared(&self) -> bool {
+        self.shared
     }
 
     async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -7,6 +7,7 @@
 //! Writes are durable before `commit` returns: nothing a client was told
 //! succeeded is lost in a crash.
 
+pub mod lease;
 pub mod memory;
 pub mod postgres;
 pub mod records;
@@ -255,6 +256,15 @@ pub trait Store: Send + Sync + 'static {
     /// The backend's connection pool, if it has one (for metrics).
     fn pool_status(&self) -> Option<PoolStatus> {
         None
+    }
+
+    /// Whether several processes (replicas) use this store at once, so that
+    /// state kept in one process's memory (the nonce replay window, the
+    /// finalize jobs it runs, its own TLS certificate) must go through the
+    /// store instead (docs/ha.md). Embedded stores (memory, sled) serve one
+    /// process.
+    fn is_shared(&self) -> bool {
+        false
     }
 
     /// Whether a write can be made durable now (for `/ready`).

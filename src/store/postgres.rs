@@ -328,6 +328,12 @@ impl Store for PgStore {
         "postgresql"
     }
 
+    /// Several servers may use one database: they are replicas
+    /// (docs/ha.md).
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn pool_status(&self) -> Option<super::PoolStatus> {
         let status = self.pool.status();
         Some(super::PoolStatus {

@@ -388,3 +388,74 @@ async fn a_first_start_waits_for_an_unreachable_upstream() {
     stopper.await.unwrap();
     assert!(err.to_string().contains("stopped while waiting"), "{err}");
 }
+
+/// The store's copy of the shared certificate, in memory.
+#[derive(Default)]
+struct MemShared {
+    stored: std::sync::Mutex<Option<StoredIdentity>>,
+    locked: AtomicBool,
+}
+
+#[async_trait]
+impl SharedIdentity for MemShared {
+    async fn load(&self) -> Result<Option<StoredIdentity>, TlsError> {
+        Ok(self.stored.lock().unwrap().clone())
+    }
+    async fn save(&self, identity: &StoredIdentity) -> Result<(), TlsError> {
+        *self.stored.lock().unwrap() = Some(identity.clone());
+        Ok(())
+    }
+    async fn lock(&self) -> Result<bool, TlsError> {
+        Ok(!self.locked.swap(true, Ordering::SeqCst))
+    }
+    async fn unlock(&self) {
+        self.locked.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_one_certificate_and_pick_up_a_renewed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = counting(dir.path(), None);
+    let mem = Arc::new(MemShared::default());
+    let shared: Arc<dyn SharedIdentity> = mem.clone();
+    let start = |sub: &str| {
+        let opts = options(&dir.path().join(sub), &["localhost"]);
+        let (up, shared) = (
+            Arc::clone(&up) as Arc<dyn CertificateAuthorityService>,
+            Arc::clone(&shared),
+        );
+        async move {
+            ServerIdentity::load_or_obtain_shared(&opts, up, Some(shared))
+                .await
+                .unwrap()
+        }
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    assert_eq!(
+        calls(&up),
+        1,
+        "one replica obtained it, the other loaded it"
+    );
+    assert_eq!(a.chain_pem(), b.chain_pem());
+
+    // While another replica holds the lease and nothing usable is stored,
+    // a starting replica waits for it instead of asking the upstream.
+    *mem.stored.lock().unwrap() = None;
+    mem.locked.store(true, Ordering::SeqCst);
+    let names = [Identifier::Dns("localhost".to_owned())];
+    let waiting = shared::obtain_locked(up.as_ref(), &names, dir.path(), mem.as_ref()).await;
+    assert!(matches!(waiting, Ok(None)));
+    assert_eq!(calls(&up), 1);
+    mem.locked.store(false, Ordering::SeqCst);
+
+    // A renewal stored by another replica reaches this one at its reload.
+    let now = OffsetDateTime::now_utc();
+    let (chain_pem, key_pem) = issue(&up.ca, now, b.not_after() + time::Duration::hours(1)).await;
+    let renewed = StoredIdentity { chain_pem, key_pem };
+    shared.save(&renewed).await.unwrap();
+    assert!(b.reload_shared(shared.as_ref(), &names).await);
+    assert!(b.not_after() > a.not_after());
+    assert!(!b.reload_shared(shared.as_ref(), &names).await, "once");
+}

@@ -248,6 +248,21 @@ pub fn verify_chain(chain_pem: &str, root_pem: &[u8]) {
 /// The leaf certificate (DER) the server at 127.0.0.1:`port` presents, over
 /// a TLS handshake that trusts only `root_pem`.
 pub async fn served_leaf(port: u16, root_pem: &[u8]) -> Vec<u8> {
+    handshake_leaf(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "127.0.0.1",
+        root_pem,
+    )
+    .await
+}
+
+/// As [`served_leaf`], from the server at `addr` (a replica on 127.0.0.2),
+/// for the name `localhost`.
+pub async fn served_leaf_at(addr: SocketAddr, root_pem: &[u8]) -> Vec<u8> {
+    handshake_leaf(addr, "localhost", root_pem).await
+}
+
+async fn handshake_leaf(addr: SocketAddr, name: &'static str, root_pem: &[u8]) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
     let root = CertificateDer::from(::pem::parse(root_pem).unwrap().contents().to_vec());
     roots.add(root).unwrap();
@@ -259,10 +274,8 @@ pub async fn served_leaf(port: u16, root_pem: &[u8]) -> Vec<u8> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(name).unwrap();
     let tls = bounded(
         "TLS handshake",
         Duration::from_secs(10),

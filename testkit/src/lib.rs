@@ -124,16 +124,104 @@ impl TestServer {
         Self::start_inner(opts, Responders::start().await, overrides).await
     }
 
+    /// Starts `n` replicas on one shared store ([`MemoryStore::new_shared`]),
+    /// validating against one set of responders and signing with one CA:
+    /// `upstream` when given, else the softcas CA the first replica creates,
+    /// copied into each other replica's data directory (as an operator
+    /// copies `<dataDir>/softcas`, docs/ha.md). `tune` adjusts each
+    /// replica's Authority options (shorter leases).
+    ///
+    /// [`MemoryStore::new_shared`]: acmeproxy::store::memory::MemoryStore::new_shared
+    pub async fn start_replicas(
+        n: usize,
+        opts: Options,
+        upstream: Option<Arc<dyn acmeproxy::upstream::CertificateAuthorityService>>,
+        tune: fn(&mut acmeproxy::ra::AuthorityOptions),
+    ) -> Vec<Self> {
+        let store: Arc<dyn acmeproxy::store::Store> =
+            Arc::new(acmeproxy::store::memory::MemoryStore::new_shared());
+        let responders = Responders::start().await;
+        let mut replicas: Vec<Self> = Vec::with_capacity(n);
+        for i in 0..n {
+            let overrides = acmeproxy::app::Overrides {
+                upstream: upstream.clone(),
+                store: Some(Arc::clone(&store)),
+                authority_options: Some(Box::new(tune)),
+                ..Default::default()
+            };
+            let seed = replicas.first().map(|first| first.data_dir.join("softcas"));
+            // One port on 127.0.0.1, 127.0.0.2, …: a client resolving
+            // `localhost` to one of them reaches that replica under the
+            // same URLs (what a load balancer does).
+            let port = replicas.first().map_or(0, |first| first.addr.port());
+            let ip = std::net::Ipv4Addr::new(127, 0, 0, u8::try_from(i + 1).unwrap());
+            let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+            replicas.push(
+                Self::start_seeded(
+                    opts.clone(),
+                    responders.clone(),
+                    overrides,
+                    seed.as_deref(),
+                    Some(listener),
+                )
+                .await,
+            );
+        }
+        replicas
+    }
+
     async fn start_inner(
         opts: Options,
         responders: Responders,
         overrides: acmeproxy::app::Overrides,
+    ) -> Self {
+        Self::start_seeded(opts, responders, overrides, None, None).await
+    }
+
+    /// The directory URL replicas share, under the public name `localhost`
+    /// and their common port (see [`start_replicas`](Self::start_replicas)).
+    pub fn public_directory_url(&self) -> String {
+        format!("https://localhost:{}/acme/acme/directory", self.addr.port())
+    }
+
+    /// A client that reaches this replica for the public name `localhost`.
+    pub fn http_via_public_name(&self) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(
+            self.server
+                .as_ref()
+                .map(|s| s.roots_pem.as_bytes())
+                .unwrap_or_default(),
+        )
+        .unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(root)
+            .resolve("localhost", SocketAddr::new(self.addr.ip(), 0))
+            .build()
+            .unwrap()
+    }
+
+    /// Starts a server, with a copy of the softcas directory `softcas` in
+    /// its data directory when given.
+    async fn start_seeded(
+        opts: Options,
+        responders: Responders,
+        overrides: acmeproxy::app::Overrides,
+        softcas: Option<&Path>,
+        listener: Option<tokio::net::TcpListener>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = opts
             .data_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("data"));
+        if let Some(from) = softcas.filter(|p| p.is_dir()) {
+            let to = data_dir.join("softcas");
+            std::fs::create_dir_all(&to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
         let mut prov =
             serde_json::json!({"type": "ACME", "name": "acme", "requireEAB": opts.require_eab});
         if let Some(c) = &opts.challenges {
@@ -181,7 +269,10 @@ impl TestServer {
         let doc = ca.to_json();
         let (config, _) = Config::parse(&doc.to_string()).unwrap();
         acmeproxy::telemetry::init(false);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = match listener {
+            Some(l) => l,
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let shutdown = CancellationToken::new();
         let server =
             acmeproxy::app::start_with(config.clone(), listener, shutdown.clone(), overrides)

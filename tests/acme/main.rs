@@ -22,4 +22,5 @@ mod migrate;
 mod packaging;
 mod postgres;
 mod rate_limits;
+mod replicas;
 mod validation_egress;

@@ -1,0 +1,235 @@
+//! Replicas on one shared store, seen from the Authority: a waiting request
+//! learns of an outcome another replica stored, and a validation whose
+//! replica died is run again once its lease has expired (docs/ha.md).
+
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use time::Duration;
+use time::macros::datetime;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::acme::Identifier;
+use crate::acme::jws::PublicJwk;
+use crate::acme::types::{AccountStatus, AuthorizationStatus, ChallengeStatus, OrderStatus};
+use crate::model::{
+    AccountId, AccountRecord, AuthzId, AuthzRecord, ChallengeRecord, FakeClock, OrderId,
+    OrderRecord,
+};
+use crate::store::Store;
+use crate::store::lease::{Acquired, Leases};
+use crate::store::memory::MemoryStore;
+use crate::store::records::Batch;
+use crate::upstream::softcas::{SoftCas, SoftCasOptions};
+use crate::validate::resolver::HickoryResolver;
+use crate::validate::{ValidationSettings, Validator};
+
+const T0: time::OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+
+struct Replica {
+    ra: Arc<Authority>,
+    clock: Arc<FakeClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn replica(store: &Arc<dyn Store>) -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Arc::new(
+        SoftCas::open(SoftCasOptions {
+            dir: dir.path().join("softcas"),
+            name: "replicas".to_owned(),
+            default_lifetime: StdDuration::from_secs(86_400),
+            sign_delay: StdDuration::ZERO,
+        })
+        .unwrap(),
+    );
+    // Nothing answers on the discard port: every validation fails fast.
+    let resolver =
+        HickoryResolver::new(&["127.0.0.1:9".parse().unwrap()], StdDuration::from_secs(1)).unwrap();
+    let validator = Validator::new(ValidationSettings {
+        http_port: 80,
+        tls_alpn_port: 443,
+        timeout: StdDuration::from_secs(1),
+        resolver: Arc::new(resolver),
+        egress: Default::default(),
+    });
+    let clock = Arc::new(FakeClock::new(T0));
+    let ra = Authority::new(
+        Records::new(Arc::clone(store)),
+        clock.clone(),
+        validator,
+        upstream,
+        Vec::new(),
+        AuthorityOptions::default(),
+        CancellationToken::new(),
+    );
+    Replica {
+        ra,
+        clock,
+        _dir: dir,
+    }
+}
+
+fn account() -> AccountRecord {
+    let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+    AccountRecord {
+        id: AccountId::random(),
+        provisioner: "acme".to_owned(),
+        jwk: PublicJwk::from_json(&jwk).unwrap(),
+        thumbprint: "t".to_owned(),
+        status: AccountStatus::Valid,
+        contact: Vec::new(),
+        terms_of_service_agreed: true,
+        eab_kid: None,
+        eab_policy: None,
+        eab_jws: None,
+        created_at: T0,
+    }
+}
+
+/// An order of `account` with one authorization whose http-01 challenge
+/// is `challenge`.
+async fn order(
+    records: &Records,
+    account: &AccountRecord,
+    status: OrderStatus,
+    challenge: ChallengeStatus,
+) -> (OrderRecord, AuthzRecord) {
+    let id = OrderId::random();
+    let authz = AuthzRecord {
+        id: AuthzId::random(),
+        account_id: account.id.clone(),
+        order_id: id.clone(),
+        identifier: Identifier::Dns("replica.invalid".to_owned()),
+        wildcard: false,
+        status: AuthorizationStatus::Pending,
+        expires: T0 + Duration::days(1),
+        challenges: vec![ChallengeRecord {
+            kind: ChallengeType::Http01,
+            token: "token".to_owned(),
+            status: challenge,
+            validated: None,
+            error: None,
+        }],
+    };
+    let order = OrderRecord {
+        id,
+        account_id: account.id.clone(),
+        provisioner: "acme".to_owned(),
+        status,
+        identifiers: vec![authz.identifier.clone()],
+        authz_ids: vec![authz.id.clone()],
+        not_before: None,
+        not_after: None,
+        expires: T0 + Duration::days(1),
+        created_at: T0,
+        error: None,
+        certificate_id: None,
+        replaces: None,
+    };
+    records
+        .commit(Records::order_insert_ops(
+            Batch::new(),
+            &order,
+            std::slice::from_ref(&authz),
+        ))
+        .await
+        .unwrap();
+    (order, authz)
+}
+
+#[tokio::test]
+async fn a_waiting_request_learns_of_an_outcome_another_replica_stored() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new_shared());
+    let (a, b) = (replica(&store), replica(&store));
+    let acct = account();
+    let (o, _) = order(
+        a.ra.records(),
+        &acct,
+        OrderStatus::Processing,
+        ChallengeStatus::Valid,
+    )
+    .await;
+    // B stores the outcome in 200 ms; nothing is published on A.
+    let records = b.ra.records().clone();
+    let id = o.id.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(StdDuration::from_millis(200)).await;
+        let stored = records
+            .get::<OrderRecord>(id.as_str())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut next = stored.value.clone();
+        next.status = OrderStatus::Valid;
+        records
+            .commit(Batch::new().replace(&stored, &next))
+            .await
+            .unwrap();
+    });
+    let started = Instant::now();
+    let sub = a.ra.subscribe(Event::Order(o.id.to_string()));
+    let ra = &a.ra;
+    let seen = ra
+        .wait_until(sub, StdDuration::from_secs(5), || async {
+            matches!(ra.records.get::<OrderRecord>(o.id.as_str()).await,
+                Ok(Some(o)) if o.status != OrderStatus::Processing)
+        })
+        .await;
+    assert!(seen);
+    assert!(
+        started.elapsed() < StdDuration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_validation_whose_replica_died_runs_again_after_its_lease() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new_shared());
+    let b = replica(&store);
+    let acct = account();
+    let (_, authz) = order(
+        b.ra.records(),
+        &acct,
+        OrderStatus::Pending,
+        ChallengeStatus::Processing,
+    )
+    .await;
+    // Replica A took the validation's lease, stored `processing`, and died.
+    let dead = Leases::new(Arc::clone(&store), "dead");
+    let name = format!("authz/{}", authz.id);
+    assert!(matches!(
+        dead.acquire(&name, T0, Duration::seconds(20))
+            .await
+            .unwrap(),
+        Acquired::Held(_)
+    ));
+    let status = || async {
+        let a = b.ra.records.get::<AuthzRecord>(authz.id.as_str()).await;
+        a.unwrap().unwrap().value.challenges[0].status
+    };
+    // While the lease holds, a read on B leaves it alone.
+    b.ra.resume_stalled(&acct, &authz);
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    assert_eq!(status().await, ChallengeStatus::Processing);
+    // Once it has expired, the next read validates again, to an outcome.
+    b.clock.advance(Duration::seconds(21));
+    b.ra.resume_stalled(&acct, &authz);
+    let started = Instant::now();
+    while status().await == ChallengeStatus::Processing {
+        assert!(
+            started.elapsed() < StdDuration::from_secs(10),
+            "still processing"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    assert_eq!(status().await, ChallengeStatus::Invalid);
+    assert_eq!(
+        dead.read(&name).await.unwrap(),
+        None,
+        "B released its lease"
+    );
+}
