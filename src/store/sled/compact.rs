@@ -129,7 +129,7 @@ fn run(mut ctx: Context, stop: &AtomicBool, requests: &mpsc::Receiver<CompactRep
                 Ok(false) => continue,
                 Err(e) => {
                     not_before = Instant::now() + RETRY_AFTER;
-                    tracing::warn!(error = %e, "could not measure the sled store's size");
+                    tracing::warn!(error = %causes(&e), "could not measure the sled store's size");
                     continue;
                 }
             }
@@ -146,12 +146,12 @@ fn run(mut ctx: Context, stop: &AtomicBool, requests: &mpsc::Receiver<CompactRep
                 "compacted the sled store"
             ),
             Err(e) if stop.load(Ordering::Relaxed) => {
-                tracing::debug!(error = %e, "compaction stopped with the store");
+                tracing::debug!(error = %causes(e), "compaction stopped with the store");
             }
             Err(e) => {
                 not_before = Instant::now() + RETRY_AFTER;
                 tracing::warn!(
-                    error = %e,
+                    error = %causes(e),
                     retry_in_s = RETRY_AFTER.as_secs(),
                     "could not compact the sled store; it keeps running on the old files"
                 );
@@ -164,6 +164,19 @@ fn run(mut ctx: Context, stop: &AtomicBool, requests: &mpsc::Receiver<CompactRep
             return;
         }
     }
+}
+
+/// An error and its sources on one line (the log must say why, for
+/// example which disk is short of how much space).
+fn causes(e: &StoreError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether the live generation has outgrown what the last compaction left.
