@@ -385,6 +385,40 @@ pub async fn issue(account: &Account, name: &str, serve: impl Fn(&str, &str)) ->
     }
 }
 
+/// Renews `leaf` (a certificate for the one name `name`) with a newOrder that
+/// `replaces` it (ARI, RFC 9773), then revokes `leaf` as superseded, once:
+/// a second revocation is `alreadyRevoked`. Returns the renewed chain.
+pub async fn renew_replacing_and_revoke(
+    account: &Account,
+    leaf: &CertificateDer<'static>,
+    name: &str,
+    serve: impl Fn(&str, &str),
+) -> String {
+    let id = instant_acme::CertificateIdentifier::try_from(leaf).unwrap();
+    let ids = [Identifier::Dns(name.into())];
+    let mut order = bounded(
+        "newOrder replaces",
+        CALL_LIMIT,
+        account.new_order(&NewOrder::new(&ids).replaces(id)),
+    )
+    .await
+    .unwrap();
+    authorize_http01(&mut order, serve).await;
+    let renewed = finalize_and_download(&mut order, name).await;
+    assert_eq!(order.state().status, OrderStatus::Valid);
+    assert_ne!(&leaf_der(&renewed), leaf);
+    let revoke = instant_acme::RevocationRequest {
+        certificate: leaf,
+        reason: Some(instant_acme::RevocationReason::Superseded),
+    };
+    bounded("revokeCert", CALL_LIMIT, account.revoke(&revoke))
+        .await
+        .unwrap();
+    let again = bounded("revokeCert again", CALL_LIMIT, account.revoke(&revoke)).await;
+    assert_problem(&again.unwrap_err(), "alreadyRevoked", "second revocation");
+    renewed
+}
+
 /// Finalizes a `ready` order for `name` (a fresh key), polls it and returns
 /// the chain, whose leaf must name exactly `name`.
 pub async fn finalize_and_download(order: &mut Order, name: &str) -> String {

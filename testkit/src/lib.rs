@@ -186,15 +186,7 @@ impl TestServer {
 
     /// A client that reaches this replica for the public name `localhost`.
     pub fn http_via_public_name(&self) -> reqwest::Client {
-        let root = reqwest::Certificate::from_pem(
-            self.server
-                .as_ref()
-                .map(|s| s.roots_pem.as_bytes())
-                .unwrap_or_default(),
-        )
-        .unwrap();
-        reqwest::Client::builder()
-            .add_root_certificate(root)
+        self.http_builder()
             .resolve("localhost", SocketAddr::new(self.addr.ip(), 0))
             .build()
             .unwrap()
@@ -304,6 +296,11 @@ impl TestServer {
 
     /// A reqwest client trusting the server's root.
     pub fn http(&self) -> reqwest::Client {
+        self.http_builder().build().unwrap()
+    }
+
+    /// A reqwest client builder trusting the server's root.
+    fn http_builder(&self) -> reqwest::ClientBuilder {
         let root = reqwest::Certificate::from_pem(
             self.server
                 .as_ref()
@@ -311,10 +308,7 @@ impl TestServer {
                 .unwrap_or_default(),
         )
         .unwrap();
-        reqwest::Client::builder()
-            .add_root_certificate(root)
-            .build()
-            .unwrap()
+        reqwest::Client::builder().add_root_certificate(root)
     }
 
     /// A new instant-acme account.

@@ -11,13 +11,11 @@ use acmeproxy_testkit as kit;
 use std::path::Path;
 use std::time::Duration;
 
-use instant_acme::{
-    CertificateIdentifier, Identifier, NewOrder, OrderStatus, RevocationReason, RevocationRequest,
-};
+use instant_acme::CertificateIdentifier;
 use kit::Responders;
 use kit::crash_support::{
-    Binary, CALL_LIMIT, assert_problem, authorize_http01, bounded, existing_account,
-    finalize_and_download, issue, leaf_der, new_account, served_leaf, server_config, temp_dir,
+    Binary, CALL_LIMIT, bounded, existing_account, issue, leaf_der, new_account,
+    renew_replacing_and_revoke, served_leaf, server_config, temp_dir,
 };
 use serde_json::Value;
 
@@ -239,29 +237,8 @@ async fn a_restored_server_renews_and_revokes_what_was_issued_before_the_backup(
         .await
         .unwrap();
     assert!(info.suggested_window.start < info.suggested_window.end);
-    let ids = [Identifier::Dns("backup.test".into())];
-    let mut order = bounded(
-        "newOrder replaces",
-        CALL_LIMIT,
-        account.new_order(&NewOrder::new(&ids).replaces(id.clone())),
-    )
-    .await
-    .unwrap();
-    authorize_http01(&mut order, serve).await;
-    let renewed = finalize_and_download(&mut order, "backup.test").await;
-    assert_eq!(order.state().status, OrderStatus::Valid);
-    assert_ne!(leaf_der(&renewed), leaf);
-
     // …and revokes the one issued before the backup, once.
-    let revoke = RevocationRequest {
-        certificate: &leaf,
-        reason: Some(RevocationReason::Superseded),
-    };
-    bounded("revokeCert", CALL_LIMIT, account.revoke(&revoke))
-        .await
-        .unwrap();
-    let again = bounded("revokeCert again", CALL_LIMIT, account.revoke(&revoke)).await;
-    assert_problem(&again.unwrap_err(), "alreadyRevoked", "second revocation");
+    renew_replacing_and_revoke(&account, &leaf, "backup.test", serve).await;
 
     restored.sigterm();
     assert!(restored.wait_exit(STOP_LIMIT).await.is_some(), "no stop");

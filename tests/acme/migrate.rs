@@ -9,12 +9,10 @@ use acmeproxy_testkit as kit;
 
 use std::time::Duration;
 
-use instant_acme::{
-    CertificateIdentifier, Identifier, NewOrder, OrderStatus, RevocationReason, RevocationRequest,
-};
+use instant_acme::RevocationRequest;
 use kit::crash_support::{
-    Binary, CALL_LIMIT, assert_problem, authorize_http01, bounded, existing_account,
-    finalize_and_download, issue, leaf_der, new_account, temp_dir,
+    Binary, CALL_LIMIT, bounded, existing_account, issue, leaf_der, new_account,
+    renew_replacing_and_revoke, temp_dir,
 };
 use kit::postgres::PgServer;
 use kit::{CaJson, Responders};
@@ -108,28 +106,7 @@ async fn a_sled_store_moves_to_postgresql_and_keeps_serving() {
     let mut server = on_pg.start().await;
     let account = existing_account(&on_pg, &key).await.unwrap();
     let leaf = leaf_der(&before.chain);
-    let id = CertificateIdentifier::try_from(&leaf).unwrap();
-    let ids = [Identifier::Dns("migrate.test".into())];
-    let mut order = bounded(
-        "newOrder replaces",
-        CALL_LIMIT,
-        account.new_order(&NewOrder::new(&ids).replaces(id)),
-    )
-    .await
-    .unwrap();
-    authorize_http01(&mut order, serve).await;
-    let renewed = finalize_and_download(&mut order, "migrate.test").await;
-    assert_eq!(order.state().status, OrderStatus::Valid);
-    assert_ne!(leaf_der(&renewed), leaf);
-    let revoke = RevocationRequest {
-        certificate: &leaf,
-        reason: Some(RevocationReason::Superseded),
-    };
-    bounded("revokeCert", CALL_LIMIT, account.revoke(&revoke))
-        .await
-        .unwrap();
-    let again = bounded("revokeCert again", CALL_LIMIT, account.revoke(&revoke)).await;
-    assert_problem(&again.unwrap_err(), "alreadyRevoked", "second revocation");
+    renew_replacing_and_revoke(&account, &leaf, "migrate.test", serve).await;
     // The other certificate is still good to revoke: it came across too.
     let other_leaf = leaf_der(&other.chain);
     bounded(

@@ -227,6 +227,24 @@ fn responder_ports(responders: &Responders, tmp: &Path) -> Ports {
     }
 }
 
+/// Three replicas validating against in-process responders, in a directory
+/// kept on failure (the logs).
+async fn responder_cluster() -> (PathBuf, Responders, Cluster) {
+    let tmp = tempfile::Builder::new()
+        .prefix("acmeproxy-replicas-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let responders = Responders::start().await;
+    let ports = responder_ports(&responders, &tmp);
+    let dir = tmp.clone();
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start_with(&dir, 3, ports))
+        .await
+        .unwrap()
+        .unwrap();
+    (tmp, responders, cluster)
+}
+
 /// `flows` issuances through haproxy, `concurrency` at once, over `accounts`
 /// accounts; `after(n)` runs once when `n` flows are done. Returns the
 /// failures.
@@ -285,18 +303,7 @@ async fn every_flow_completes_when_a_replica_is_killed() {
     if skip("the replica kill test") {
         return;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("acmeproxy-replicas-")
-        .tempdir()
-        .unwrap()
-        .keep();
-    let responders = Responders::start().await;
-    let ports = responder_ports(&responders, &tmp);
-    let dir = tmp.clone();
-    let cluster = tokio::task::spawn_blocking(move || Cluster::start_with(&dir, 3, ports))
-        .await
-        .unwrap()
-        .unwrap();
+    let (tmp, responders, cluster) = responder_cluster().await;
     let cluster = Arc::new(std::sync::Mutex::new(cluster));
     let (directory, root) = {
         let c = cluster.lock().unwrap();
@@ -333,18 +340,7 @@ async fn a_postgresql_restart_loses_nothing_acknowledged() {
     if skip("the PostgreSQL restart test") {
         return;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("acmeproxy-replicas-")
-        .tempdir()
-        .unwrap()
-        .keep();
-    let responders = Responders::start().await;
-    let ports = responder_ports(&responders, &tmp);
-    let dir = tmp.clone();
-    let cluster = tokio::task::spawn_blocking(move || Cluster::start_with(&dir, 3, ports))
-        .await
-        .unwrap()
-        .unwrap();
+    let (tmp, responders, cluster) = responder_cluster().await;
     let directory = cluster.lb.directory_url();
     let (_, account, _) = new_account(&cluster.root, &directory).await;
     let serve = |t: &str, k: &str| responders.set_http01(t, k);
