@@ -76,6 +76,20 @@ pub fn skip(what: &str) -> bool {
     true
 }
 
+/// A throw-away server for `what`, started off the async threads; `None`
+/// (after a message) when PostgreSQL is missing outside CI.
+pub async fn start_or_skip(what: &str) -> Option<PgServer> {
+    if skip(what) {
+        return None;
+    }
+    Some(
+        tokio::task::spawn_blocking(PgServer::start)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+}
+
 /// A database name no other test of this process uses.
 pub fn unique_database(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -24,12 +24,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(15);
 
 /// Runs the CLI off the async threads.
 async fn cli(args: Vec<String>) -> (bool, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        kit::run_cli(&args)
-    })
-    .await
-    .unwrap()
+    kit::procs::run_cli_async(args).await
 }
 
 fn s(p: &Path) -> String {

@@ -14,29 +14,19 @@ use kit::crash_support::{
     Binary, CALL_LIMIT, bounded, existing_account, issue, leaf_der, new_account,
     renew_replacing_and_revoke, temp_dir,
 };
-use kit::postgres::PgServer;
 use kit::{CaJson, Responders};
 
 const STOP_LIMIT: Duration = Duration::from_secs(15);
 
 async fn cli(args: Vec<String>) -> (bool, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        kit::run_cli(&args)
-    })
-    .await
-    .unwrap()
+    kit::procs::run_cli_async(args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sled_store_moves_to_postgresql_and_keeps_serving() {
-    if kit::postgres::skip("the migration test") {
+    let Some(pg) = kit::postgres::start_or_skip("the migration test").await else {
         return;
-    }
-    let pg = tokio::task::spawn_blocking(PgServer::start)
-        .await
-        .unwrap()
-        .unwrap();
+    };
     let tmp = temp_dir();
     let responders = Responders::start().await;
     let (http, alpn, dns) = (

@@ -12,7 +12,6 @@ use acmeproxy_testkit as kit;
 use std::time::{Duration, Instant};
 
 use kit::crash_support::{Binary, issue, new_account, temp_dir};
-use kit::postgres::PgServer;
 use kit::{CaJson, Responders};
 
 /// How long `/ready` may take to follow PostgreSQL going away or coming back.
@@ -39,13 +38,9 @@ async fn ready_becomes(http: &reqwest::Client, port: u16, want: u16) -> Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issues_on_postgresql_and_is_unready_while_it_is_down() {
-    if kit::postgres::skip("the PostgreSQL end-to-end test") {
+    let Some(pg) = kit::postgres::start_or_skip("the PostgreSQL end-to-end test").await else {
         return;
-    }
-    let pg = tokio::task::spawn_blocking(PgServer::start)
-        .await
-        .unwrap()
-        .unwrap();
+    };
     let tmp = temp_dir();
     let responders = Responders::start().await;
     let data = tmp.path().join("data");

@@ -27,28 +27,10 @@ async fn reopen_keeps_every_committed_record() -> TestResult {
     let acct = account("durable");
     {
         let s: Arc<dyn Store> = Arc::new(PgStore::open(&pg_options(server, &db)).await?);
-        let r = Records::new(s.clone());
-        r.commit(Records::account_insert_ops(Batch::new(), &acct))
-            .await?;
-        for i in 0..20 {
-            s.commit(vec![put(
-                Table::Orders,
-                &format!("o{i:02}"),
-                b"v",
-                Expect::Absent,
-            )])
-            .await?;
-        }
-        s.commit(vec![Op::delete(Table::Orders, "o00", Expect::Present)])
-            .await?;
+        write_for_reopen(&s, &acct, 20).await?;
     }
     let s: Arc<dyn Store> = Arc::new(PgStore::open(&pg_options(server, &db)).await?);
-    let r = Records::new(s.clone());
-    let found = r.account_by_thumbprint("durable").await?;
-    assert_eq!(found.map(|v| v.value), Some(acct));
-    assert_eq!(s.count(Table::Orders).await?, 19);
-    assert_eq!(s.get(Table::Orders, "o00").await?, None);
-    Ok(())
+    check_after_reopen(&s, &acct, 20).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
