@@ -17,6 +17,8 @@ pub mod renewal;
 mod replica_tests;
 pub mod retention;
 pub mod state;
+#[cfg(test)]
+mod test_support;
 mod worker;
 
 use std::collections::HashMap;

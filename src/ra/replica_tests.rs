@@ -7,7 +7,6 @@ use std::time::{Duration as StdDuration, Instant};
 
 use time::Duration;
 use time::macros::datetime;
-use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::acme::Identifier;
@@ -21,9 +20,6 @@ use crate::store::Store;
 use crate::store::lease::{Acquired, Leases};
 use crate::store::memory::MemoryStore;
 use crate::store::records::Batch;
-use crate::upstream::softcas::{SoftCas, SoftCasOptions};
-use crate::validate::resolver::HickoryResolver;
-use crate::validate::{ValidationSettings, Validator};
 
 const T0: time::OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
@@ -35,35 +31,8 @@ struct Replica {
 
 fn replica(store: &Arc<dyn Store>) -> Replica {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Arc::new(
-        SoftCas::open(SoftCasOptions {
-            dir: dir.path().join("softcas"),
-            name: "replicas".to_owned(),
-            default_lifetime: StdDuration::from_secs(86_400),
-            sign_delay: StdDuration::ZERO,
-        })
-        .unwrap(),
-    );
-    // Nothing answers on the discard port: every validation fails fast.
-    let resolver =
-        HickoryResolver::new(&["127.0.0.1:9".parse().unwrap()], StdDuration::from_secs(1)).unwrap();
-    let validator = Validator::new(ValidationSettings {
-        http_port: 80,
-        tls_alpn_port: 443,
-        timeout: StdDuration::from_secs(1),
-        resolver: Arc::new(resolver),
-        egress: Default::default(),
-    });
-    let clock = Arc::new(FakeClock::new(T0));
-    let ra = Authority::new(
-        Records::new(Arc::clone(store)),
-        clock.clone(),
-        validator,
-        upstream,
-        Vec::new(),
-        AuthorityOptions::default(),
-        CancellationToken::new(),
-    );
+    let (ra, clock) =
+        test_support::authority(Arc::clone(store), dir.path(), "replicas", Vec::new(), T0);
     Replica {
         ra,
         clock,

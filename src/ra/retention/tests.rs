@@ -6,19 +6,15 @@ use std::time::Duration as StdDuration;
 use async_trait::async_trait;
 use time::Duration;
 use time::macros::datetime;
-use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::acme::Identifier;
 use crate::acme::types::{AuthorizationStatus, ChallengeStatus, ChallengeType, OrderStatus};
 use crate::model::{AccountId, AuthzId, CertId, ChallengeRecord, Clock, FakeClock, OrderId};
-use crate::ra::{AuthorityOptions, Provisioner};
+use crate::ra::Provisioner;
 use crate::store::memory::MemoryStore;
 use crate::store::sled::SledStore;
 use crate::store::{Op, Store, Table};
-use crate::upstream::softcas::{SoftCas, SoftCasOptions};
-use crate::validate::resolver::HickoryResolver;
-use crate::validate::{ValidationSettings, Validator};
 
 const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
@@ -37,46 +33,21 @@ struct Fixture {
 }
 
 fn fixture(store: Arc<dyn Store>, dir: tempfile::TempDir) -> Fixture {
-    let upstream = Arc::new(
-        SoftCas::open(SoftCasOptions {
-            dir: dir.path().join("softcas"),
-            name: "retention".to_owned(),
-            default_lifetime: StdDuration::from_secs(86_400),
-            sign_delay: StdDuration::ZERO,
-        })
-        .unwrap(),
-    );
-    let resolver =
-        HickoryResolver::new(&["127.0.0.1:9".parse().unwrap()], StdDuration::from_secs(1)).unwrap();
-    let validator = Validator::new(ValidationSettings {
-        http_port: 80,
-        tls_alpn_port: 443,
-        timeout: StdDuration::from_secs(1),
-        resolver: Arc::new(resolver),
-        egress: Default::default(),
-    });
-    let clock = Arc::new(FakeClock::new(T0));
-    let records = Records::new(store);
-    let ra = Authority::new(
-        records.clone(),
-        clock.clone(),
-        validator,
-        upstream,
-        vec![Provisioner {
-            name: "acme".to_owned(),
-            challenges: vec![ChallengeType::Http01],
-            require_eab: false,
-            policies: Vec::new(),
-            default_lifetime: None,
-            min_lifetime: Duration::minutes(5),
-            max_lifetime: Duration::days(90),
-            terms_of_service: None,
-            website: None,
-            caa_identities: Vec::new(),
-        }],
-        AuthorityOptions::default(),
-        CancellationToken::new(),
-    );
+    let records = Records::new(Arc::clone(&store));
+    let provisioner = Provisioner {
+        name: "acme".to_owned(),
+        challenges: vec![ChallengeType::Http01],
+        require_eab: false,
+        policies: Vec::new(),
+        default_lifetime: None,
+        min_lifetime: Duration::minutes(5),
+        max_lifetime: Duration::days(90),
+        terms_of_service: None,
+        website: None,
+        caa_identities: Vec::new(),
+    };
+    let (ra, clock) =
+        crate::ra::test_support::authority(store, dir.path(), "retention", vec![provisioner], T0);
     Fixture {
         ra,
         records,
