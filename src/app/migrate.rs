@@ -21,7 +21,7 @@ use crate::store::{Expect, Op, Store, Table};
 /// Records written per batch.
 const BATCH: usize = 512;
 
-/// What [`migrate`] copied, table by table.
+/// What [`copy`] copied, table by table.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Migrated {
     pub records: BTreeMap<Table, u64>,

@@ -25,15 +25,12 @@ pub fn binary() -> Option<PathBuf> {
 /// Whether a test needing haproxy should be skipped: never under `CI=true`
 /// (where a missing haproxy is a failure naming `make test-deps`).
 pub fn skip(what: &str) -> bool {
-    if binary().is_some() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "haproxy is not installed: run `make test-deps` ({what})"
-    );
-    eprintln!("skipped {what}: haproxy is not installed (make test-deps)");
-    true
+    crate::procs::skip_when_missing(
+        what,
+        binary()
+            .is_none()
+            .then(|| "haproxy is not installed: run `make test-deps`".to_owned()),
+    )
 }
 
 /// A running haproxy.

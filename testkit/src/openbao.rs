@@ -108,15 +108,7 @@ pub fn missing() -> Option<String> {
 /// `true` (after a message) when `what` must be skipped because the binary
 /// is missing; under `CI` a missing binary is a failure.
 pub fn skip(what: &str) -> bool {
-    let Some(why) = missing() else {
-        return false;
-    };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{what}: {why} (CI is set, so this is a failure)"
-    );
-    eprintln!("SKIPPED {what}: {why}");
-    true
+    crate::procs::skip_when_missing(what, missing())
 }
 
 /// A free loopback port whose successor is free too (the dev server puts

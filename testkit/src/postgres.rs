@@ -65,15 +65,7 @@ pub fn missing() -> Option<String> {
 /// `true` (after a message) when `what` must be skipped because PostgreSQL
 /// is missing; under `CI` a missing PostgreSQL is a failure.
 pub fn skip(what: &str) -> bool {
-    let Some(why) = missing() else {
-        return false;
-    };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{what}: {why} (CI is set, so this is a failure)"
-    );
-    eprintln!("SKIPPED {what}: {why}");
-    true
+    crate::procs::skip_when_missing(what, missing())
 }
 
 /// A throw-away server for `what`, started off the async threads; `None`

@@ -452,6 +452,20 @@ pub fn run_cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `true` (after a message) when `what` must be skipped because something
+/// it needs is `missing` (the reason); under `CI` that is a failure.
+pub fn skip_when_missing(what: &str, missing: Option<String>) -> bool {
+    let Some(why) = missing else {
+        return false;
+    };
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what}: {why} (CI is set, so this is a failure)"
+    );
+    eprintln!("SKIPPED {what}: {why}");
+    true
+}
+
 /// [`run_cli`] from async code (on the blocking pool).
 pub async fn run_cli_async(args: Vec<String>) -> (bool, String, String) {
     tokio::task::spawn_blocking(move || {
