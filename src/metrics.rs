@@ -32,6 +32,7 @@ struct Metrics {
     validations_waiting: IntGauge,
     purged: IntCounterVec,
     store_pool: IntGaugeVec,
+    leases: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -139,6 +140,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["state"],
         )?,
+        leases: IntCounterVec::new(
+            Opts::new(
+                "acmeproxy_leases_total",
+                "Replicas: leases taken, taken over from a replica whose lease expired, found busy, or lost while held, by what they guard",
+            ),
+            &["lease", "outcome"],
+        )?,
         registry,
     };
     m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -164,6 +172,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         .register(Box::new(m.validations_waiting.clone()))?;
     m.registry.register(Box::new(m.purged.clone()))?;
     m.registry.register(Box::new(m.store_pool.clone()))?;
+    m.registry.register(Box::new(m.leases.clone()))?;
     Ok(m)
 }
 
@@ -286,6 +295,13 @@ pub fn store_pool(max: usize, open: usize, idle: usize, waiting: usize) {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     });
+}
+
+/// Replicas: a lease on `lease` (`job`, `validation` or
+/// `own_certificate`) was `taken`, `taken_over` (its holder's had expired),
+/// found `busy`, or `lost` while held (it could not be renewed).
+pub fn lease(lease: &'static str, outcome: &'static str) {
+    with(|m| m.leases.with_label_values(&[lease, outcome]).inc());
 }
 
 type Refresh = Box<dyn Fn() + Send + Sync>;

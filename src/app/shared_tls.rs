@@ -76,8 +76,18 @@ impl SharedIdentity for StoreIdentity {
     async fn lock(&self) -> Result<bool, TlsError> {
         let now = OffsetDateTime::now_utc();
         match self.leases.acquire(LEASE, now, LEASE_TIME).await {
-            Ok(Acquired::Held(_)) => Ok(true),
-            Ok(Acquired::Busy { .. }) => Ok(false),
+            Ok(Acquired::Held(_)) => {
+                crate::metrics::lease("own_certificate", "taken");
+                Ok(true)
+            }
+            Ok(Acquired::TookOver(_)) => {
+                crate::metrics::lease("own_certificate", "taken_over");
+                Ok(true)
+            }
+            Ok(Acquired::Busy { .. }) => {
+                crate::metrics::lease("own_certificate", "busy");
+                Ok(false)
+            }
             Err(e) => Err(failed(e)),
         }
     }

@@ -142,7 +142,13 @@ impl Authority {
                         .acquire(&name, ra.clock.now(), ra.opts.job_lease)
                         .await
                     {
-                        Ok(Acquired::Held(_)) => {
+                        Ok(held @ (Acquired::Held(_) | Acquired::TookOver(_))) => {
+                            let outcome = if matches!(held, Acquired::TookOver(_)) {
+                                "taken_over"
+                            } else {
+                                "taken"
+                            };
+                            crate::metrics::lease("validation", outcome);
                             tokio::select! {
                                 () = ra.run_validation(authz, index, key_auth) => {}
                                 () = ra.hold_lease(&name) => {}
@@ -151,7 +157,7 @@ impl Authority {
                                 tracing::warn!(lease = %name, error = %e, "cannot release a validation lease; it expires");
                             }
                         }
-                        Ok(Acquired::Busy { .. }) => {}
+                        Ok(Acquired::Busy { .. }) => crate::metrics::lease("validation", "busy"),
                         Err(e) => {
                             tracing::warn!(lease = %name, error = %e, "cannot take a validation lease; the validation runs at the next read");
                         }

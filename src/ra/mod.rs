@@ -384,12 +384,16 @@ impl Authority {
             let now = self.clock.now();
             match leases.renew(name, now, self.opts.job_lease).await {
                 Ok(true) => held_until = now + self.opts.job_lease,
-                Ok(false) => return,
+                Ok(false) => {
+                    crate::metrics::lease(lease_kind(name), "lost");
+                    return;
+                }
                 // The store is unreachable: keep trying while the lease
                 // still holds; past it, others may take the work over.
                 Err(e) => {
                     tracing::warn!(lease = name, error = %e, "cannot renew a lease");
                     if now >= held_until {
+                        crate::metrics::lease(lease_kind(name), "lost");
                         return;
                     }
                 }
@@ -402,4 +406,14 @@ impl Authority {
 struct Subscription {
     event: Event,
     rx: oneshot::Receiver<()>,
+}
+
+/// What a lease named `name` guards, for metrics (`authz/…` leases guard
+/// validations, the others finalize jobs).
+fn lease_kind(name: &str) -> &'static str {
+    if name.starts_with("authz/") {
+        "validation"
+    } else {
+        "job"
+    }
 }

@@ -553,8 +553,17 @@ impl Authority {
             .acquire(&name, self.clock.now(), self.opts.job_lease)
             .await?
         {
-            Acquired::Held(_) => Ok(true),
+            Acquired::Held(_) => {
+                crate::metrics::lease("job", "taken");
+                Ok(true)
+            }
+            Acquired::TookOver(_) => {
+                crate::metrics::lease("job", "taken_over");
+                tracing::info!(order = %order_id, "took over a finalize job whose replica's lease expired");
+                Ok(true)
+            }
             Acquired::Busy { owner, until } => {
+                crate::metrics::lease("job", "busy");
                 tracing::debug!(order = %order_id, %owner, %until, "finalize job runs on another replica");
                 Ok(false)
             }

@@ -31,8 +31,12 @@ pub struct Lease {
 /// What [`Leases::acquire`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Acquired {
-    /// The lease is ours (new, taken over after it expired, or renewed).
+    /// The lease is ours (new, or renewed) until then.
     Held(OffsetDateTime),
+    /// The lease is ours until then, taken over from another replica whose
+    /// lease had expired (it died or stalled), or replacing an unreadable
+    /// one.
+    TookOver(OffsetDateTime),
     /// Another replica holds it until then.
     Busy {
         owner: String,
@@ -112,18 +116,20 @@ impl Leases {
             Err(e) => return Err(e),
         }
         let current = self.store.get(Table::Meta, &key).await?;
+        let mut took_over = false;
         let expect = match &current {
             None => Expect::Absent,
             Some(bytes) => {
                 // An unreadable lease is treated as expired and replaced.
-                if let Ok(lease) = serde_json::from_slice::<Lease>(bytes)
-                    && lease.owner != self.owner
-                    && lease.until > now
-                {
-                    return Ok(Acquired::Busy {
-                        owner: lease.owner,
-                        until: lease.until,
-                    });
+                match serde_json::from_slice::<Lease>(bytes) {
+                    Ok(lease) if lease.owner != self.owner && lease.until > now => {
+                        return Ok(Acquired::Busy {
+                            owner: lease.owner,
+                            until: lease.until,
+                        });
+                    }
+                    Ok(lease) => took_over = lease.owner != self.owner,
+                    Err(_) => took_over = true,
                 }
                 Expect::Value(bytes.clone())
             }
@@ -133,6 +139,7 @@ impl Leases {
             .commit(vec![Op::put(Table::Meta, key, value, expect)])
             .await
         {
+            Ok(()) if took_over => Ok(Acquired::TookOver(until)),
             Ok(()) => Ok(Acquired::Held(until)),
             // Someone else wrote it between our read and our write.
             Err(StoreError::Conflict { .. }) => match self.read(name).await? {
@@ -239,6 +246,11 @@ mod tests {
         ));
         // A stops renewing (it died): B takes over, and A has lost it.
         let t2 = t1 + ttl + Duration::seconds(1);
+        assert_eq!(
+            b.acquire("x", t2, ttl).await.unwrap(),
+            Acquired::TookOver(t2 + ttl)
+        );
+        // B's own lease again is a renewal, not a take-over.
         assert_eq!(
             b.acquire("x", t2, ttl).await.unwrap(),
             Acquired::Held(t2 + ttl)

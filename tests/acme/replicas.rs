@@ -243,4 +243,11 @@ async fn a_dead_replicas_job_is_finished_by_another_after_its_lease() {
         0,
         "never twice at once"
     );
+    // The take-over is counted (the registry is this process's, shared by
+    // the in-process replicas).
+    let metrics = acmeproxy::metrics::render();
+    assert!(
+        metrics.contains(r#"acmeproxy_leases_total{lease="job",outcome="taken_over"}"#),
+        "{metrics}"
+    );
 }
