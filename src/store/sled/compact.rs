@@ -21,7 +21,8 @@ pub struct CompactionReport {
     pub records: u64,
     /// The old generation's size on disk when the compaction started.
     pub bytes_before: u64,
-    /// The new generation's size on disk right after the switch.
+    /// The new generation's size on disk just before the switch (what
+    /// `CURRENT` records as the next baseline).
     pub bytes_after: u64,
     /// Writes applied to the new generation after the copy.
     pub caught_up: u64,
@@ -281,12 +282,11 @@ fn copy_and_switch(
     let switch = switching.elapsed();
     // The switch ended the log.
     drop(guard);
-    let bytes_after = generations::disk_bytes(&ctx.store_dir, generation).unwrap_or(bytes_now);
     ctx.baseline = bytes_now;
     Ok(CompactionReport {
         records,
         bytes_before,
-        bytes_after,
+        bytes_after: bytes_now,
         caught_up,
         took: started.elapsed(),
         switch,
