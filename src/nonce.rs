@@ -282,7 +282,7 @@ impl Inner {
 
 /// Fills `buf` from the OS generator, or aborts: as `random_token`, without
 /// it no nonce is safe.
-fn fill_random(buf: &mut [u8]) {
+pub(crate) fn fill_random(buf: &mut [u8]) {
     if SystemRandom::new().fill(buf).is_err() {
         tracing::error!("the operating system's random generator failed");
         std::process::abort();

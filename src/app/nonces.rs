@@ -10,7 +10,6 @@ use std::time::Duration as StdDuration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use ring::rand::{SecureRandom, SystemRandom};
 use time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -57,31 +56,8 @@ async fn shared_key(store: &dyn Store) -> Result<Vec<u8>, StoreError> {
         return Ok(key);
     }
     let mut key = vec![0u8; 32];
-    if SystemRandom::new().fill(&mut key).is_err() {
-        tracing::error!("the operating system's random generator failed");
-        std::process::abort();
-    }
-    match store
-        .commit(vec![Op::put(
-            Table::Meta,
-            KEY_NAME,
-            key.clone(),
-            Expect::Absent,
-        )])
-        .await
-    {
-        Ok(()) => Ok(key),
-        Err(StoreError::Conflict { .. }) => {
-            store
-                .get(Table::Meta, KEY_NAME)
-                .await?
-                .ok_or_else(|| StoreError::Conflict {
-                    table: Table::Meta,
-                    key: KEY_NAME.to_owned(),
-                })
-        }
-        Err(e) => Err(e),
-    }
+    crate::nonce::fill_random(&mut key);
+    crate::store::put_once(store, Table::Meta, KEY_NAME, key).await
 }
 
 /// The replay set in the store's `Meta` table: redeeming is one insert with

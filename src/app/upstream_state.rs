@@ -34,28 +34,9 @@ impl UpstreamState for StoreUpstreamState {
     }
 
     async fn store_once(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, UpstreamError> {
-        match self
-            .store
-            .commit(vec![Op::put(
-                Table::Meta,
-                key,
-                value.clone(),
-                Expect::Absent,
-            )])
+        crate::store::put_once(self.store.as_ref(), Table::Meta, key, value)
             .await
-        {
-            Ok(()) => Ok(value),
-            Err(StoreError::Conflict { .. }) => self
-                .store
-                .get(Table::Meta, key)
-                .await
-                .map_err(internal)?
-                .ok_or_else(|| UpstreamError::Internal {
-                    context: format!("upstream state {key:?} vanished"),
-                    source: None,
-                }),
-            Err(e) => Err(internal(e)),
-        }
+            .map_err(internal)
     }
 
     async fn remove(&self, key: &str, value: &[u8]) -> Result<(), UpstreamError> {

@@ -185,6 +185,34 @@ impl StoreError {
     }
 }
 
+/// Writes `value` at `key` unless the key exists, and returns what the key
+/// holds then: `value`, or what another writer (another replica) put there
+/// first.
+pub async fn put_once(
+    store: &dyn Store,
+    table: Table,
+    key: &str,
+    value: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    match store
+        .commit(vec![Op::put(table, key, value.clone(), Expect::Absent)])
+        .await
+    {
+        Ok(()) => Ok(value),
+        // Someone else's write won; it is gone only if removed meanwhile.
+        Err(StoreError::Conflict { .. }) => {
+            store
+                .get(table, key)
+                .await?
+                .ok_or_else(|| StoreError::Conflict {
+                    table,
+                    key: key.to_owned(),
+                })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Connection-pool figures of a backend that keeps a pool (PostgreSQL).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStatus {
