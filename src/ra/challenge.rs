@@ -158,8 +158,13 @@ impl Authority {
                             }
                         }
                         Ok(Acquired::Busy { .. }) => crate::metrics::lease("validation", "busy"),
+                        // Without this the challenge would stay pending and
+                        // never validated (nothing resumes a challenge that
+                        // was never `processing`): validate without the lease;
+                        // the first outcome stored wins (compare-and-swap).
                         Err(e) => {
-                            tracing::warn!(lease = %name, error = %e, "cannot take a validation lease; the validation runs at the next read");
+                            tracing::warn!(lease = %name, error = %e, "cannot take a validation lease; validating without it");
+                            ra.run_validation(authz, index, key_auth).await;
                         }
                     }
                 }
