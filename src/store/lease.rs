@@ -178,12 +178,25 @@ impl Leases {
         now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        match self.read(name).await? {
-            Some(l) if l.owner == self.owner => Ok(matches!(
-                self.acquire(name, now, ttl).await?,
-                Acquired::Held(_)
-            )),
-            _ => Ok(false),
+        let key = Self::key(name);
+        let Some(bytes) = self.store.get(Table::Meta, &key).await? else {
+            return Ok(false);
+        };
+        match serde_json::from_slice::<Lease>(&bytes) {
+            Ok(l) if l.owner == self.owner => {}
+            _ => return Ok(false),
+        }
+        // One compare-and-swap over what we read: a lease taken over or
+        // released meanwhile is not written again.
+        let value = self.encode(&key, now + ttl)?;
+        match self
+            .store
+            .commit(vec![Op::put(Table::Meta, key, value, Expect::Value(bytes))])
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
