@@ -378,6 +378,7 @@ impl Authority {
         let every = StdDuration::try_from(self.opts.job_lease / 3)
             .unwrap_or(StdDuration::from_secs(1))
             .max(StdDuration::from_millis(50));
+        let margin = Duration::try_from(every).unwrap_or(self.opts.job_lease);
         let mut held_until = self.clock.now() + self.opts.job_lease;
         loop {
             tokio::time::sleep(every).await;
@@ -390,9 +391,11 @@ impl Authority {
                 }
                 // The store is unreachable: keep trying while the lease
                 // still holds; past it, others may take the work over.
+                // Give up one renewal early: another replica may take over
+                // at `held_until` by its own clock.
                 Err(e) => {
                     tracing::warn!(lease = name, error = %e, "cannot renew a lease");
-                    if now >= held_until {
+                    if now + margin >= held_until {
                         crate::metrics::lease(lease_kind(name), "lost");
                         return;
                     }
