@@ -308,29 +308,40 @@ impl ServerIdentity {
         shared: &dyn SharedIdentity,
         shutdown: CancellationToken,
     ) {
+        // As in the single-process loop: failures back off, and a renewal is
+        // never asked again at once, even for an upstream certificate already
+        // past two thirds of its life.
+        let mut backoff = FIRST_BACKOFF;
+        let mut pause = FIRST_BACKOFF;
         loop {
             let current = self.current();
             let wait = to_std(current.renew_at() - OffsetDateTime::now_utc());
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(if wait.is_zero() { FIRST_BACKOFF } else { wait.min(shared::RELOAD_EVERY) }) => {}
+                () = tokio::time::sleep(if wait.is_zero() { pause } else { wait.min(shared::RELOAD_EVERY) }) => {}
             }
             self.reload_shared(shared, names).await;
             if self.current().renew_at() > OffsetDateTime::now_utc() {
                 continue;
             }
-            match shared::obtain_locked(upstream, names, dir, shared).await {
+            pause = match shared::obtain_locked(upstream, names, dir, shared).await {
                 Ok(Some(l)) => {
                     let not_after = l.not_after;
                     tracing::info!(%not_after, "renewed the shared TLS certificate");
+                    let after = to_std((l.not_after - l.not_before) / 10);
                     self.swap(l);
+                    backoff = FIRST_BACKOFF;
+                    after.clamp(Duration::from_secs(1), Duration::from_secs(300))
                 }
                 // Another replica renews it; the next reload picks it up.
-                Ok(None) => {}
+                Ok(None) => FIRST_BACKOFF,
                 Err(e) => {
-                    tracing::warn!(error = %chain(&e), "TLS certificate renewal failed; retried at the next reload")
+                    let retry_in = backoff;
+                    tracing::warn!(error = %chain(&e), ?retry_in, "TLS certificate renewal failed");
+                    backoff = (backoff * 2).min(RECHECK);
+                    retry_in
                 }
-            }
+            };
         }
     }
 }
