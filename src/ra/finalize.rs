@@ -40,6 +40,18 @@ impl Authority {
         let stored = self.owned_order(&account.id, order_id).await?;
         let current = self.refresh_order(stored).await?;
         let order = &current.value;
+        // The same finalize again while its job runs (a client or load
+        // balancer resending it after a replica died mid-answer): answer
+        // the order as the first finalize would have, not orderNotReady.
+        if order.status == OrderStatus::Processing
+            && self
+                .records
+                .get::<FinalizeJob>(order.id.as_str())
+                .await?
+                .is_some_and(|job| job.value.csr_der == csr_der)
+        {
+            return Ok(order.clone());
+        }
         if order.status != OrderStatus::Ready {
             return problem(
                 ProblemType::OrderNotReady,
