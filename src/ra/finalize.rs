@@ -52,6 +52,15 @@ impl Authority {
         {
             return Ok(order.clone());
         }
+        // The same finalize again after it completed (its answer lost with
+        // a replica, or the job done by another replica before the resend
+        // arrived): answer the valid order when the CSR names the key of
+        // the certificate issued, as the first finalize's answer would.
+        if order.status == OrderStatus::Valid
+            && self.issued_for_csr(account, order, csr_der).await?
+        {
+            return Ok(order.clone());
+        }
         if order.status != OrderStatus::Ready {
             return problem(
                 ProblemType::OrderNotReady,
@@ -127,6 +136,36 @@ impl Authority {
             self.records.sync().await?;
         }
         Ok(shown)
+    }
+
+    /// Whether the valid `order`'s certificate was issued for the key of
+    /// `csr_der` (a well-formed, self-signed CSR for the order's names).
+    async fn issued_for_csr(
+        &self,
+        account: &crate::model::AccountRecord,
+        order: &OrderRecord,
+        csr_der: &[u8],
+    ) -> Result<bool, RaError> {
+        let Some(cert_id) = &order.certificate_id else {
+            return Ok(false);
+        };
+        let Ok(parsed) = csr::parse_csr(csr_der) else {
+            return Ok(false);
+        };
+        let Some(cert) = self
+            .records
+            .get::<CertificateRecord>(cert_id.as_str())
+            .await?
+        else {
+            return Ok(false);
+        };
+        let leaf_key = cert::pem_chain_to_der(&cert.value.chain_pem)
+            .ok()
+            .and_then(|chain| chain.into_iter().next())
+            .and_then(|leaf| cert::cert_info(&leaf).ok())
+            .map(|info| info.public_key);
+        Ok(leaf_key.as_ref() == Some(&parsed.public_key)
+            && csr::check_against_order(&parsed, &order.identifiers, &account.jwk).is_ok())
     }
 
     /// A certificate chain of `account` (RFC 8555 §7.4.2).

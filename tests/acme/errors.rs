@@ -658,8 +658,17 @@ async fn bad_csr_and_order_not_ready() {
     let done = raw
         .poll(&acct, &order_url, |v| v["status"] == "valid")
         .await;
-    let doc = raw
+    // The same finalize again (its answer lost on the way) answers the
+    // valid order; a CSR for another key is refused as not ready.
+    let again = raw
         .finalize(&acct, &done, &csr(&["csr.test"], &key))
+        .await
+        .ok(200);
+    assert_eq!(again["status"], "valid", "{again}");
+    assert_eq!(again["certificate"], done["certificate"], "{again}");
+    let other = rcgen::KeyPair::generate().unwrap();
+    let doc = raw
+        .finalize(&acct, &done, &csr(&["csr.test"], &other))
         .await
         .problem(403, "orderNotReady");
     assert!(detail(&doc).contains("valid"), "{doc}");
