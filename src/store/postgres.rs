@@ -141,6 +141,55 @@ impl PgStore {
         })
     }
 
+    /// One run of a batch whose keys are distinct: one call of the
+    /// `acmeproxy_commit` function (migration 2), one round trip.
+    async fn try_commit_call(&self, ops: &[Op]) -> Result<(), Attempt> {
+        let client = self.client().await.map_err(Attempt::Failed)?;
+        let st = client
+            .prepare_cached("SELECT acmeproxy_commit($1, $2, $3, $4, $5)")
+            .await
+            .map_err(|e| retry_or(e, self.fail("preparing a batch")))?;
+        let tbls: Vec<&str> = ops.iter().map(|o| o.table.name()).collect();
+        let keys: Vec<&[u8]> = ops.iter().map(|o| o.key.as_bytes()).collect();
+        let vals: Vec<Option<&[u8]>> = ops.iter().map(|o| o.value.as_deref()).collect();
+        let kinds: Vec<i16> = ops
+            .iter()
+            .map(|o| match o.expect {
+                Expect::Any => 0,
+                Expect::Absent => 1,
+                Expect::Present => 2,
+                Expect::Value(_) => 3,
+            })
+            .collect();
+        let expected: Vec<Option<&[u8]>> = ops
+            .iter()
+            .map(|o| match &o.expect {
+                Expect::Value(v) => Some(v.as_slice()),
+                _ => None,
+            })
+            .collect();
+        let row = client
+            .query_one(&st, &[&tbls, &keys, &vals, &kinds, &expected])
+            .await
+            .map_err(|e| retry_or(e, self.fail("committing a batch")))?;
+        let failed: i32 = row.get(0);
+        match usize::try_from(failed).ok().and_then(|i| i.checked_sub(1)) {
+            None => Ok(()),
+            Some(i) => {
+                let op = ops.get(i).ok_or_else(|| {
+                    Attempt::Failed(StoreError::backend(
+                        "committing a batch",
+                        format!("acmeproxy_commit named op {failed} of {}", ops.len()),
+                    ))
+                })?;
+                Err(Attempt::Failed(StoreError::Conflict {
+                    table: op.table,
+                    key: op.key.clone(),
+                }))
+            }
+        }
+    }
+
     /// One run of a batch, in one transaction.
     async fn try_commit(&self, ops: &[Op]) -> Result<(), Attempt> {
         let mut client = self.client().await.map_err(Attempt::Failed)?;
@@ -364,10 +413,23 @@ impl Store for PgStore {
         if let single::Single::Done = self.commit_single(&ops).await? {
             return Ok(());
         }
+        // A key twice in one batch needs the staged checks of the
+        // transaction; other batches are one call.
+        let distinct = ops
+            .iter()
+            .map(|o| (o.table, o.key.as_str()))
+            .collect::<BTreeSet<_>>()
+            .len()
+            == ops.len();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_commit(&ops).await {
+            let tried = if distinct {
+                self.try_commit_call(&ops).await
+            } else {
+                self.try_commit(&ops).await
+            };
+            match tried {
                 Ok(()) => return Ok(()),
                 Err(Attempt::Failed(e)) => return Err(e),
                 Err(Attempt::Again(e)) if attempt < MAX_ATTEMPTS => {

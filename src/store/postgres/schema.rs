@@ -10,10 +10,16 @@ use super::options::{Connect, Tls};
 
 /// The migrations, by version, in order. A version is never edited once
 /// released: a change is a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../../migrations/postgres/0001_records.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/postgres/0001_records.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/0002_commit_function.sql"),
+    ),
+];
 
 /// The advisory lock the migrations run under (any constant shared by every
 /// acmeproxy: "acmeprox" in ASCII).
