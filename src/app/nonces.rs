@@ -11,6 +11,7 @@ use std::time::Duration as StdDuration;
 use anyhow::Context;
 use async_trait::async_trait;
 use time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::Clock;
@@ -42,9 +43,7 @@ pub(super) async fn service(
     let key = shared_key(store.as_ref())
         .await
         .context("reading the shared nonce key")?;
-    let set = Arc::new(StoreReplaySet {
-        store: Arc::clone(store),
-    });
+    let set = Arc::new(StoreReplaySet::new(Arc::clone(store)));
     tokio::spawn(purge_until(Arc::clone(&set), clock.clone(), shutdown));
     Ok(NonceService::shared(clock, max_age, &key, set))
 }
@@ -60,14 +59,36 @@ async fn shared_key(store: &dyn Store) -> Result<Vec<u8>, StoreError> {
     crate::store::put_once(store, Table::Meta, KEY_NAME, key).await
 }
 
-/// The replay set in the store's `Meta` table: redeeming is one insert with
-/// `Expect::Absent`; a conflict means another request (on any replica)
-/// redeemed the nonce first.
+/// Redemptions sent to the store at once, at most.
+const REDEEM_BATCH: usize = 512;
+/// Batches of redemptions in flight at once; while they all are, new
+/// redemptions gather into the next batch.
+const REDEEM_IN_FLIGHT: usize = 4;
+
+/// A redemption waiting for its batch: the replay-set key and where its
+/// answer goes.
+/// The answer is `None` when the store failed (logged once per batch).
+type Redemption = (String, oneshot::Sender<Option<bool>>);
+
+/// The replay set in the store's `Meta` table: redeeming inserts the
+/// nonce's key; finding it there means another request (on any replica)
+/// redeemed the nonce first. The redemptions of concurrent requests go to
+/// the store together, one `insert_new` per batch (with PostgreSQL one
+/// statement and one commit for many requests instead of one each).
 pub(super) struct StoreReplaySet {
     store: Arc<dyn Store>,
+    batches: mpsc::UnboundedSender<Redemption>,
 }
 
 impl StoreReplaySet {
+    /// The set over `store`, its batching task spawned (it ends when the
+    /// set is dropped).
+    fn new(store: Arc<dyn Store>) -> Self {
+        let (batches, queue) = mpsc::unbounded_channel();
+        tokio::spawn(redeem_batches(Arc::clone(&store), queue));
+        Self { store, batches }
+    }
+
     /// Deletes the entries whose nonce expired before `now` (Unix seconds);
     /// how many.
     async fn purge(&self, now: i64) -> Result<usize, StoreError> {
@@ -108,18 +129,61 @@ fn expires_of(key: &str) -> Option<i64> {
 impl ReplaySet for StoreReplaySet {
     async fn mark_used(&self, id: &str, expires: i64) -> Result<bool, NonceError> {
         let key = format!("{USED_PREFIX}{expires:012}/{id}");
-        match self
-            .store
-            .commit(vec![Op::put(Table::Meta, key, Vec::new(), Expect::Absent)])
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(StoreError::Conflict { .. }) => Ok(false),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record a redeemed nonce in the store");
+        let (answer, answered) = oneshot::channel();
+        if self.batches.send((key, answer)).is_err() {
+            tracing::error!("the nonce redemption task has stopped");
+            return Err(NonceError::Unavailable);
+        }
+        match answered.await {
+            Ok(Some(new)) => Ok(new),
+            Ok(None) => Err(NonceError::Unavailable),
+            Err(_) => {
+                tracing::error!("the nonce redemption task dropped a redemption");
                 Err(NonceError::Unavailable)
             }
         }
+    }
+}
+
+/// Sends the queued redemptions to the store in batches: a batch takes
+/// what is queued once one of [`REDEEM_IN_FLIGHT`] slots is free, so one
+/// request alone waits for one insert, and many at once share them.
+async fn redeem_batches(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Redemption>) {
+    let slots = Arc::new(Semaphore::new(REDEEM_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < REDEEM_BATCH {
+            match queue.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let (keys, answers): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
+            match store.insert_new(Table::Meta, &keys).await {
+                Ok(new) => {
+                    for (answer, new) in answers.into_iter().zip(new) {
+                        let _ = answer.send(Some(new));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        source = ?std::error::Error::source(&e),
+                        nonces = answers.len(),
+                        "cannot record redeemed nonces in the store"
+                    );
+                    for answer in answers {
+                        let _ = answer.send(None);
+                    }
+                }
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -164,9 +228,7 @@ mod tests {
         assert_eq!(a.redeem(&m).await, Ok(()));
 
         // Expired entries go; live ones stay.
-        let set = StoreReplaySet {
-            store: Arc::clone(&store),
-        };
+        let set = StoreReplaySet::new(Arc::clone(&store));
         let live = a.issue();
         assert_eq!(b.redeem(&live).await, Ok(()));
         let now = clock.now().unix_timestamp();
@@ -179,6 +241,43 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        token.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_redemptions_in_batches_accept_each_nonce_once() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new_shared());
+        let clock = Arc::new(FakeClock::new(time::OffsetDateTime::now_utc()));
+        let age = Duration::minutes(5);
+        let token = CancellationToken::new();
+        let a = Arc::new(
+            service(&store, clock.clone(), age, token.clone())
+                .await
+                .unwrap(),
+        );
+        let b = Arc::new(
+            service(&store, clock.clone(), age, token.clone())
+                .await
+                .unwrap(),
+        );
+        let nonces: Vec<String> = (0..300).map(|_| a.issue()).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in &nonces {
+            // Each nonce three times, on both replicas, all at once.
+            for svc in [&a, &b, &a] {
+                let (svc, n) = (Arc::clone(svc), n.clone());
+                tasks.spawn(async move { svc.redeem(&n).await });
+            }
+        }
+        let (mut ok, mut replayed) = (0, 0);
+        while let Some(r) = tasks.join_next().await {
+            match r.unwrap() {
+                Ok(()) => ok += 1,
+                Err(NonceError::Replayed) => replayed += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!((ok, replayed), (300, 600));
         token.cancel();
     }
 

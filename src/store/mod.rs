@@ -255,6 +255,33 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Inserts each of `keys` with an empty value where it is absent, each
+    /// durable on return; per key, whether this call inserted it (false:
+    /// it was there already, or is twice in `keys` and this is the second).
+    /// Not atomic as a whole: for many independent claims at once (the
+    /// shared nonce replay set). The default commits them one by one.
+    async fn insert_new(&self, table: Table, keys: &[String]) -> Result<Vec<bool>, StoreError> {
+        let mut inserted = Vec::with_capacity(keys.len());
+        for key in keys {
+            inserted.push(
+                match self
+                    .commit(vec![Op::put(
+                        table,
+                        key.as_str(),
+                        Vec::new(),
+                        Expect::Absent,
+                    )])
+                    .await
+                {
+                    Ok(()) => true,
+                    Err(StoreError::Conflict { .. }) => false,
+                    Err(e) => return Err(e),
+                },
+            );
+        }
+        Ok(inserted)
+    }
+
     /// Keys and values of `table` whose key starts with `prefix`, in key order,
     /// starting after `after` (exclusive) when given, at most `limit` entries.
     async fn scan(

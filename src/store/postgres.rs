@@ -393,6 +393,29 @@ impl Store for PgStore {
         })
     }
 
+    async fn insert_new(&self, table: Table, keys: &[String]) -> Result<Vec<bool>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(
+                "INSERT INTO records (tbl, key, value) \
+                 SELECT $1, k, ''::bytea FROM unnest($2::bytea[]) AS k \
+                 ON CONFLICT (tbl, key) DO NOTHING RETURNING key",
+            )
+            .await
+            .map_err(self.fail("preparing an insert"))?;
+        let bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+        let rows = client
+            .query(&st, &[&table.name(), &bytes])
+            .await
+            .map_err(self.fail("inserting records"))?;
+        let mut new: BTreeSet<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+        // The first of a key twice in `keys` takes the insert.
+        Ok(keys.iter().map(|k| new.remove(k.as_bytes())).collect())
+    }
+
     async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let client = self.client().await?;
         let st = client

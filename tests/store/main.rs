@@ -94,6 +94,7 @@ macro_rules! store_battery {
                 get_put_delete,
                 empty_commit_is_ok,
                 precondition_absent,
+                insert_new_claims_each_absent_key_once,
                 precondition_present,
                 precondition_value,
                 failed_precondition_writes_nothing,
@@ -218,6 +219,25 @@ async fn precondition_absent(s: Arc<dyn Store>) -> TestResult {
     s.commit(vec![put(Table::Accounts, "a", b"3", Expect::Absent)])
         .await?;
     assert_eq!(s.get(Table::Accounts, "a").await?, Some(b"3".to_vec()));
+    Ok(())
+}
+
+async fn insert_new_claims_each_absent_key_once(s: Arc<dyn Store>) -> TestResult {
+    assert!(s.insert_new(Table::Meta, &[]).await?.is_empty());
+    s.commit(vec![put(Table::Meta, "n/b", b"held", Expect::Absent)])
+        .await?;
+    let keys = ["n/a", "n/b", "n/a", "n/c"].map(String::from);
+    assert_eq!(
+        s.insert_new(Table::Meta, &keys).await?,
+        [true, false, false, true]
+    );
+    // What was there stays; the new keys hold empty values.
+    assert_eq!(s.get(Table::Meta, "n/b").await?, Some(b"held".to_vec()));
+    assert_eq!(s.get(Table::Meta, "n/a").await?, Some(Vec::new()));
+    assert_eq!(s.get(Table::Meta, "n/c").await?, Some(Vec::new()));
+    assert_eq!(s.insert_new(Table::Meta, &keys[..1]).await?, [false]);
+    // Another table's key of the same name is another record.
+    assert_eq!(s.insert_new(Table::Orders, &keys[..1]).await?, [true]);
     Ok(())
 }
 
