@@ -191,15 +191,28 @@ pub async fn verify(
                     format!("kid {kid:?} is not an account URL of this directory ({prefix}…)"),
                 ));
             };
-            Signer::Account(state.ra.account_for_kid(provisioner, id).await?)
+            Signer::Account(state.ra.account_for_kid(provisioner, id, false).await?)
         }
     };
     let key = match &signer {
         Signer::Key(k) => k,
         Signer::Account(a) => &a.jwk,
     };
-    jws.verify(key)
-        .map_err(|e| HttpError::from(jws_problem(e)))?;
+    let signer = match (jws.verify(key), signer) {
+        (Ok(()), signer) => signer,
+        // With replicas the account may have come from the cache before
+        // its key changed on another replica: check the stored one.
+        (Err(_), Signer::Account(kept)) if state.ra.accounts_may_be_stale() => {
+            let stored = state
+                .ra
+                .account_for_kid(provisioner, kept.id.as_str(), true)
+                .await?;
+            jws.verify(&stored.jwk)
+                .map_err(|e| HttpError::from(jws_problem(e)))?;
+            Signer::Account(stored)
+        }
+        (Err(e), _) => return Err(HttpError::from(jws_problem(e))),
+    };
     Ok(Signed {
         jws,
         signer,

@@ -107,6 +107,7 @@ impl Authority {
         match self.records.commit(batch).await {
             Ok(()) => {
                 quota.keep();
+                self.accounts.put(&account);
                 tracing::info!(
                     account = %account.id,
                     provisioner = %provisioner,
@@ -192,11 +193,14 @@ impl Authority {
         Ok((record, bound))
     }
 
-    /// The account behind a `kid` URL, checked to be usable under `provisioner`.
+    /// The account behind a `kid` URL, checked to be usable under
+    /// `provisioner`; with replicas it may come from the account cache
+    /// unless `fresh` (see [`forget_account`](Self::forget_account)).
     pub async fn account_for_kid(
         &self,
         provisioner: &str,
         id: &str,
+        fresh: bool,
     ) -> Result<AccountRecord, RaError> {
         let Some(id) = AccountId::parse(id) else {
             return problem(
@@ -204,13 +208,27 @@ impl Authority {
                 "the kid is not an account URL of this server",
             );
         };
+        if !fresh {
+            if let Some(acct) = self.accounts.get(id.as_str()) {
+                return self.check_account(acct, provisioner);
+            }
+        }
         let Some(acct) = self.records.get::<AccountRecord>(id.as_str()).await? else {
+            self.accounts.forget(id.as_str());
             return problem(
                 ProblemType::AccountDoesNotExist,
                 format!("account {id} does not exist"),
             );
         };
+        self.accounts.put(&acct.value);
         self.check_account(acct.value, provisioner)
+    }
+
+    /// Whether an account read by `kid` may have come from the cache
+    /// (replicas), so that a signature it refused is worth checking again
+    /// against the stored account.
+    pub fn accounts_may_be_stale(&self) -> bool {
+        self.leases.is_some()
     }
 
     fn check_account(
@@ -261,6 +279,7 @@ impl Authority {
                 let Some(current) = current else {
                     return problem(ProblemType::AccountDoesNotExist, "the account is gone");
                 };
+                stored_key_signed(&current.value, account)?;
                 let mut next = current.value.clone();
                 if let Some(contact) = &req.contact {
                     next.contact = check_contacts(contact.clone())?;
@@ -286,6 +305,7 @@ impl Authority {
                 Ok(Change::Commit(batch, (next, deactivated)))
             })
             .await?;
+        self.accounts.put(&next);
         if deactivated {
             tracing::info!(account = %next.id, "account deactivated");
         }
@@ -358,6 +378,7 @@ impl Authority {
         else {
             return problem(ProblemType::AccountDoesNotExist, "the account is gone");
         };
+        stored_key_signed(&current.value, account)?;
         let mut next = current.value.clone();
         next.jwk = new_key;
         next.thumbprint = new_tp.clone();
@@ -375,7 +396,10 @@ impl Authority {
                 Expect::Absent,
             ));
         match self.records.commit(batch).await {
-            Ok(()) => Ok(next),
+            Ok(()) => {
+                self.accounts.put(&next);
+                Ok(next)
+            }
             Err(StoreError::Conflict { .. }) => problem(
                 ProblemType::Malformed,
                 "the account or the new key changed at the same moment; try again",
@@ -421,6 +445,19 @@ pub fn jws_problem(e: crate::acme::jws::JwsError) -> RaError {
         }
         JwsError::BadPublicKey(m) => RaError::new(ProblemType::BadPublicKey, m),
         e @ JwsError::BadSignature => RaError::new(ProblemType::Malformed, e.to_string()),
+    }
+}
+
+/// Refuses a change signed with a key the account no longer has (it was
+/// read from the account cache before a key change on another replica).
+fn stored_key_signed(stored: &AccountRecord, signer: &AccountRecord) -> Result<(), RaError> {
+    if stored.jwk == signer.jwk {
+        Ok(())
+    } else {
+        Err(RaError::new(
+            ProblemType::Unauthorized,
+            "the account's key has changed: sign with its current key",
+        ))
     }
 }
 

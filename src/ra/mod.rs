@@ -3,6 +3,7 @@
 //! the Authority reaches the store, validators and upstream through their seams.
 
 mod account;
+mod account_cache;
 pub mod admin;
 mod challenge;
 pub mod eab;
@@ -94,6 +95,10 @@ pub struct AuthorityOptions {
     /// Replicas: how often a waiting request re-reads the store for an
     /// outcome another replica stored.
     pub shared_poll_every: StdDuration,
+    /// Replicas: how long an account read by `kid` is kept in memory
+    /// (`account_cache`); a change made on another replica is seen here
+    /// within it. Unused on a store one process serves.
+    pub shared_account_ttl: StdDuration,
 }
 
 impl Default for AuthorityOptions {
@@ -109,6 +114,7 @@ impl Default for AuthorityOptions {
             job_lease: Duration::seconds(20),
             shared_scan_every: StdDuration::from_secs(2),
             shared_poll_every: StdDuration::from_millis(75),
+            shared_account_ttl: StdDuration::from_secs(2),
         }
     }
 }
@@ -149,6 +155,8 @@ pub struct Authority {
     /// Replicas on a shared store: this replica's leases (`None` when the
     /// store serves this process alone).
     leases: Option<Leases>,
+    /// Replicas: accounts read by `kid`, kept a moment.
+    accounts: account_cache::AccountCache,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -172,9 +180,15 @@ impl Authority {
             .store()
             .is_shared()
             .then(|| Leases::new(Arc::clone(records.store()), random_token(12)));
+        let accounts = account_cache::AccountCache::new(if leases.is_some() {
+            opts.shared_account_ttl
+        } else {
+            StdDuration::ZERO
+        });
         Arc::new(Self {
             public_names: std::sync::RwLock::new(Arc::from(Vec::new())),
             leases,
+            accounts,
             records,
             clock,
             validator,

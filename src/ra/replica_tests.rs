@@ -10,11 +10,9 @@ use time::macros::datetime;
 
 use super::*;
 use crate::acme::Identifier;
-use crate::acme::jws::PublicJwk;
-use crate::acme::types::{AccountStatus, AuthorizationStatus, ChallengeStatus, OrderStatus};
+use crate::acme::types::{AuthorizationStatus, ChallengeStatus, OrderStatus};
 use crate::model::{
-    AccountId, AccountRecord, AuthzId, AuthzRecord, ChallengeRecord, FakeClock, OrderId,
-    OrderRecord,
+    AccountRecord, AuthzId, AuthzRecord, ChallengeRecord, FakeClock, OrderId, OrderRecord,
 };
 use crate::store::Store;
 use crate::store::lease::{Acquired, Leases};
@@ -41,21 +39,7 @@ fn replica(store: &Arc<dyn Store>) -> Replica {
 }
 
 fn account() -> AccountRecord {
-    let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519",
-        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
-    AccountRecord {
-        id: AccountId::random(),
-        provisioner: "acme".to_owned(),
-        jwk: PublicJwk::from_json(&jwk).unwrap(),
-        thumbprint: "t".to_owned(),
-        status: AccountStatus::Valid,
-        contact: Vec::new(),
-        terms_of_service_agreed: true,
-        eab_kid: None,
-        eab_policy: None,
-        eab_jws: None,
-        created_at: T0,
-    }
+    test_support::account(T0)
 }
 
 /// An order of `account` with one authorization whose http-01 challenge

@@ -57,3 +57,22 @@ pub(super) fn authority(
     );
     (ra, clock)
 }
+
+/// A valid account (an Ed25519 key) created at `at`, with a random id.
+pub(super) fn account(at: OffsetDateTime) -> crate::model::AccountRecord {
+    let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+    crate::model::AccountRecord {
+        id: crate::model::AccountId::random(),
+        provisioner: "acme".to_owned(),
+        jwk: crate::acme::jws::PublicJwk::from_json(&jwk).unwrap(),
+        thumbprint: "t".to_owned(),
+        status: crate::acme::types::AccountStatus::Valid,
+        contact: Vec::new(),
+        terms_of_service_agreed: true,
+        eab_kid: None,
+        eab_policy: None,
+        eab_jws: None,
+        created_at: at,
+    }
+}

@@ -370,6 +370,14 @@ impl Raw {
     }
 
     /// A URL of the directory (`newNonce`, `newAccount`, …).
+    /// The keyChange body: an inner JWS signed by `new` (RFC 8555 §7.3.5).
+    pub fn key_change_inner(&self, acct_kid: &str, old: &Key, new: &Key) -> Value {
+        let url = self.url("keyChange");
+        let protected = json!({"alg": new.alg(), "jwk": new.jwk(), "url": url});
+        let payload = json!({"account": acct_kid, "oldKey": old.jwk()});
+        jws(&protected, payload.to_string().as_bytes(), new)
+    }
+
     pub fn url(&self, name: &str) -> String {
         self.dir[name]
             .as_str()

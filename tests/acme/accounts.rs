@@ -161,14 +161,6 @@ async fn deactivated_account_is_refused_everywhere() {
         .problem(401, "unauthorized");
 }
 
-/// The keyChange body: an inner JWS signed by `new` (RFC 8555 §7.3.5).
-fn key_change_inner(raw: &Raw, acct_kid: &str, old: &Key, new: &Key) -> Value {
-    let url = raw.url("keyChange");
-    let protected = json!({"alg": new.alg(), "jwk": new.jwk(), "url": url});
-    let payload = json!({"account": acct_kid, "oldKey": old.jwk()});
-    jws(&protected, payload.to_string().as_bytes(), new)
-}
-
 #[tokio::test]
 async fn key_change_rolls_the_account_key() {
     let (_ts, raw) = server().await;
@@ -177,9 +169,9 @@ async fn key_change_rolls_the_account_key() {
     let url = raw.url("keyChange");
 
     // Refused: inner signed by another key than its jwk, or for another URL.
-    let mut bad = key_change_inner(&raw, &old.kid, &old.key, &new);
+    let mut bad = raw.key_change_inner(&old.kid, &old.key, &new);
     bad["signature"] =
-        key_change_inner(&raw, &old.kid, &old.key, &Key::ed25519())["signature"].clone();
+        raw.key_change_inner(&old.kid, &old.key, &Key::ed25519())["signature"].clone();
     raw.post_kid(&old, &url, Some(&bad))
         .await
         .problem(400, "malformed");
@@ -194,7 +186,7 @@ async fn key_change_rolls_the_account_key() {
         .await
         .problem(400, "malformed");
 
-    let inner = key_change_inner(&raw, &old.kid, &old.key, &new);
+    let inner = raw.key_change_inner(&old.kid, &old.key, &new);
     let r = raw.post_kid(&old, &url, Some(&inner)).await;
     assert_eq!(r.ok(200)["status"], "valid");
     assert_eq!(r.location(), old.kid);
@@ -233,7 +225,7 @@ async fn key_change_rolls_the_account_key() {
 
     // Rolling to a key another account holds: 409 naming that account.
     let other = raw.register(Key::rsa()).await;
-    let inner = key_change_inner(&raw, &rolled.kid, &rolled.key, &other.key);
+    let inner = raw.key_change_inner(&rolled.kid, &rolled.key, &other.key);
     let r = raw.post_kid(&rolled, &url, Some(&inner)).await;
     r.problem(409, "malformed");
     assert_eq!(r.location(), other.kid);

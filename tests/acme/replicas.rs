@@ -251,3 +251,53 @@ async fn a_dead_replicas_job_is_finished_by_another_after_its_lease() {
         "{metrics}"
     );
 }
+
+/// Replicas keep accounts read by `kid` a moment: after a key change on A,
+/// B (which holds the account with its old key) accepts the new key at
+/// once (a signature its kept key refuses is checked against the stored
+/// account), and refuses changes signed with the old key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_changed_on_one_replica_signs_on_another_at_once() {
+    let replicas = TestServer::start_replicas(2, kit::Options::default(), None, |_| {}).await;
+    let c = clients(&replicas).await;
+    let (a, b) = (&c[0], &c[1]);
+    let old = a.register(Key::es256()).await;
+    // B reads the account (and keeps it).
+    assert_eq!(b.fetch(&old, &old.kid).await["status"], "valid");
+
+    let new = Key::es256();
+    let inner = a.key_change_inner(&old.kid, &old.key, &new);
+    a.post_kid(&old, &a.url("keyChange"), Some(&inner))
+        .await
+        .ok(200);
+    let rolled = kit::raw::Account {
+        key: new,
+        kid: old.kid.clone(),
+    };
+    assert_eq!(b.fetch(&rolled, &rolled.kid).await["status"], "valid");
+    let (order_url, _) = b.new_order(&rolled, &[dns("rolled.example")]).await;
+    assert!(order_url.contains("/order/"), "{order_url}");
+
+    // The old key no longer changes anything, on either replica.
+    for r in [a, b] {
+        let third = Key::es256();
+        let inner = r.key_change_inner(&old.kid, &old.key, &third);
+        let status = r
+            .post_kid(&old, &r.url("keyChange"), Some(&inner))
+            .await
+            .status;
+        assert!(
+            matches!(status, 400 | 401),
+            "key change with the old key: {status}"
+        );
+        let status = r
+            .post_kid(&old, &old.kid, Some(&json!({"status": "deactivated"})))
+            .await
+            .status;
+        assert!(
+            matches!(status, 400 | 401),
+            "deactivation with the old key: {status}"
+        );
+    }
+    assert_eq!(a.fetch(&rolled, &rolled.kid).await["status"], "valid");
+}
