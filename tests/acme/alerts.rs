@@ -5,8 +5,12 @@
 //! every alert is documented in docs/admin.md "Alerts"; the Grafana dashboard
 //! contrib/grafana/acmeproxy.json parses as PromQL and, like the rules, uses
 //! only names the server exports or the rules record
-//! ([`assert_only_exported_names`], called by the metrics test on its scrape).
+//! ([`assert_only_exported_names`], called by the metrics test on its scrape);
+//! and a real Prometheus scraping a real server fires AcmeproxyUpstreamDown
+//! when its Pebble upstream stops (`e2e`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2e;
 
 use acmeproxy_testkit as kit;
 
