@@ -23,6 +23,7 @@ struct Metrics {
     upstream_calls: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_up: IntGauge,
+    store_writable: IntGauge,
     finalize_queue_depth: IntGauge,
     finalize_oldest_age: Gauge,
     certificates_issued: IntCounter,
@@ -95,6 +96,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "acmeproxy_upstream_up",
             "1 if the upstream CA answered its last health check",
         )?,
+        store_writable: IntGauge::new(
+            "acmeproxy_store_writable",
+            "1 if the store took the last readiness check's test write",
+        )?,
         finalize_queue_depth: IntGauge::new(
             "acmeproxy_finalize_queue_depth",
             "Finalize jobs due and waiting for the upstream",
@@ -158,6 +163,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     m.registry.register(Box::new(m.upstream_calls.clone()))?;
     m.registry.register(Box::new(m.upstream_duration.clone()))?;
     m.registry.register(Box::new(m.upstream_up.clone()))?;
+    m.registry.register(Box::new(m.store_writable.clone()))?;
     m.registry
         .register(Box::new(m.finalize_queue_depth.clone()))?;
     m.registry
@@ -173,8 +179,27 @@ fn build() -> Result<Metrics, prometheus::Error> {
     m.registry.register(Box::new(m.purged.clone()))?;
     m.registry.register(Box::new(m.store_pool.clone()))?;
     m.registry.register(Box::new(m.leases.clone()))?;
+    // Every known label set starts at 0, so that the series exist before the
+    // first event (rate() and ratios then count the first failure, and the
+    // alerting rules see "no failures" rather than nothing).
+    for status in [OrderStatus::Valid, OrderStatus::Invalid] {
+        m.orders.with_label_values(&[status.as_str()]);
+    }
+    for kind in CHALLENGE_TYPES {
+        for result in ["valid", "invalid"] {
+            m.validations.with_label_values(&[kind.as_str(), result]);
+        }
+        m.validation_duration.with_label_values(&[kind.as_str()]);
+    }
     Ok(m)
 }
+
+/// Every challenge type, for the series set up at 0.
+const CHALLENGE_TYPES: [ChallengeType; 3] = [
+    ChallengeType::Http01,
+    ChallengeType::Dns01,
+    ChallengeType::TlsAlpn01,
+];
 
 static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| match build() {
     Ok(m) => Some(m),
@@ -236,6 +261,11 @@ pub fn upstream_up(up: bool) {
     with(|m| m.upstream_up.set(i64::from(up)));
 }
 
+/// Whether the store took the readiness check's test write.
+pub fn store_writable(writable: bool) {
+    with(|m| m.store_writable.set(i64::from(writable)));
+}
+
 /// The finalize queue as the worker last saw it.
 pub fn finalize_queue(depth: usize, oldest: Option<OffsetDateTime>, now: OffsetDateTime) {
     with(|m| {
@@ -265,6 +295,14 @@ pub fn own_certificate_expiry(not_after: OffsetDateTime) {
 /// `authority.rateLimits` key, never an account or an address).
 pub fn rate_limited(limit: &'static str) {
     with(|m| m.rate_limited.with_label_values(&[limit]).inc());
+}
+
+/// Sets the refusal count of rate limit `limit` up at 0 (the limiter
+/// does so for every limit it knows, so the series exist before a refusal).
+pub fn rate_limit_known(limit: &'static str) {
+    with(|m| {
+        m.rate_limited.with_label_values(&[limit]);
+    });
 }
 
 /// A validation started (+1) or stopped (-1) waiting for a place.
@@ -337,4 +375,65 @@ pub fn render() -> String {
         tracing::error!(error = %e, "encoding metrics failed");
     }
     String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample lines of `name` in `text` whose labels include `labels`.
+    fn samples<'a>(text: &'a str, name: &str, labels: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| l.contains(labels))
+            .collect()
+    }
+
+    #[test]
+    fn known_label_sets_exist_before_their_first_event() {
+        rate_limit_known("requestsPerIp");
+        let text = render();
+        for status in ["valid", "invalid"] {
+            let lines = samples(
+                &text,
+                "acmeproxy_orders_total",
+                &format!("status=\"{status}\""),
+            );
+            assert_eq!(lines.len(), 1, "{text}");
+        }
+        for kind in ["http-01", "dns-01", "tls-alpn-01"] {
+            for result in ["valid", "invalid"] {
+                let labels = format!("result=\"{result}\",type=\"{kind}\"");
+                let lines = samples(&text, "acmeproxy_challenge_validations_total", &labels);
+                assert_eq!(lines.len(), 1, "{labels} in\n{text}");
+            }
+            let labels = format!("type=\"{kind}\"");
+            let count = samples(
+                &text,
+                "acmeproxy_challenge_validation_duration_seconds_count",
+                &labels,
+            );
+            assert_eq!(count.len(), 1, "{labels} in\n{text}");
+        }
+        let limited = samples(
+            &text,
+            "acmeproxy_rate_limited_total",
+            "limit=\"requestsPerIp\"",
+        );
+        assert_eq!(limited.len(), 1, "{text}");
+    }
+
+    #[test]
+    fn store_writable_follows_the_last_check() {
+        store_writable(false);
+        assert_eq!(
+            samples(&render(), "acmeproxy_store_writable", ""),
+            ["acmeproxy_store_writable 0"]
+        );
+        store_writable(true);
+        assert_eq!(
+            samples(&render(), "acmeproxy_store_writable", ""),
+            ["acmeproxy_store_writable 1"]
+        );
+    }
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{SHUTDOWN_GRACE, create_private_dir, open_store, provisioners, shutdown_on_signals};
 use crate::config::{Settings, Upstream};
+use crate::http::ready::CachedReadiness;
 use crate::http::{AppState, router};
 use crate::model::{Clock, SystemClock};
 use crate::ra::{Authority, AuthorityOptions, FinalizeWorker, RetentionPolicy, RetentionWorker};
@@ -208,7 +209,7 @@ pub async fn start_with(
     spawn_sighup_reload(Arc::clone(&identity), shutdown.clone());
 
     let metrics_addr = match cfg.metrics {
-        Some(addr) => Some(spawn_metrics(addr, shutdown.clone()).await?),
+        Some(addr) => Some(spawn_metrics(addr, Arc::clone(&ra), shutdown.clone()).await?),
         None => None,
     };
 
@@ -383,17 +384,24 @@ async fn build_upstream(
     })
 }
 
+/// The Prometheus listener. A scrape first refreshes the readiness check
+/// (at most once a second, bounded by its 4 s budget, as `/ready`), so that
+/// `acmeproxy_upstream_up` and `acmeproxy_store_writable` are current even
+/// where nothing polls `/ready` (a systemd service scraped by Prometheus).
 async fn spawn_metrics(
     addr: SocketAddr,
+    ra: Arc<Authority>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("metrics listener on {addr}"))?;
     let bound = listener.local_addr().context("metrics listener address")?;
+    let readiness = Arc::new(CachedReadiness::for_authority(ra));
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(|| async {
+        axum::routing::get(move || async move {
+            readiness.state().await;
             (
                 [(
                     http::header::CONTENT_TYPE,

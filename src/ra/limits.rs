@@ -277,8 +277,11 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    /// Empty buckets for `limits`.
+    /// Empty buckets for `limits`; every limit's refusal count starts at 0.
     pub fn new(limits: RateLimits) -> Self {
+        for limit in Limit::ALL {
+            crate::metrics::rate_limit_known(limit.name());
+        }
         let now = Instant::now();
         Self {
             limits,

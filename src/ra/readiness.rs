@@ -29,26 +29,32 @@ pub enum Readiness {
 
 impl Authority {
     /// Checks, within `budget` for both steps together, that the store takes
-    /// a write and then that the upstream answers. Keeps the `upstream_up`
-    /// metric current; the reason for a failure is logged.
+    /// a write and then that the upstream answers. Keeps the `store_writable`
+    /// and (when the store took the write) `upstream_up` metrics current; the
+    /// reason for a failure is logged.
     pub async fn readiness(&self, budget: Duration) -> Readiness {
         let started = Instant::now();
         if let Some(cause) = self.records.failure() {
+            crate::metrics::store_writable(false);
             return Readiness::StoreFailed(cause);
         }
-        match tokio::time::timeout(budget, self.records.check_writable()).await {
-            Ok(Ok(())) => {}
+        let store = match tokio::time::timeout(budget, self.records.check_writable()).await {
+            Ok(Ok(())) => None,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "not ready: store");
-                return Readiness::StoreNotWritable;
+                Some(Readiness::StoreNotWritable)
             }
             Err(_) => {
                 tracing::warn!(
                     timeout_ms = budget.as_millis() as u64,
                     "not ready: the store write did not finish in time"
                 );
-                return Readiness::StoreTimedOut;
+                Some(Readiness::StoreTimedOut)
             }
+        };
+        crate::metrics::store_writable(store.is_none());
+        if let Some(state) = store {
+            return state;
         }
         let rest = budget.saturating_sub(started.elapsed());
         let state = match tokio::time::timeout(rest, self.upstream_health()).await {

@@ -287,6 +287,11 @@ async fn metrics_after_an_issuance() {
     }
 
     promtool_check(&text);
+
+    // The alerting rules and the dashboard use only names this scrape has
+    // (or that a recording rule makes).
+    let names = samples.iter().map(|s| s.name.clone()).collect();
+    super::alerts::assert_only_exported_names(&names);
 }
 
 /// `promtool check metrics` on the scrape; it must report nothing. Skipped

@@ -2,7 +2,9 @@
 # install-clients.sh: installs the ACME clients and tools that
 # tests/interop/clients.rs drives, Pebble, the upstream CA of
 # tests/upstreams/pebble.rs, and strace for the store's durability test
-# (Debian/Ubuntu), and haproxy for the replicas test behind a load balancer.
+# (Debian/Ubuntu), haproxy for the replicas test behind a load balancer, and
+# prometheus (prometheus and promtool) for the metrics and alerting tests
+# (tests/acme/metrics.rs, tests/acme/alerts.rs).
 # Idempotent: runs apt-get only
 # when a package is missing, and `apt-get update` only then. Needs root for
 # that; prints what it did.
@@ -56,7 +58,7 @@ timeout 600 apt-get update -q
 echo "install-clients: apt-get install -y$missing"
 # shellcheck disable=SC2086 # word splitting of the package list is wanted
 timeout 1200 apt-get install -y -q --no-install-recommends $missing
-for bin in certbot lego uacme dehydrated pebble openssl promtool strace haproxy; do
+for bin in certbot lego uacme dehydrated pebble openssl prometheus promtool strace haproxy; do
     command -v "$bin" >/dev/null || { echo "install-clients: $bin still missing" >&2; exit 1; }
 done
 install_pypi_certbot

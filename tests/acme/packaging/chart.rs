@@ -47,7 +47,18 @@ fn try_render(
     let chart = yaml_file("Chart.yaml");
     let mut values = yaml_file("values.yaml");
     merge(&mut values, overrides);
+    // The chart's files/, for .Files.Get.
+    let mut files = serde_json::Map::new();
+    if let Ok(entries) = std::fs::read_dir(chart_dir().join("files")) {
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            files.insert(format!("files/{name}"), Value::String(text));
+        }
+    }
     let ctx = json!({
+        "Files": files,
         "Values": values,
         "Release": {"Name": release, "Namespace": "pki", "Service": "Helm"},
         "Chart": {
@@ -199,6 +210,12 @@ fn chart_renders_with_defaults() {
         docs["pdb.yaml"].is_none(),
         "no PodDisruptionBudget for one pod"
     );
+    for operator_resource in ["servicemonitor.yaml", "prometheusrule.yaml"] {
+        assert!(
+            docs[operator_resource].is_none(),
+            "{operator_resource} is off by default"
+        );
+    }
 
     let svc = get("service.yaml");
     check_meta(svc, "Service", name);
@@ -225,6 +242,77 @@ fn chart_renders_with_defaults() {
         notes.contains("https://ra-acmeproxy.pki.svc:443/acme/acme/directory")
             && notes.contains(r#"now ["acmeproxy","acmeproxy.default.svc"]:"#),
         "{notes}"
+    );
+}
+
+/// With the Prometheus Operator flags: a ServiceMonitor that scrapes the
+/// Service's metrics port as job "acmeproxy", and a PrometheusRule whose
+/// groups are those of contrib/prometheus/acmeproxy-rules.yml; both carry
+/// the labels asked for.
+#[test]
+fn chart_renders_the_prometheus_operator_resources() {
+    let selector = json!({"release": "kube-prometheus-stack"});
+    let (docs, _) = render(
+        "ra",
+        &json!({
+            "serviceMonitor": {"enabled": true, "labels": selector, "interval": "15s"},
+            "prometheusRule": {"enabled": true, "labels": selector},
+        }),
+    );
+    let name = "ra-acmeproxy";
+    let get = |f: &str| docs[f].as_ref().unwrap_or_else(|| panic!("{f} is empty"));
+    let svc = get("service.yaml");
+
+    let sm = get("servicemonitor.yaml");
+    check_meta(sm, "ServiceMonitor", name);
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    // It selects the Service by labels the Service carries.
+    let wanted = sm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    assert!(!wanted.is_empty());
+    for (k, v) in wanted {
+        assert_eq!(&svc["metadata"]["labels"][k], v, "service label {k}");
+    }
+    // The job is named by a Service label whose value contains "acmeproxy",
+    // as AcmeproxyTargetDown's job=~".*acmeproxy.*" needs.
+    let job_label = sm["spec"]["jobLabel"].as_str().unwrap();
+    assert_eq!(svc["metadata"]["labels"][job_label], "acmeproxy");
+    let endpoints = sm["spec"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    let ep = &endpoints[0];
+    assert_eq!(ep["path"], "/metrics");
+    assert_eq!(ep["interval"], "15s");
+    assert_eq!(ep["scrapeTimeout"], "10s");
+    assert!(
+        svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == ep["port"]),
+        "the endpoint's port {} is a port of the Service",
+        ep["port"]
+    );
+
+    let rule = get("prometheusrule.yaml");
+    check_meta(rule, "PrometheusRule", name);
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let shipped = repo().join("contrib/prometheus/acmeproxy-rules.yml");
+    let shipped_text = std::fs::read_to_string(&shipped).unwrap();
+    let shipped: Value = serde_norway::from_str(&shipped_text).unwrap();
+    assert_eq!(
+        rule["spec"], shipped,
+        "the PrometheusRule holds the shipped rules"
+    );
+    assert!(rule["spec"]["groups"].as_array().unwrap().len() >= 2);
+    // The chart's copy is the shipped file, byte for byte.
+    assert_eq!(
+        std::fs::read_to_string(chart_dir().join("files/acmeproxy-rules.yml")).unwrap(),
+        shipped_text,
+        "contrib/helm/acmeproxy/files/acmeproxy-rules.yml differs from contrib/prometheus/acmeproxy-rules.yml: copy it"
     );
 }
 

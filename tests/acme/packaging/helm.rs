@@ -8,6 +8,7 @@
 //! - pipelines of commands joined by `|`; a piped value is the last argument;
 //! - arguments: `.` (always the root context), `.A.b.c` fields, `"strings"`,
 //!   integers, `( … )` sub-pipelines;
+//! - `.Files.Get "path"` (the context's `Files`: path → text);
 //! - functions: `include`, `printf` (`%s` only), `default`, `quote`,
 //!   `nindent`, `indent`, `toYaml`, `toJson`, `toPrettyJson`, `trunc`, `trimSuffix`,
 //!   `contains`, `not`, `eq`, `and`, `or`, `gt`, `int`, `dict`, `merge`
@@ -111,6 +112,14 @@ impl Templates {
                         .collect::<Result<Vec<_>, _>>()?;
                     args.extend(piped.take());
                     self.call(name, &args)?
+                }
+                Arg::Field(path) if path == &["Files", "Get"] => {
+                    let mut args = rest
+                        .iter()
+                        .map(|a| self.arg(a, ctx))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    args.extend(piped.take());
+                    files_get(ctx, &args)?
                 }
                 other => {
                     if !rest.is_empty() || piped.is_some() {
@@ -315,6 +324,18 @@ fn merge_under(dst: &mut Value, src: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `.Files.Get "path"`: the chart file at `path` (the context's `Files`
+/// map, path → text). A missing file is an error (Helm gives "").
+fn files_get(ctx: &Value, args: &[Value]) -> Result<Value, String> {
+    let [Value::String(path)] = args else {
+        return Err(format!(".Files.Get takes one path, got {args:?}"));
+    };
+    ctx["Files"]
+        .get(path)
+        .cloned()
+        .ok_or_else(|| format!(".Files.Get: no file {path:?} in the chart"))
 }
 
 /// Go template truth: false, 0, "", null and empty collections are false.
@@ -576,5 +597,13 @@ mod tests {
             .render("a{{ if .Values.on }}{{ fail \"no way\" }}{{ end }}", &ctx)
             .unwrap_err();
         assert_eq!(e, "execution error: no way");
+
+        // .Files.Get, piped on.
+        let ctx = serde_json::json!({"Files": {"files/a.yml": "x: 1\ny: 2"}});
+        let out = t
+            .render("spec:\n{{ .Files.Get \"files/a.yml\" | indent 2 }}", &ctx)
+            .unwrap();
+        assert_eq!(out, "spec:\n  x: 1\n  y: 2");
+        assert!(t.render("{{ .Files.Get \"files/b.yml\" }}", &ctx).is_err());
     }
 }
