@@ -143,17 +143,18 @@ impl Authority {
                         .await
                     {
                         Ok(held @ (Acquired::Held(_) | Acquired::TookOver(_))) => {
-                            let outcome = if matches!(held, Acquired::TookOver(_)) {
-                                "taken_over"
-                            } else {
-                                "taken"
+                            let (outcome, until) = match held {
+                                Acquired::TookOver(until) => ("taken_over", until),
+                                Acquired::Held(until) | Acquired::Busy { until, .. } => {
+                                    ("taken", until)
+                                }
                             };
                             crate::metrics::lease("validation", outcome);
                             tokio::select! {
                                 () = ra.run_validation(authz, index, key_auth) => {}
                                 () = ra.hold_lease(&name) => {}
                             }
-                            if let Err(e) = leases.release(&name).await {
+                            if let Err(e) = leases.release_held(&name, until).await {
                                 tracing::warn!(lease = %name, error = %e, "cannot release a validation lease; it expires");
                             }
                         }
@@ -267,18 +268,7 @@ impl Authority {
                         .await?;
                     let mut finished_order = None;
                     if let Some(order) = &order {
-                        let authzs: Vec<AuthzRecord> = self
-                            .order_authzs(order)
-                            .await?
-                            .into_iter()
-                            .map(|a| {
-                                if a.id == next.id {
-                                    state::authz_at(next.clone(), now)
-                                } else {
-                                    a
-                                }
-                            })
-                            .collect();
+                        let authzs = self.order_authzs_with(order, Some(&next)).await?;
                         let next_order = state::order_at(order.value.clone(), &authzs, now);
                         if next_order != order.value {
                             finished_order = Some(next_order.status);

@@ -259,11 +259,26 @@ impl Authority {
         &self,
         order: &OrderRecord,
     ) -> Result<Vec<AuthzRecord>, RaError> {
+        self.order_authzs_with(order, None).await
+    }
+
+    /// [`order_authzs`](Self::order_authzs), with `known` (one of them, as
+    /// about to be stored) in place of its stored version, not read.
+    pub(super) async fn order_authzs_with(
+        &self,
+        order: &OrderRecord,
+        known: Option<&AuthzRecord>,
+    ) -> Result<Vec<AuthzRecord>, RaError> {
         let now = self.clock.now();
         let mut out = Vec::with_capacity(order.authz_ids.len());
         for id in &order.authz_ids {
-            if let Some(a) = self.records.get::<AuthzRecord>(id.as_str()).await? {
-                out.push(state::authz_at(a.value, now));
+            match known {
+                Some(k) if k.id == *id => out.push(state::authz_at(k.clone(), now)),
+                _ => {
+                    if let Some(a) = self.records.get::<AuthzRecord>(id.as_str()).await? {
+                        out.push(state::authz_at(a.value, now));
+                    }
+                }
             }
         }
         Ok(out)

@@ -19,7 +19,7 @@ use crate::model::{CertId, CertificateRecord, FinalizeJob, OrderId, OrderRecord}
 use crate::policy::cert;
 use crate::store::lease::{Acquired, Leases};
 use crate::store::records::{Batch, Change, Versioned};
-use crate::store::{Records, StoreError};
+use crate::store::{Expect, Op, Records, StoreError, Table};
 use crate::upstream::{Checkpoint, SignRequest, UpstreamError};
 
 /// How often the worker looks through the stored jobs for any it does not
@@ -259,7 +259,7 @@ impl Authority {
              create a new order",
         );
         let outcome = match self.records.get::<OrderRecord>(order_id.as_str()).await {
-            Ok(Some(order)) => self.finish(&order, FinalizeOutcome::Failed(p)).await,
+            Ok(Some(order)) => self.finish(&order, FinalizeOutcome::Failed(p), None).await,
             Ok(None) => self.drop_job(order_id).await,
             Err(e) => Err(e.into()),
         };
@@ -275,6 +275,7 @@ impl Authority {
     /// One attempt. Returns when the job is due again if it stays (a
     /// transient failure), `None` once it is done.
     async fn try_job(&self, job: FinalizeJob) -> Result<Option<OffsetDateTime>, super::RaError> {
+        let began = Some(job.created_at);
         let Some(order) = self
             .records
             .get::<OrderRecord>(job.order_id.as_str())
@@ -300,7 +301,7 @@ impl Authority {
                 ),
             );
             return self
-                .finish(&order, FinalizeOutcome::Failed(p))
+                .finish(&order, FinalizeOutcome::Failed(p), began)
                 .await
                 .map(|()| None);
         }
@@ -375,7 +376,7 @@ impl Authority {
                     upstream: self.upstream.name().to_owned(),
                     revocation: None,
                 };
-                self.finish(&order, FinalizeOutcome::Issued(Box::new(record)))
+                self.finish(&order, FinalizeOutcome::Issued(Box::new(record)), began)
                     .await
                     .map(|()| None)
             }
@@ -388,7 +389,7 @@ impl Authority {
                     *kind,
                     format!("the upstream CA refused the certificate: {detail}"),
                 );
-                self.finish(&order, FinalizeOutcome::Failed(p))
+                self.finish(&order, FinalizeOutcome::Failed(p), began)
                     .await
                     .map(|()| None)
             }
@@ -400,11 +401,15 @@ impl Authority {
     }
 
     /// Stores the outcome: certificate + order `valid` + job removed, or order
-    /// `invalid` + job removed, in one transaction.
+    /// `invalid` + job removed, in one transaction. `began` is when the job
+    /// was created, if the caller holds it (then the job is not read again:
+    /// the order's compare-and-swap from `processing` makes this the one
+    /// finish, and the job goes whatever its attempts say).
     async fn finish(
         &self,
         order: &Versioned<OrderRecord>,
         outcome: FinalizeOutcome,
+        began: Option<OffsetDateTime>,
     ) -> Result<(), super::RaError> {
         let outcome = &outcome;
         let cert = match outcome {
@@ -423,10 +428,6 @@ impl Authority {
                     if !state::end_finalize(&mut next, outcome) {
                         return Ok(Change::Keep(Finish::NotProcessing));
                     }
-                    let Some(job) = self.records.get::<FinalizeJob>(order.id.as_str()).await?
-                    else {
-                        return Ok(Change::Keep(Finish::Gone));
-                    };
                     // The certificate before the order that points to it
                     // (readers may see a batch's first keys a moment before its
                     // last).
@@ -434,13 +435,29 @@ impl Authority {
                     if let Some(c) = cert {
                         batch = Records::cert_insert_ops(batch, c);
                     }
-                    let mut batch = batch.replace(&order, &next).remove(&job);
+                    let mut batch = batch.replace(&order, &next);
+                    let job_created = match began {
+                        Some(at) => {
+                            batch =
+                                batch.op(Op::delete(Table::Jobs, order.id.as_str(), Expect::Any));
+                            at
+                        }
+                        None => {
+                            let Some(job) =
+                                self.records.get::<FinalizeJob>(order.id.as_str()).await?
+                            else {
+                                return Ok(Change::Keep(Finish::Gone));
+                            };
+                            batch = batch.remove(&job);
+                            job.created_at
+                        }
+                    };
                     if self.leases.is_some() {
                         batch = batch.op(Leases::release_op(&job_lease_name(&order.id)));
                     }
                     Ok::<_, StoreError>(Change::Commit(
                         batch,
-                        Finish::Stored(Box::new(next), job.created_at),
+                        Finish::Stored(Box::new(next), job_created),
                     ))
                 },
             )

@@ -207,6 +207,23 @@ impl Leases {
         Op::delete(Table::Meta, Self::key(name), Expect::Any)
     }
 
+    /// Releases lease `name`, taken (or last renewed) until `until`: one
+    /// delete of exactly what we wrote then (no read first); if it was
+    /// renewed since, or is no longer ours, as [`release`](Self::release).
+    pub async fn release_held(&self, name: &str, until: OffsetDateTime) -> Result<(), StoreError> {
+        let key = Self::key(name);
+        let written = self.encode(&key, until)?;
+        match self
+            .store
+            .commit(vec![Op::delete(Table::Meta, key, Expect::Value(written))])
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict { .. }) => self.release(name).await,
+            Err(e) => Err(e),
+        }
+    }
+
     /// Releases lease `name` if it is still ours.
     pub async fn release(&self, name: &str) -> Result<(), StoreError> {
         let key = Self::key(name);
@@ -274,5 +291,29 @@ mod tests {
         assert_eq!(b.read("x").await.unwrap().unwrap().owner, "b");
         b.release("x").await.unwrap();
         assert_eq!(b.read("x").await.unwrap(), None);
+
+        // Released by what was written: A's old lease time does not free
+        // B's lease; B's, and B's after a renewal, do.
+        let t3 = t2 + Duration::seconds(30);
+        assert_eq!(
+            a.acquire("y", t3, ttl).await.unwrap(),
+            Acquired::Held(t3 + ttl)
+        );
+        let t4 = t3 + ttl + Duration::seconds(1);
+        assert_eq!(
+            b.acquire("y", t4, ttl).await.unwrap(),
+            Acquired::TookOver(t4 + ttl)
+        );
+        a.release_held("y", t3 + ttl).await.unwrap();
+        assert_eq!(b.read("y").await.unwrap().unwrap().owner, "b");
+        b.release_held("y", t4 + ttl).await.unwrap();
+        assert_eq!(b.read("y").await.unwrap(), None);
+        assert_eq!(
+            b.acquire("z", t4, ttl).await.unwrap(),
+            Acquired::Held(t4 + ttl)
+        );
+        assert!(b.renew("z", t4 + Duration::seconds(3), ttl).await.unwrap());
+        b.release_held("z", t4 + ttl).await.unwrap();
+        assert_eq!(b.read("z").await.unwrap(), None);
     }
 }
