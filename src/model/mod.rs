@@ -3,9 +3,11 @@
 
 mod clock;
 mod ids;
+mod net;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use ids::{AccountId, AuthzId, CertId, OrderId, random_token};
+pub use net::IpNetwork;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
