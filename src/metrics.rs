@@ -34,6 +34,8 @@ struct Metrics {
     purged: IntCounterVec,
     store_pool: IntGaugeVec,
     leases: IntCounterVec,
+    upstream_available: IntGaugeVec,
+    upstream_choices: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -95,6 +97,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
         upstream_up: IntGauge::new(
             "acmeproxy_upstream_up",
             "1 if the upstream CA answered its last health check",
+        )?,
+        upstream_available: IntGaugeVec::new(
+            Opts::new(
+                "acmeproxy_upstream_available",
+                "With several upstreams: 1 if the upstream takes new finalize jobs, 0 if marked down",
+            ),
+            &["upstream"],
+        )?,
+        upstream_choices: IntCounterVec::new(
+            Opts::new(
+                "acmeproxy_upstream_choices_total",
+                "With several upstreams: finalize jobs sent to each, by reason (first, failover, resumed)",
+            ),
+            &["upstream", "reason"],
         )?,
         store_writable: IntGauge::new(
             "acmeproxy_store_writable",
@@ -163,6 +179,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     m.registry.register(Box::new(m.upstream_calls.clone()))?;
     m.registry.register(Box::new(m.upstream_duration.clone()))?;
     m.registry.register(Box::new(m.upstream_up.clone()))?;
+    m.registry
+        .register(Box::new(m.upstream_available.clone()))?;
+    m.registry.register(Box::new(m.upstream_choices.clone()))?;
     m.registry.register(Box::new(m.store_writable.clone()))?;
     m.registry
         .register(Box::new(m.finalize_queue_depth.clone()))?;
@@ -253,6 +272,24 @@ pub fn upstream_call(upstream: &str, operation: &str, ok: bool, elapsed: Duratio
         m.upstream_duration
             .with_label_values(&[upstream, operation])
             .observe(elapsed.as_secs_f64());
+    });
+}
+
+/// With several upstreams: whether `upstream` takes new finalize jobs.
+pub fn upstream_available(upstream: &str, up: bool) {
+    with(|m| {
+        m.upstream_available
+            .with_label_values(&[upstream])
+            .set(i64::from(up));
+    });
+}
+
+/// With several upstreams: a finalize job went to `upstream` for `reason`.
+pub fn upstream_chosen(upstream: &str, reason: &str) {
+    with(|m| {
+        m.upstream_choices
+            .with_label_values(&[upstream, reason])
+            .inc();
     });
 }
 

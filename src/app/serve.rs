@@ -129,7 +129,7 @@ pub async fn start_with(
         match (overrides.upstream, overrides.upstream_factory) {
             (Some(u), _) => u,
             (None, Some(factory)) => factory(Arc::clone(&store)),
-            (None, None) => build_upstream(&cfg, &data_dir, &store).await?,
+            (None, None) => build_upstream(&cfg, &data_dir, &store, &shutdown).await?,
         };
 
     let v = &cfg.validation;
@@ -346,17 +346,70 @@ async fn find_roots(
     Ok(())
 }
 
-/// The upstream CA that `authority.type` names.
+/// The upstream CA that `authority.type` names, or the router over
+/// `authority.upstreams` (its health probes run until `shutdown`).
 async fn build_upstream(
     cfg: &Settings,
     data_dir: &std::path::Path,
     store: &Arc<dyn Store>,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<dyn CertificateAuthorityService>> {
-    Ok(match &cfg.upstream {
+    if cfg.upstreams.is_empty() {
+        return build_one(&cfg.upstream, None, data_dir, store).await;
+    }
+    let mut members = Vec::with_capacity(cfg.upstreams.len());
+    for (i, named) in cfg.upstreams.iter().enumerate() {
+        // The first keeps the single upstream's state (its ACME account,
+        // softcas's CA); the others keep theirs apart.
+        let scope = (i > 0).then_some(named.name.as_str());
+        let service = build_one(&named.upstream, scope, data_dir, store)
+            .await
+            .with_context(|| format!("upstream {:?}", named.name))?;
+        members.push((named.name.clone(), service));
+    }
+    let routed = crate::upstream::routed::Routed::new(
+        members,
+        cfg.routes.clone(),
+        cfg.failover.clone(),
+        Arc::new(RouteMetrics),
+    );
+    routed.spawn_probes(shutdown.clone());
+    Ok(routed)
+}
+
+/// The router's events as metrics: each upstream's calls under its
+/// configured name, whether it takes new jobs, and where jobs went.
+struct RouteMetrics;
+
+impl crate::upstream::routed::RouteEvents for RouteMetrics {
+    fn call(&self, upstream: &str, operation: &str, ok: bool, elapsed: StdDuration) {
+        crate::metrics::upstream_call(upstream, operation, ok, elapsed);
+    }
+
+    fn available(&self, upstream: &str, up: bool) {
+        crate::metrics::upstream_available(upstream, up);
+    }
+
+    fn chosen(&self, upstream: &str, reason: &str) {
+        crate::metrics::upstream_chosen(upstream, reason);
+    }
+}
+
+/// One upstream; `scope` (one of several, not the first) keeps its stored
+/// state apart.
+async fn build_one(
+    upstream: &Upstream,
+    scope: Option<&str>,
+    data_dir: &std::path::Path,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<Arc<dyn CertificateAuthorityService>> {
+    use super::upstream_state::StoreUpstreamState;
+    Ok(match upstream {
         Upstream::ExternalCas(ext) => {
-            let state = Arc::new(super::upstream_state::StoreUpstreamState::new(Arc::clone(
-                store,
-            )));
+            let state = Arc::new(match scope {
+                None => StoreUpstreamState::new(Arc::clone(store)),
+                Some(name) => StoreUpstreamState::named(Arc::clone(store), name),
+            });
             Arc::new(
                 AcmeUpstream::new(AcmeUpstreamOptions::from(ext), state)
                     .context("setting up the external ACME upstream")?,
@@ -364,7 +417,10 @@ async fn build_upstream(
         }
         Upstream::SoftCas(sc) => Arc::new(
             SoftCas::open(SoftCasOptions {
-                dir: data_dir.join("softcas"),
+                dir: match scope {
+                    None => data_dir.join("softcas"),
+                    Some(name) => data_dir.join(format!("softcas-{name}")),
+                },
                 name: sc.name.clone(),
                 default_lifetime: sc.lifetime,
                 sign_delay: sc.sign_delay,

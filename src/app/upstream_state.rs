@@ -11,12 +11,31 @@ use crate::upstream::{UpstreamError, UpstreamState};
 /// Upstream state in the RA's store.
 pub struct StoreUpstreamState {
     store: Arc<dyn Store>,
+    /// Put before every key, so that several upstreams (`authority.upstreams`)
+    /// keep apart; empty for the single upstream (and the first of several,
+    /// which keeps what the single one stored).
+    prefix: String,
 }
 
 impl StoreUpstreamState {
     /// Upstream state kept in `store`'s `Meta` table.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            prefix: String::new(),
+        }
+    }
+
+    /// The state of upstream `name` among several, under `upstream/<name>/`.
+    pub fn named(store: Arc<dyn Store>, name: &str) -> Self {
+        Self {
+            store,
+            prefix: format!("upstream/{name}/"),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 }
 
@@ -30,11 +49,14 @@ fn internal(e: StoreError) -> UpstreamError {
 #[async_trait]
 impl UpstreamState for StoreUpstreamState {
     async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, UpstreamError> {
-        self.store.get(Table::Meta, key).await.map_err(internal)
+        self.store
+            .get(Table::Meta, &self.key(key))
+            .await
+            .map_err(internal)
     }
 
     async fn store_once(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, UpstreamError> {
-        crate::store::put_once(self.store.as_ref(), Table::Meta, key, value)
+        crate::store::put_once(self.store.as_ref(), Table::Meta, &self.key(key), value)
             .await
             .map_err(internal)
     }
@@ -44,7 +66,7 @@ impl UpstreamState for StoreUpstreamState {
             .store
             .commit(vec![Op::delete(
                 Table::Meta,
-                key,
+                self.key(key),
                 Expect::Value(value.to_vec()),
             )])
             .await

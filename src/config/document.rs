@@ -144,6 +144,14 @@ document! {
         pub certificate_authority_fingerprint: Option<String>,
         /// stepcas: [`IssuerConfig`](super::IssuerConfig); free-form otherwise.
         pub certificate_issuer: Option<Opaque>,
+        /// Several named upstreams, each as `type`, `config` and the
+        /// step-ca keys above would give one (then those are not used).
+        pub upstreams: Option<Vec<UpstreamEntry>>,
+        /// Which upstreams sign which orders, tried in order (with
+        /// `upstreams`; default: one route to all of them, in order).
+        pub routes: Option<Vec<RouteConfig>>,
+        /// When an upstream of a route is skipped, and how it comes back.
+        pub failover: Option<FailoverConfig>,
     }
     ignores {
         "template" template, "backdate" backdate, "options" options,
@@ -299,4 +307,64 @@ pub struct SoftCasConfig {
     /// For benchmarks and tests only: wait this long (a Go duration such as
     /// `10s`) before signing each certificate, to stand in for a slow upstream.
     pub sign_delay: Option<String>,
+}
+
+/// One of `authority.upstreams`: a name and what `authority` would say of
+/// a single upstream.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamEntry {
+    /// How routes, logs, metrics and stored certificates name it.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: UpstreamKind,
+    pub config: Option<Opaque>,
+    pub certificate_authority: Option<String>,
+    pub certificate_authority_fingerprint: Option<String>,
+    pub certificate_issuer: Option<Opaque>,
+}
+
+/// One of `authority.routes`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteConfig {
+    /// For logs and errors (default `route <n>`, counted from 1).
+    pub name: Option<String>,
+    /// What an order must be for the route to take it; absent: every order.
+    #[serde(rename = "match")]
+    pub matches: Option<RouteMatchConfig>,
+    /// The upstreams, in failover order.
+    pub upstreams: Vec<String>,
+}
+
+/// `authority.routes[].match`: every key given must hold (and each list
+/// holds if one of its entries does); `dns` and `ip` must cover every
+/// identifier of the order.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteMatchConfig {
+    /// DNS names: `host.example.org` exactly, `*.example.org` any name
+    /// below it (wildcard names included).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// IP networks (CIDR) for IP identifiers.
+    #[serde(default)]
+    pub ip: Vec<String>,
+    /// Provisioner names.
+    #[serde(default)]
+    pub provisioner: Vec<String>,
+    /// EAB key ids the account was bound with.
+    #[serde(default)]
+    pub eab_key: Vec<String>,
+}
+
+/// `authority.failover`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FailoverConfig {
+    /// Consecutive temporary failures that mark an upstream down (default 3).
+    pub down_after: Option<u32>,
+    /// How often each upstream's health is probed, a Go duration (default
+    /// `30s`); a failed probe marks it down, a good one up.
+    pub probe_every: Option<String>,
 }

@@ -48,6 +48,7 @@ mod externalcas;
 mod policy;
 mod ratelimits;
 mod retention;
+mod routes;
 mod secret;
 mod settings;
 mod stepcas;
@@ -72,8 +73,9 @@ pub use ratelimits::{
 pub use retention::{RetentionConfig, RetentionSettings};
 pub use secret::{Opaque, Secret};
 pub use settings::{
-    MAX_UPSTREAM_CONCURRENCY, PostgresSettings, ProvisionerSettings, Settings, SoftCasSettings,
-    StoreChoice, TlsSettings, Upstream, ValidationSettings, Warnings,
+    FailoverSettings, MAX_UPSTREAM_CONCURRENCY, NamedUpstream, PostgresSettings,
+    ProvisionerSettings, RouteSettings, Settings, SoftCasSettings, StoreChoice, TlsSettings,
+    Upstream, ValidationSettings, Warnings,
 };
 pub use stepcas::{IssuerConfig, IssuerType, StepCasSettings, read_password_file};
 pub use vaultcas::{

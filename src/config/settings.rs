@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::routes::{FailoverSettings, NamedUpstream, RouteSettings};
 use super::{
     ConnectionLimits, ExternalCasSettings, RateLimitSettings, RetentionSettings, Secret,
     StepCasSettings, VaultCasSettings, X509PolicyConfig,
@@ -38,8 +39,16 @@ pub struct Settings {
     /// The root certificate files of `root`.
     pub root_files: Vec<PathBuf>,
     pub validation: ValidationSettings,
-    /// The upstream CA that signs, with its settings.
+    /// The upstream CA that signs, with its settings (with
+    /// `authority.upstreams`: the first of them).
     pub upstream: Upstream,
+    /// `authority.upstreams`: several named upstreams, chosen by `routes`
+    /// (empty: `upstream` alone signs).
+    pub upstreams: Vec<NamedUpstream>,
+    /// `authority.routes`, checked (with `upstreams`).
+    pub routes: Vec<RouteSettings>,
+    /// `authority.failover`.
+    pub failover: FailoverSettings,
     /// Finalize jobs that talk to the upstream at once.
     pub upstream_concurrency: usize,
     /// `authority.rateLimits` (to apply over the limits' defaults).
@@ -55,7 +64,12 @@ impl Settings {
     /// have no use for it.
     pub fn set_issuer_password(&mut self, password: Secret) {
         if let Upstream::StepCas(s) = &mut self.upstream {
-            s.password = Some(password);
+            s.password = Some(password.clone());
+        }
+        for named in &mut self.upstreams {
+            if let Upstream::StepCas(s) = &mut named.upstream {
+                s.password = Some(password.clone());
+            }
         }
     }
 }

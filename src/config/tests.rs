@@ -355,3 +355,113 @@ fn documents_survive_a_round_trip() {
         assert_eq!(warnings.0, warnings_again.0, "{name}");
     }
 }
+
+/// Two external CAs and a softcas under names, routed.
+fn several() -> Value {
+    let mut v = minimal();
+    v["authority"] = serde_json::json!({
+        "upstreams": [
+            {"name": "sectigo", "type": "externalcas", "config": {
+                "ca_url": "https://127.0.0.1:14000/dir", "eab_kid": "k1", "eab_hmac_key": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}},
+            {"name": "zerossl", "type": "externalcas", "config": {
+                "ca_url": "https://127.0.0.1:14001/dir", "eab_kid": "k2", "eab_hmac_key": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}},
+            {"name": "internal", "type": "softcas"}
+        ],
+        "routes": [
+            {"name": "inside", "match": {"dns": ["*.internal.example.org"], "ip": ["10.0.0.0/8"]}, "upstreams": ["internal"]},
+            {"match": {"eabKey": ["team-web"]}, "upstreams": ["sectigo"]},
+            {"upstreams": ["sectigo", "zerossl"]}
+        ],
+        "failover": {"downAfter": 5, "probeEvery": "10s"},
+        "provisioners": [{"type": "ACME", "name": "acme"}]
+    });
+    v
+}
+
+#[test]
+fn several_upstreams_with_routes_and_failover() {
+    let (cfg, warnings) = Config::parse(&several().to_string()).unwrap();
+    assert!(warnings.0.is_empty(), "{warnings:?}");
+    let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["sectigo", "zerossl", "internal"]);
+    assert!(matches!(cfg.upstreams[2].upstream, Upstream::SoftCas(_)));
+    assert_eq!(cfg.upstream, cfg.upstreams[0].upstream);
+    let routes: Vec<(&str, &[String])> = cfg
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), r.upstreams.as_slice()))
+        .collect();
+    assert_eq!(routes[0].0, "inside");
+    assert_eq!(routes[1].0, "route 2");
+    assert_eq!(routes[2].1, ["sectigo", "zerossl"]);
+    assert_eq!(cfg.routes[0].ip[0].to_string(), "10.0.0.0/8");
+    assert_eq!(cfg.routes[1].eab_key, ["team-web"]);
+    assert_eq!(cfg.failover.down_after, 5);
+    assert_eq!(cfg.failover.probe_every, std::time::Duration::from_secs(10));
+
+    // Without routes: one route to every upstream, in order.
+    let mut v = several();
+    v["authority"].as_object_mut().unwrap().remove("routes");
+    let (cfg, _) = Config::parse(&v.to_string()).unwrap();
+    assert_eq!(cfg.routes.len(), 1);
+    assert_eq!(cfg.routes[0].upstreams, ["sectigo", "zerossl", "internal"]);
+    // A ca.json without the keys has no router.
+    let (cfg, _) = Config::parse(&minimal().to_string()).unwrap();
+    assert!(cfg.upstreams.is_empty() && cfg.routes.is_empty());
+}
+
+#[test]
+fn several_upstreams_errors_name_the_entry_and_the_fix() {
+    type Change<'a> = &'a dyn Fn(&mut Value);
+    let cases: [(Change<'_>, &str); 7] = [
+        (
+            &|v| v["authority"]["routes"][2]["upstreams"][1] = "nope".into(),
+            "\"nope\" is not one of authority.upstreams (sectigo, zerossl, internal)",
+        ),
+        (
+            &|v| v["authority"]["upstreams"][1]["name"] = "sectigo".into(),
+            "defined twice",
+        ),
+        (
+            &|v| v["authority"]["upstreams"][1]["name"] = "a b".into(),
+            "authority.upstreams[1].name",
+        ),
+        (
+            &|v| v["authority"]["upstreams"][0]["config"]["ca_url"] = "ftp://x".into(),
+            "authority.upstreams[0] (\"sectigo\")",
+        ),
+        (
+            &|v| v["authority"]["routes"][0]["match"]["ip"][0] = "10.0.0.1/8".into(),
+            "host bits",
+        ),
+        (
+            &|v| v["authority"]["routes"][0]["match"]["dns"][0] = "*.*.x".into(),
+            "authority.routes[0].match.dns",
+        ),
+        (
+            &|v| v["authority"]["failover"]["probeEvery"] = "0s".into(),
+            "at least 1s",
+        ),
+    ];
+    for (change, needle) in cases {
+        let mut v = several();
+        change(&mut v);
+        let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+    // The single upstream's keys beside `upstreams` are not used: said.
+    let mut v = several();
+    v["authority"]["config"] = serde_json::json!({"certlifetime": 30});
+    let (_, warnings) = Config::parse(&v.to_string()).unwrap();
+    assert!(
+        warnings
+            .0
+            .iter()
+            .any(|w| w.contains("authority.config not used")),
+        "{warnings:?}"
+    );
+    let mut v = minimal();
+    v["authority"]["routes"] = serde_json::json!([{"upstreams": ["x"]}]);
+    let e = Config::parse(&v.to_string()).unwrap_err().to_string();
+    assert!(e.contains("needs authority.upstreams"), "{e}");
+}

@@ -11,10 +11,11 @@ use serde_json::Value;
 
 use super::checks::{LIFETIME_DAYS, in_range, parse_listen, parse_resolver, sub_config};
 use super::{
-    ClaimsConfig, Config, ConfigError, DbConfig, ExternalCasConfig, MAX_UPSTREAM_CONCURRENCY,
-    MetricsConfig, PostgresSettings, ProvisionerConfig, ProvisionerSettings, Secret, Settings,
-    SoftCasConfig, SoftCasSettings, StoreChoice, TlsSettings, Upstream, UpstreamKind,
-    ValidationSettings, Warnings, parse_go_duration, stepcas, vaultcas,
+    AuthorityConfig, ClaimsConfig, Config, ConfigError, DbConfig, ExternalCasConfig,
+    MAX_UPSTREAM_CONCURRENCY, MetricsConfig, PostgresSettings, ProvisionerConfig,
+    ProvisionerSettings, Secret, Settings, SoftCasConfig, SoftCasSettings, StoreChoice,
+    TlsSettings, Upstream, UpstreamKind, ValidationSettings, Warnings, parse_go_duration, stepcas,
+    vaultcas,
 };
 use crate::acme::types::ChallengeType;
 
@@ -135,22 +136,14 @@ impl Config {
         };
         let rate_limits = a.rate_limits.clone().unwrap_or_default().check()?;
         let retention = a.retention.clone().unwrap_or_default().check()?;
-        let upstream = match &options {
-            UpstreamOptions::Soft(c) => Upstream::SoftCas(SoftCasSettings {
-                name: c.name.clone().unwrap_or_else(|| "acmeproxy".to_owned()),
-                lifetime: Duration::from_secs(u64::from(c.certlifetime.unwrap_or(90)) * 86_400),
-                sign_delay: match &c.sign_delay {
-                    None => Duration::ZERO,
-                    Some(s) => parse_go_duration(s)
-                        .map_err(|e| ConfigError::invalid("authority.config.signDelay", e))?,
-                },
-            }),
-            UpstreamOptions::External(c) => {
-                note(&mut ignored, "authority.config.", c.ignored_keys());
-                Upstream::ExternalCas(c.settings()?)
-            }
-            UpstreamOptions::Vault => Upstream::VaultCas(vaultcas::settings(a)?),
-            UpstreamOptions::Step { .. } => Upstream::StepCas(stepcas::settings(a)?),
+        let upstreams = super::routes::named_upstreams(a, &mut warnings, |entry| {
+            let options = upstream_options(entry)?;
+            upstream_settings(entry, &options, &mut ignored)
+        })?;
+        let (routes, failover) = super::routes::check(a, &upstreams)?;
+        let upstream = match upstreams.first() {
+            Some(first) => first.upstream.clone(),
+            None => upstream_settings(a, &options, &mut ignored)?,
         };
         let tls = self.tls_settings()?;
         if tls.cert_file.is_none() && self.dns_names.is_empty() {
@@ -218,6 +211,9 @@ impl Config {
                 egress,
             },
             upstream,
+            upstreams,
+            routes,
+            failover,
             upstream_concurrency,
             rate_limits,
             retention,
@@ -292,8 +288,15 @@ impl Config {
 
     /// `authority.config` read as the upstream's type, its values in range.
     fn upstream_options(&self) -> Result<UpstreamOptions, ConfigError> {
-        let config = self.authority.config.as_ref();
-        Ok(match self.authority.kind {
+        upstream_options(&self.authority)
+    }
+}
+
+/// `a.config` read as the type `a.type` names, its values in range.
+fn upstream_options(a: &AuthorityConfig) -> Result<UpstreamOptions, ConfigError> {
+    {
+        let config = a.config.as_ref();
+        Ok(match a.kind {
             UpstreamKind::SoftCas => {
                 let c: SoftCasConfig = sub_config(config)?;
                 in_range(
@@ -324,7 +327,35 @@ impl Config {
             UpstreamKind::VaultCas => UpstreamOptions::Vault,
         })
     }
+}
 
+/// The upstream `a` describes (`type`, `config` and the step-ca keys),
+/// checked; the keys it ignores noted in `ignored`.
+fn upstream_settings(
+    a: &AuthorityConfig,
+    options: &UpstreamOptions,
+    ignored: &mut BTreeSet<String>,
+) -> Result<Upstream, ConfigError> {
+    Ok(match options {
+        UpstreamOptions::Soft(c) => Upstream::SoftCas(SoftCasSettings {
+            name: c.name.clone().unwrap_or_else(|| "acmeproxy".to_owned()),
+            lifetime: Duration::from_secs(u64::from(c.certlifetime.unwrap_or(90)) * 86_400),
+            sign_delay: match &c.sign_delay {
+                None => Duration::ZERO,
+                Some(s) => parse_go_duration(s)
+                    .map_err(|e| ConfigError::invalid("authority.config.signDelay", e))?,
+            },
+        }),
+        UpstreamOptions::External(c) => {
+            note(ignored, "authority.config.", c.ignored_keys());
+            Upstream::ExternalCas(c.settings()?)
+        }
+        UpstreamOptions::Vault => Upstream::VaultCas(vaultcas::settings(a)?),
+        UpstreamOptions::Step { .. } => Upstream::StepCas(stepcas::settings(a)?),
+    })
+}
+
+impl Config {
     /// `tls`, the versions checked.
     fn tls_settings(&self) -> Result<TlsSettings, ConfigError> {
         let Some(tls) = &self.tls else {

@@ -162,6 +162,7 @@ impl Authority {
             })?;
         self.revoke_and_record(
             &cert.id,
+            &cert.upstream,
             RevokeRequest {
                 certificate_der: leaf,
                 serial_hex: cert.serial_hex.clone(),

@@ -276,6 +276,7 @@ impl Authority {
         };
         self.revoke_and_record(
             &stored.id,
+            &stored.upstream,
             RevokeRequest {
                 certificate_der: cert_der.to_vec(),
                 serial_hex: stored.serial_hex.clone(),
@@ -287,16 +288,20 @@ impl Authority {
         .map(|_| ())
     }
 
-    /// Forwards a revocation to the upstream, then records it on the stored
+    /// Forwards a revocation to the upstream that issued the certificate,
+    /// then records it on the stored
     /// certificate, retrying on concurrent updates. A revocation recorded
     /// meanwhile by another request stands. Returns the stored record.
     pub(super) async fn revoke_and_record(
         &self,
         cert_id: &CertId,
+        upstream: &str,
         req: RevokeRequest,
         by: &str,
     ) -> Result<CertificateRecord, RaError> {
-        self.upstream.revoke_certificate(&req).await?;
+        // To the upstream that issued it (several upstreams: the name stored
+        // with the certificate).
+        self.upstream.revoke_at(upstream, &req).await?;
         let reason = req.reason;
         let (cert, recorded) = self
             .records

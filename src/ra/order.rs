@@ -46,6 +46,10 @@ impl Authority {
                 crate::acme::Problem::new(ProblemType::RejectedIdentifier, why).with_identifier(id),
             ));
         }
+        // Several upstreams: a route must take the whole order.
+        if let Err(why) = self.upstream.check_route(&identifiers, &requester(account)) {
+            return problem(ProblemType::RejectedIdentifier, why);
+        }
         let now = self.clock.now();
         let not_before = parse_time("notBefore", req.not_before.as_deref())?;
         let not_after = parse_time("notAfter", req.not_after.as_deref())?;
@@ -450,4 +454,12 @@ fn parse_time(field: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, Ra
         })
     })
     .transpose()
+}
+
+/// Who `account`'s orders are for, as routes between upstreams see it.
+pub(super) fn requester(account: &AccountRecord) -> crate::upstream::Requester {
+    crate::upstream::Requester {
+        provisioner: account.provisioner.clone(),
+        eab_kid: account.eab_kid.clone(),
+    }
 }

@@ -32,7 +32,11 @@ impl Authority {
             });
         }
         let leaf = leaf_der(&record)?;
-        match self.upstream.renewal_window(&leaf).await {
+        match self
+            .upstream
+            .renewal_window_at(&record.upstream, &leaf)
+            .await
+        {
             Ok(Some((start, end))) if start < end => Ok(RenewalWindow { start, end }),
             Ok(_) => Ok(computed_window(record.not_before, record.not_after)),
             Err(e) => {

@@ -321,9 +321,10 @@ impl Authority {
             records: self.records.clone(),
             order_id: order.id.clone(),
         };
+        let who = self.requester_of(&order).await?;
         let started = Instant::now();
         let lease_name = job_lease_name(&order.id);
-        let call = self.upstream.create_certificate(&req, &checkpoint);
+        let call = self.upstream.create_for(&req, &who, &checkpoint);
         let result = match &self.leases {
             None => call.await,
             // Replicas: the call ends when the lease is lost (this replica
@@ -338,14 +339,20 @@ impl Authority {
                 () = self.shutdown.cancelled() => return Ok(None),
             },
         };
-        crate::metrics::upstream_call(
-            self.upstream.name(),
-            "create",
-            result.is_ok(),
-            started.elapsed(),
-        );
+        // A router counts each upstream's calls itself.
+        if !self.upstream.is_router() {
+            crate::metrics::upstream_call(
+                self.upstream.name(),
+                "create",
+                result.is_ok(),
+                started.elapsed(),
+            );
+        }
         match result {
-            Ok(chain) => {
+            Ok(crate::upstream::Issued {
+                chain,
+                upstream: issuer,
+            }) => {
                 let Some(leaf) = chain.certificates.first() else {
                     return self
                         .retry_later(&job, "the upstream returned an empty chain")
@@ -373,7 +380,7 @@ impl Authority {
                     chain_pem: chain.to_pem(),
                     not_before: info.not_before,
                     not_after: info.not_after,
-                    upstream: self.upstream.name().to_owned(),
+                    upstream: issuer,
                     revocation: None,
                 };
                 self.finish(&order, FinalizeOutcome::Issued(Box::new(record)), began)
@@ -398,6 +405,29 @@ impl Authority {
                 self.retry_later(&job, &e.to_string()).await
             }
         }
+    }
+
+    /// Who the order is for, as routes between upstreams see it (the
+    /// account's EAB key is read only when there are routes to match it).
+    async fn requester_of(
+        &self,
+        order: &OrderRecord,
+    ) -> Result<crate::upstream::Requester, super::RaError> {
+        let mut who = crate::upstream::Requester {
+            provisioner: order.provisioner.clone(),
+            eab_kid: None,
+        };
+        if self.upstream.is_router() {
+            who.eab_kid = match self.accounts.get(order.account_id.as_str()) {
+                Some(a) => a.eab_kid,
+                None => self
+                    .records
+                    .get::<crate::model::AccountRecord>(order.account_id.as_str())
+                    .await?
+                    .and_then(|a| a.value.eab_kid),
+            };
+        }
+        Ok(who)
     }
 
     /// Stores the outcome: certificate + order `valid` + job removed, or order

@@ -4,6 +4,7 @@
 
 pub mod acme;
 pub mod roots;
+pub mod routed;
 pub mod softcas;
 pub mod stepca;
 pub mod vault;
@@ -54,6 +55,24 @@ pub struct RevokeRequest {
     pub serial_hex: String,
     /// RFC 5280 §5.3.1 reason code.
     pub reason: u8,
+}
+
+/// Who an order is for, as routes between upstreams match it
+/// (`authority.routes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requester {
+    /// The provisioner the order came through.
+    pub provisioner: String,
+    /// The EAB key id the account was bound with, if any.
+    pub eab_kid: Option<String>,
+}
+
+/// A chain and the upstream that issued it (with several upstreams, the
+/// name `authority.upstreams` gives it).
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub chain: IssuedChain,
+    pub upstream: String,
 }
 
 /// Lets an upstream persist its progress on one order before a step that must
@@ -176,5 +195,49 @@ pub trait CertificateAuthorityService: Send + Sync + 'static {
     /// Whether the upstream answers now (for `/ready` and the up metric).
     async fn health(&self) -> Result<(), UpstreamError> {
         Ok(())
+    }
+
+    /// Whether an order of `identifiers` from `who` has an upstream to
+    /// sign it; the refusal says why (several upstreams: no route covers
+    /// it). One upstream signs every order.
+    fn check_route(&self, _identifiers: &[Identifier], _who: &Requester) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// [`create_certificate`](Self::create_certificate) for `who`, with the
+    /// name of the upstream that signed (several upstreams choose by it).
+    async fn create_for(
+        &self,
+        req: &SignRequest,
+        _who: &Requester,
+        checkpoint: &dyn Checkpoint,
+    ) -> Result<Issued, UpstreamError> {
+        let chain = self.create_certificate(req, checkpoint).await?;
+        Ok(Issued {
+            chain,
+            upstream: self.name().to_owned(),
+        })
+    }
+
+    /// [`revoke_certificate`](Self::revoke_certificate) at `upstream`, the
+    /// name stored with the certificate.
+    async fn revoke_at(&self, _upstream: &str, req: &RevokeRequest) -> Result<(), UpstreamError> {
+        self.revoke_certificate(req).await
+    }
+
+    /// [`renewal_window`](Self::renewal_window) from `upstream`, the name
+    /// stored with the certificate.
+    async fn renewal_window_at(
+        &self,
+        _upstream: &str,
+        certificate_der: &[u8],
+    ) -> Result<Option<(OffsetDateTime, OffsetDateTime)>, UpstreamError> {
+        self.renewal_window(certificate_der).await
+    }
+
+    /// Whether this chooses between several upstreams, which then count
+    /// their own calls in the metrics.
+    fn is_router(&self) -> bool {
+        false
     }
 }

@@ -97,7 +97,22 @@ fn full_document() -> Value {
         "enableAdmin": false,
         "disableIssuedAtCheck": false,
         "admins": [],
-        "provisioners": [provisioner]
+        "provisioners": [provisioner],
+        // Several upstreams (refused beside `config` and the step-ca keys
+        // above: the test that parses the whole document takes them out).
+        "upstreams": [{
+            "name": "internal", "type": "softcas",
+            "config": {"certlifetime": 90, "name": "Example", "metrics": metrics.clone(), "signDelay": "0s"},
+            "certificateAuthority": "https://ca.example.com",
+            "certificateAuthorityFingerprint": "00", "certificateIssuer": {}
+        }],
+        "routes": [{
+            "name": "inside",
+            "match": {"dns": ["*.internal.example.org"], "ip": ["10.0.0.0/8"],
+                      "provisioner": ["acme"], "eabKey": ["team-web"]},
+            "upstreams": ["internal"]
+        }],
+        "failover": {"downAfter": 3, "probeEvery": "30s"}
     });
     json!({
         "address": "127.0.0.1:8443",
@@ -237,7 +252,12 @@ fn all_config_keys() -> BTreeSet<String> {
 
 #[test]
 fn full_document_is_accepted_with_one_warning_for_step_ca_keys() {
-    let (cfg, warnings) = Config::parse(&full_document().to_string())
+    let mut doc = full_document();
+    let authority = doc["authority"].as_object_mut().unwrap();
+    for key in ["upstreams", "routes", "failover"] {
+        authority.remove(key);
+    }
+    let (cfg, warnings) = Config::parse(&doc.to_string())
         .unwrap_or_else(|e| panic!("the fully populated ca.json is refused: {e}"));
     assert_eq!(cfg.upstream.name(), "softcas");
     let ignoring: Vec<&String> = warnings
