@@ -144,6 +144,9 @@ document! {
         pub certificate_authority_fingerprint: Option<String>,
         /// stepcas: [`IssuerConfig`](super::IssuerConfig); free-form otherwise.
         pub certificate_issuer: Option<Opaque>,
+        /// The certificate profiles clients may choose at newOrder
+        /// (draft-ietf-acme-profiles), by name.
+        pub profiles: Option<std::collections::BTreeMap<String, super::ProfileConfig>>,
     }
     ignores {
         "template" template, "backdate" backdate, "options" options,
