@@ -14,6 +14,7 @@ mod shared_tls;
 mod store_watch;
 mod upstream_state;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -30,8 +31,8 @@ use crate::config::{
     Config, LimitSetting, ProvisionerSettings, RateLimitSettings, Settings, StoreChoice,
 };
 use crate::policy::rules::NamePolicy;
-use crate::ra::Provisioner;
 use crate::ra::limits::{Limit, Rate, RateLimits};
+use crate::ra::{Profile, Provisioner};
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::{PgOptions, PgStore};
@@ -165,10 +166,28 @@ pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 
 /// The provisioners of the configuration, their name policies checked.
 pub fn provisioners(cfg: &Settings) -> anyhow::Result<Vec<Provisioner>> {
-    cfg.provisioners.iter().map(provisioner).collect()
+    let profiles: BTreeMap<String, Profile> = cfg
+        .profiles
+        .iter()
+        .map(|(name, p)| {
+            let profile = Profile {
+                description: p.description.clone(),
+                lifetime: p.lifetime,
+                upstream_profile: p.upstream_profile.clone(),
+            };
+            (name.clone(), profile)
+        })
+        .collect();
+    cfg.provisioners
+        .iter()
+        .map(|p| provisioner(p, &profiles))
+        .collect()
 }
 
-fn provisioner(p: &ProvisionerSettings) -> anyhow::Result<Provisioner> {
+fn provisioner(
+    p: &ProvisionerSettings,
+    profiles: &BTreeMap<String, Profile>,
+) -> anyhow::Result<Provisioner> {
     let policies = p
         .policies
         .iter()
@@ -185,6 +204,7 @@ fn provisioner(p: &ProvisionerSettings) -> anyhow::Result<Provisioner> {
         terms_of_service: p.terms_of_service.clone(),
         website: p.website.clone(),
         caa_identities: p.caa_identities.clone(),
+        profiles: profiles.clone(),
     })
 }
 

@@ -633,6 +633,7 @@ async fn obtain_with_key(
         not_after: None,
         resume: None,
         replaces: None,
+        profile: None,
     };
     let issued = upstream
         .create_certificate(&req, &NoCheckpoint)

@@ -9,7 +9,8 @@ use super::types::Identifier;
 
 const URN_PREFIX: &str = "urn:ietf:params:acme:error:";
 
-/// The error types of RFC 8555 §6.7 (and RFC 8738 / RFC 9773 where they add none).
+/// The error types of RFC 8555 §6.7 (and RFC 8738 / RFC 9773 where they add
+/// none), with draft-ietf-acme-profiles' `invalidProfile`.
 ///
 /// <https://www.rfc-editor.org/rfc/rfc8555#section-6.7>
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +29,8 @@ pub enum ProblemType {
     ExternalAccountRequired,
     IncorrectResponse,
     InvalidContact,
+    /// draft-ietf-acme-profiles: a profile the server does not offer.
+    InvalidProfile,
     Malformed,
     OrderNotReady,
     RateLimited,
@@ -42,7 +45,7 @@ pub enum ProblemType {
 
 impl ProblemType {
     /// Every problem type, for tests and documentation.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::AccountDoesNotExist,
         Self::AlreadyRevoked,
         Self::BadCsr,
@@ -57,6 +60,7 @@ impl ProblemType {
         Self::ExternalAccountRequired,
         Self::IncorrectResponse,
         Self::InvalidContact,
+        Self::InvalidProfile,
         Self::Malformed,
         Self::OrderNotReady,
         Self::RateLimited,
@@ -86,6 +90,7 @@ impl ProblemType {
             Self::ExternalAccountRequired => "externalAccountRequired",
             Self::IncorrectResponse => "incorrectResponse",
             Self::InvalidContact => "invalidContact",
+            Self::InvalidProfile => "invalidProfile",
             Self::Malformed => "malformed",
             Self::OrderNotReady => "orderNotReady",
             Self::RateLimited => "rateLimited",
@@ -126,6 +131,7 @@ impl ProblemType {
             | Self::Dns
             | Self::IncorrectResponse
             | Self::InvalidContact
+            | Self::InvalidProfile
             | Self::Malformed
             | Self::RejectedIdentifier
             | Self::Tls
@@ -217,6 +223,11 @@ mod tests {
             ProblemType::BadCsr.urn(),
             "urn:ietf:params:acme:error:badCSR"
         );
+        assert_eq!(
+            ProblemType::from_urn("urn:ietf:params:acme:error:invalidProfile"),
+            Some(ProblemType::InvalidProfile)
+        );
+        assert_eq!(ProblemType::InvalidProfile.default_status(), 400);
     }
 
     #[test]

@@ -168,6 +168,10 @@ pub struct DirectoryMeta {
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub caa_identities: Vec<String>,
     pub external_account_required: bool,
+    /// draft-ietf-acme-profiles: the profiles offered, by name, with their
+    /// descriptions.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
+    pub profiles: std::collections::BTreeMap<String, String>,
 }
 
 /// An account object, RFC 8555 §7.1.2.
@@ -230,6 +234,9 @@ pub struct NewOrderRequest {
     /// RFC 9773 §5: the certificate this order replaces.
     #[serde(default)]
     pub replaces: Option<String>,
+    /// draft-ietf-acme-profiles: the profile asked for.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// An order object, RFC 8555 §7.1.3.
@@ -251,6 +258,9 @@ pub struct Order {
     pub certificate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// draft-ietf-acme-profiles: the profile the certificate is issued under.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub profile: Option<String>,
 }
 
 /// The account's orders list, RFC 8555 §7.1.2.1.

@@ -152,6 +152,9 @@ document! {
         pub routes: Option<Vec<RouteConfig>>,
         /// When an upstream of a route is skipped, and how it comes back.
         pub failover: Option<FailoverConfig>,
+        /// The certificate profiles clients may choose at newOrder
+        /// (draft-ietf-acme-profiles), by name.
+        pub profiles: Option<std::collections::BTreeMap<String, super::ProfileConfig>>,
     }
     ignores {
         "template" template, "backdate" backdate, "options" options,

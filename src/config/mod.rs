@@ -46,6 +46,7 @@ mod duration;
 mod egress;
 mod externalcas;
 mod policy;
+mod profiles;
 mod ratelimits;
 mod retention;
 mod routes;
@@ -66,6 +67,7 @@ pub use duration::parse_go_duration;
 pub use egress::{DenyNetworks, loopback_demo_networks};
 pub use externalcas::{EabKey, ExternalCasConfig, ExternalCasSettings};
 pub use policy::{NamesConfig, PolicyConfig, X509PolicyConfig};
+pub use profiles::{DEFAULT_PROFILE, ProfileConfig, ProfileSettings};
 pub use ratelimits::{
     DEFAULT_CONCURRENT_VALIDATIONS, DEFAULT_MAX_TRACKED_KEYS, LimitConfig, LimitSetting,
     RateLimitSettings, RateLimitsConfig,

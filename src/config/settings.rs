@@ -56,6 +56,9 @@ pub struct Settings {
     /// `authority.retention`: when the purge removes expired records.
     pub retention: RetentionSettings,
     pub provisioners: Vec<ProvisionerSettings>,
+    /// `authority.profiles`, by name (draft-ietf-acme-profiles); empty when
+    /// none are configured.
+    pub profiles: std::collections::BTreeMap<String, super::ProfileSettings>,
 }
 
 impl Settings {

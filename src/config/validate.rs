@@ -180,6 +180,7 @@ impl Config {
             .iter()
             .map(|p| self.provisioner_settings(p, certlifetime))
             .collect::<Result<Vec<_>, _>>()?;
+        let profiles = self.profile_settings(&provisioners)?;
         if !ignored.is_empty() {
             warnings.insert(
                 0,
@@ -218,6 +219,7 @@ impl Config {
             rate_limits,
             retention,
             provisioners,
+            profiles,
         };
         Ok((settings, Warnings(warnings)))
     }

@@ -39,6 +39,11 @@ pub(super) async fn directory(
             website: p.website.clone(),
             caa_identities: p.caa_identities.clone(),
             external_account_required: p.require_eab,
+            profiles: p
+                .profiles
+                .iter()
+                .map(|(name, profile)| (name.clone(), profile.description.clone()))
+                .collect(),
         },
     };
     Ok(Json(dir).into_response())

@@ -34,6 +34,7 @@ pub(super) fn order(links: &Links, o: &OrderRecord) -> Order {
         finalize: links.finalize(&o.id),
         certificate: o.certificate_id.as_ref().map(|c| links.certificate(c)),
         replaces: o.replaces.clone(),
+        profile: o.profile.clone(),
     }
 }
 

@@ -66,6 +66,11 @@ pub struct OrderRecord {
     pub certificate_id: Option<CertId>,
     /// RFC 9773 `replaces`: the ARI certificate id of the certificate replaced.
     pub replaces: Option<String>,
+    /// The certificate profile (draft-ietf-acme-profiles) the order is
+    /// issued under: the one asked for, else `default` when configured.
+    /// Absent in records stored before profiles existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 /// An authorization with its challenges, RFC 8555 §7.1.4.

@@ -76,6 +76,9 @@ impl Authority {
                 ),
             );
         }
+        // draft-ietf-acme-profiles: an order whose profile is no longer
+        // offered is not finalized.
+        self.issuance_terms(order)?;
         let parsed = csr::parse_csr(csr_der).map_err(|e| RaError::new(ProblemType::BadCsr, e.0))?;
         csr::check_against_order(&parsed, &order.identifiers, &account.jwk)
             .map_err(|e| RaError::new(ProblemType::BadCsr, e.0))?;

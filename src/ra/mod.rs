@@ -11,6 +11,7 @@ pub mod error;
 mod finalize;
 pub mod limits;
 mod order;
+mod profiles;
 mod quota;
 mod readiness;
 pub mod renewal;
@@ -63,6 +64,24 @@ pub struct Provisioner {
     pub terms_of_service: Option<String>,
     pub website: Option<String>,
     pub caa_identities: Vec<String>,
+    /// The certificate profiles offered (draft-ietf-acme-profiles), by
+    /// name; empty: none, and an order naming one is refused.
+    pub profiles: std::collections::BTreeMap<String, Profile>,
+}
+
+/// A certificate profile a client may choose at newOrder
+/// (draft-ietf-acme-profiles).
+///
+/// <https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/>
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// The directory's `meta.profiles` description.
+    pub description: String,
+    /// Certificate lifetime when the order names no notAfter; `None` leaves
+    /// the provisioner's [`default_lifetime`](Provisioner::default_lifetime).
+    pub lifetime: Option<Duration>,
+    /// The profile asked of the upstream, where it takes one.
+    pub upstream_profile: Option<String>,
 }
 
 /// Timing settings of the Authority.

@@ -39,6 +39,7 @@ impl Authority {
             );
         };
         let identifiers = check_identifiers(&req.identifiers).map_err(RaError::from_problem)?;
+        let profile = super::profiles::choose(prov, req.profile.as_deref())?;
         let (key_policy, prevalidated) = self.account_key_policy(account).await?;
         let policies: Vec<_> = prov.policies.iter().cloned().chain(key_policy).collect();
         if let Err((id, why)) = crate::policy::rules::check_all(&policies, &identifiers) {
@@ -195,6 +196,7 @@ impl Authority {
             error: None,
             certificate_id: None,
             replaces: req.replaces,
+            profile,
         };
         let quota = self.take_order_quota(account, &authzs)?;
         self.records

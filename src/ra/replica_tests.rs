@@ -81,6 +81,7 @@ async fn order(
         error: None,
         certificate_id: None,
         replaces: None,
+        profile: None,
     };
     records
         .commit(Records::order_insert_ops(

@@ -235,6 +235,7 @@ mod tests {
             error: None,
             certificate_id: None,
             replaces: None,
+            profile: None,
         }
     }
 

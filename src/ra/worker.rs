@@ -305,8 +305,18 @@ impl Authority {
                 .await
                 .map(|()| None);
         }
+        let terms = match self.issuance_terms(&order) {
+            Ok(t) => t,
+            Err(e) => {
+                return self
+                    .finish(&order, FinalizeOutcome::Failed(*e.problem), began)
+                    .await
+                    .map(|()| None);
+            }
+        };
         let not_after = order.not_after.or_else(|| {
-            self.default_lifetime(&order.provisioner)
+            terms
+                .lifetime
                 .and_then(|life| order.not_before.unwrap_or(now).checked_add(life))
         });
         let req = SignRequest {
@@ -316,6 +326,7 @@ impl Authority {
             not_after,
             resume: job.upstream_state.clone(),
             replaces: order.replaces.clone(),
+            profile: terms.upstream_profile,
         };
         let checkpoint = JobCheckpoint {
             records: self.records.clone(),

@@ -91,6 +91,7 @@ async fn issue(ca: &SoftCas, from: OffsetDateTime, to: OffsetDateTime) -> (Strin
         not_after: Some(to),
         resume: None,
         replaces: None,
+        profile: None,
     };
     let chain = ca.create_certificate(&req, &NoCheckpoint).await.unwrap();
     (chain.to_pem(), key.serialize_pem())

@@ -248,9 +248,16 @@ impl AcmeUpstream {
                 let replaces = replaces_json
                     .as_deref()
                     .and_then(|j| serde_json::from_str::<CertificateIdentifier<'_>>(j).ok());
-                let plain = NewOrder::new(&ids);
+                let profile = req.profile.as_deref();
+                if let Some(p) = profile {
+                    offered(account, p)?;
+                }
+                let plain = new_order(&ids, profile);
                 let result = match replaces {
-                    Some(r) => match account.new_order(&NewOrder::new(&ids).replaces(r)).await {
+                    Some(r) => match account
+                        .new_order(&new_order(&ids, profile).replaces(r))
+                        .await
+                    {
                         // An upstream without ARI: order without `replaces`.
                         Err(instant_acme::Error::Unsupported(_)) => account.new_order(&plain).await,
                         other => other,
@@ -454,6 +461,40 @@ async fn answer_authorizations(order: &mut Order) -> Result<(), UpstreamError> {
     Ok(())
 }
 
+/// The upstream newOrder for `ids`, asking for `profile` when given
+/// (draft-ietf-acme-profiles).
+fn new_order<'a>(ids: &'a [instant_acme::Identifier], profile: Option<&'a str>) -> NewOrder<'a> {
+    let order = NewOrder::new(ids);
+    match profile {
+        Some(p) => order.profile(p),
+        None => order,
+    }
+}
+
+/// Refuses `profile` when the upstream's directory does not offer it (the
+/// draft has clients ask only for advertised profiles; an upstream without
+/// profiles would silently issue its default instead).
+fn offered(account: &Account, profile: &str) -> Result<(), UpstreamError> {
+    let names: Vec<&str> = account.profiles().map(|p| p.name).collect();
+    if names.contains(&profile) {
+        return Ok(());
+    }
+    let offers = if names.is_empty() {
+        "no profiles".to_owned()
+    } else {
+        let mut names: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        names.sort();
+        names.join(", ")
+    };
+    Err(UpstreamError::Rejected {
+        kind: ProblemType::InvalidProfile,
+        detail: format!(
+            "the upstream CA does not offer the profile {profile:?} that this order's profile \
+             asks of it (its directory offers {offers}); the administrator sets upstreamProfile"
+        ),
+    })
+}
+
 fn to_acme_identifier(id: &Identifier) -> instant_acme::Identifier {
     match id {
         Identifier::Dns(n) => instant_acme::Identifier::Dns(n.clone()),
@@ -621,5 +662,20 @@ impl HttpClient for HttpsClient {
                 Err(_) => Err(instant_acme::Error::Timeout(None)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_new_order_carries_the_profile() {
+        let ids = [instant_acme::Identifier::Dns("www.example.org".into())];
+        let with = serde_json::to_value(new_order(&ids, Some("shortlived"))).unwrap();
+        assert_eq!(with["profile"], "shortlived");
+        assert_eq!(with["identifiers"][0]["value"], "www.example.org");
+        let without = serde_json::to_value(new_order(&ids, None)).unwrap();
+        assert!(without.get("profile").is_none(), "{without}");
     }
 }

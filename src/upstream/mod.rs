@@ -28,6 +28,10 @@ pub struct SignRequest {
     pub resume: Option<String>,
     /// RFC 9773 `replaces`, passed on where the upstream understands it.
     pub replaces: Option<String>,
+    /// The profile to ask of the upstream (draft-ietf-acme-profiles): the
+    /// order's profile's `upstreamProfile`. Only an ACME upstream takes one;
+    /// the others honour the profile's lifetime through `not_after`.
+    pub profile: Option<String>,
 }
 
 /// A certificate chain from an upstream: DER certificates, leaf first.

@@ -871,6 +871,7 @@ async fn server_internal_hides_the_cause() {
             terms_of_service: None,
             website: None,
             caa_identities: Vec::new(),
+            profiles: Default::default(),
         }],
         AuthorityOptions::default(),
         CancellationToken::new(),

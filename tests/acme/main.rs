@@ -23,6 +23,7 @@ mod metrics;
 mod migrate;
 mod packaging;
 mod postgres;
+mod profiles;
 mod rate_limits;
 mod replicas;
 mod validation_egress;

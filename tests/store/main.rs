@@ -755,6 +755,7 @@ fn order(account_id: &AccountId, authz_ids: Vec<AuthzId>) -> OrderRecord {
         error: None,
         certificate_id: None,
         replaces: None,
+        profile: None,
     }
 }
 

@@ -6,5 +6,6 @@ mod chaos;
 mod crash;
 mod openbao;
 mod pebble;
+mod profiles;
 mod stepca;
 mod vault;

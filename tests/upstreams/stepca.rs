@@ -359,6 +359,7 @@ fn sign_request(
         not_after,
         resume: None,
         replaces: None,
+        profile: None,
     }
 }
 

@@ -45,6 +45,7 @@ fn fixture(store: Arc<dyn Store>, dir: tempfile::TempDir) -> Fixture {
         terms_of_service: None,
         website: None,
         caa_identities: Vec::new(),
+        profiles: Default::default(),
     };
     let (ra, clock) =
         crate::ra::test_support::authority(store, dir.path(), "retention", vec![provisioner], T0);
@@ -106,6 +107,7 @@ impl Fixture {
             error: None,
             certificate_id: None,
             replaces: None,
+            profile: None,
         };
         self.records
             .commit(Records::order_insert_ops(Batch::new(), &order, &authzs))

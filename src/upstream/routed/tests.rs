@@ -113,6 +113,7 @@ fn req(ids: &[Identifier], resume: Option<&str>) -> SignRequest {
         not_after: None,
         resume: resume.map(str::to_owned),
         replaces: None,
+        profile: None,
     }
 }
 

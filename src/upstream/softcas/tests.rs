@@ -61,6 +61,7 @@ fn request(key: &KeyPair, csr_name: &str, ids: Vec<Identifier>) -> SignRequest {
         not_after,
         resume,
         replaces,
+        profile: None,
     }
 }
 

@@ -368,6 +368,7 @@ mod tests {
             not_after: Some(OffsetDateTime::now_utc() + time::Duration::hours(24)),
             resume: None,
             replaces: None,
+            profile: None,
         }
     }
 
@@ -440,6 +441,7 @@ mod tests {
             not_after: None,
             resume: None,
             replaces: None,
+            profile: None,
         };
         let (role, body) = sign_body(&req, &settings()).unwrap();
         assert_eq!(role, "ec");
