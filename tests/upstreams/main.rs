@@ -7,5 +7,6 @@ mod crash;
 mod openbao;
 mod pebble;
 mod profiles;
+mod routes;
 mod stepca;
 mod vault;

@@ -17,7 +17,7 @@ use kit::{Options, TestServer};
 use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::*;
 
-fn pebble_or_skip() -> bool {
+pub(crate) fn pebble_or_skip() -> bool {
     if Pebble::available() {
         return true;
     }
@@ -40,7 +40,7 @@ async fn ra_for(pebble: &Pebble) -> TestServer {
 }
 
 /// One order through the RA with http-01; returns the chain PEM.
-async fn issue(ts: &TestServer, account: &Account, name: &str) -> String {
+pub(crate) async fn issue(ts: &TestServer, account: &Account, name: &str) -> String {
     let ids = [Identifier::Dns(name.to_owned())];
     let mut order = account.new_order(&NewOrder::new(&ids)).await.unwrap();
     let mut authzs = order.authorizations();
@@ -60,7 +60,7 @@ async fn issue(ts: &TestServer, account: &Account, name: &str) -> String {
         .unwrap()
 }
 
-fn ders(pem: &str) -> Vec<Vec<u8>> {
+pub(crate) fn ders(pem: &str) -> Vec<Vec<u8>> {
     ::pem::parse_many(pem)
         .unwrap()
         .into_iter()
@@ -69,7 +69,7 @@ fn ders(pem: &str) -> Vec<Vec<u8>> {
 }
 
 /// Every link of `chain` is signed by the next, and the last by `root`.
-fn assert_chains_to(chain: &str, root_pem: &str) {
+pub(crate) fn assert_chains_to(chain: &str, root_pem: &str) {
     let mut certs = ders(chain);
     certs.push(ders(root_pem).remove(0));
     for pair in certs.windows(2) {
@@ -83,7 +83,7 @@ fn assert_chains_to(chain: &str, root_pem: &str) {
     }
 }
 
-fn serial_hex(chain: &str) -> String {
+pub(crate) fn serial_hex(chain: &str) -> String {
     let der = ders(chain).remove(0);
     let (_, cert) = X509Certificate::from_der(&der).unwrap();
     cert.raw_serial()
