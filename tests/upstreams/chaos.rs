@@ -90,12 +90,7 @@ impl Rng {
 }
 
 async fn run(c: Campaign) {
-    if !Pebble::available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "pebble is not installed (tests/interop/install-clients.sh installs it)"
-        );
-        eprintln!("SKIP: pebble is not installed");
+    if !super::pebble::pebble_or_skip() {
         return;
     }
     let seed = std::env::var("CHAOS_SEED")

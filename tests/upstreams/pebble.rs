@@ -83,6 +83,18 @@ pub(crate) fn assert_chains_to(chain: &str, root_pem: &str) {
     }
 }
 
+/// Revokes the leaf of `chain` through the RA (reason superseded).
+pub(crate) async fn revoke(account: &Account, chain: &str) {
+    let cert = CertificateDer::from(ders(chain).remove(0));
+    account
+        .revoke(&RevocationRequest {
+            certificate: &cert,
+            reason: Some(RevocationReason::Superseded),
+        })
+        .await
+        .unwrap();
+}
+
 pub(crate) fn serial_hex(chain: &str) -> String {
     let der = ders(chain).remove(0);
     let (_, cert) = X509Certificate::from_der(&der).unwrap();
@@ -110,14 +122,7 @@ async fn issues_through_pebble_with_eab_and_forwards_revocation() {
     let serial = serial_hex(&chain);
     assert_eq!(pebble.cert_status(&serial).await, "Valid");
 
-    let cert = CertificateDer::from(ders(&chain).remove(0));
-    account
-        .revoke(&RevocationRequest {
-            certificate: &cert,
-            reason: Some(RevocationReason::Superseded),
-        })
-        .await
-        .unwrap();
+    revoke(&account, &chain).await;
     assert_eq!(pebble.cert_status(&serial).await, "Revoked");
 }
 

@@ -175,12 +175,7 @@ async fn the_upstream_profile_reaches_an_acme_upstream_that_offers_it() {
 
 #[tokio::test]
 async fn an_upstream_without_profiles_is_not_asked_for_one() {
-    if !Pebble::available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "pebble is not installed (tests/interop/install-clients.sh installs it)"
-        );
-        eprintln!("SKIP: pebble is not installed");
+    if !super::pebble::pebble_or_skip() {
         return;
     }
     let pebble = Pebble::start(PebbleOptions::default()).await;

@@ -7,13 +7,12 @@
 use std::time::{Duration, Instant};
 
 use acmeproxy_testkit as kit;
-use instant_acme::{Identifier, NewOrder, RevocationReason, RevocationRequest};
+use instant_acme::{Identifier, NewOrder};
 use kit::pebble::{Pebble, PebbleOptions};
 use kit::{Options, TestServer};
-use rustls::pki_types::CertificateDer;
 use serde_json::json;
 
-use super::pebble::{assert_chains_to, ders, issue, pebble_or_skip, serial_hex};
+use super::pebble::{assert_chains_to, ders, issue, pebble_or_skip, revoke, serial_hex};
 
 /// An upstream entry for `pebble` named `name`.
 fn entry(name: &str, pebble: &Pebble) -> serde_json::Value {
@@ -81,14 +80,7 @@ async fn routes_failover_and_return_between_two_pebbles() {
 
     // Revocation reaches the upstream that issued each certificate.
     for (chain, pebble) in [(&internal, &zerossl), (&public, &sectigo)] {
-        let cert = CertificateDer::from(ders(chain).remove(0));
-        account
-            .revoke(&RevocationRequest {
-                certificate: &cert,
-                reason: Some(RevocationReason::Superseded),
-            })
-            .await
-            .unwrap();
+        revoke(&account, chain).await;
         assert_eq!(pebble.cert_status(&serial_hex(chain)).await, "Revoked");
     }
 
