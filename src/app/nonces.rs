@@ -63,7 +63,7 @@ async fn shared_key(store: &dyn Store) -> Result<Vec<u8>, StoreError> {
 const REDEEM_BATCH: usize = 512;
 /// Batches of redemptions in flight at once; while they all are, new
 /// redemptions gather into the next batch.
-const REDEEM_IN_FLIGHT: usize = 4;
+const REDEEM_IN_FLIGHT: usize = 2;
 
 /// A redemption waiting for its batch: the replay-set key and where its
 /// answer goes.

@@ -230,18 +230,7 @@ fn attempt(
         Some(d) => Some(SlowProxy::start(pebble.acme_addr(), d).map_err(|e| e.to_string())?),
         None => None,
     };
-    let records = tmp.join("dns-records");
-    fs::create_dir_all(&records).map_err(|e| format!("{}: {e}", records.display()))?;
-    let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .map_err(|e| format!("mock DNS: {e}"))?;
-    dns.set_records_dir(Some(records.clone()));
-    let [acme, http01, tls_alpn01] = free_ports().map_err(|e| format!("free ports: {e}"))?;
-    let ports = Ports {
-        http01,
-        tls_alpn01,
-        dns: dns.addr(),
-        dns_records: records,
-    };
+    let (_dns, acme, ports) = client_ports(tmp)?;
     let ca_url = match &proxy {
         Some(p) => format!("https://127.0.0.1:{}/dir", p.addr().port()),
         None => pebble.directory_url(),
@@ -320,6 +309,119 @@ fn attempt(
         }
     }
     drop(server);
+    Ok(())
+}
+
+/// A mock DNS server for the clients' records, the RA's port and the
+/// clients' challenge ports.
+fn client_ports(tmp: &Path) -> Result<(MockDns, u16, Ports), String> {
+    let records = tmp.join("dns-records");
+    fs::create_dir_all(&records).map_err(|e| format!("{}: {e}", records.display()))?;
+    let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| format!("mock DNS: {e}"))?;
+    dns.set_records_dir(Some(records.clone()));
+    let [acme, http01, tls_alpn01] = free_ports().map_err(|e| format!("free ports: {e}"))?;
+    let ports = Ports {
+        http01,
+        tls_alpn01,
+        dns: dns.addr(),
+        dns_records: records,
+    };
+    Ok((dns, acme, ports))
+}
+
+/// Several upstreams (`authority.upstreams`, `routes`): two Pebbles that
+/// require EAB as "sectigo" and "zerossl". certbot orders an internal name
+/// (route "internal" → zerossl), lego a public one (route "public" →
+/// sectigo): each issues, renews and revokes, its chains verify to its
+/// route's Pebble root only, and the revocation reaches that Pebble.
+#[test]
+fn certbot_and_lego_by_route_between_two_pebbles() {
+    let missing = [Client::Certbot, Client::Lego]
+        .into_iter()
+        .find_map(Client::missing_prerequisite)
+        .or_else(|| (!Pebble::available()).then(|| "`pebble` is not installed".to_owned()));
+    if let Some(why) = missing {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "routes interop: {why} (CI is set, so this is a failure)"
+        );
+        eprintln!("SKIPPED routes interop: {why}");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("acmeproxy-interop-routes-")
+        .tempdir()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sectigo = runtime.block_on(Pebble::start(PebbleOptions::default()));
+    let zerossl = runtime.block_on(Pebble::start(PebbleOptions::default()));
+    if let Err(failure) = by_route(&runtime, &sectigo, &zerossl, tmp.path()) {
+        let kept = tmp.keep();
+        eprintln!("{}", tail(&kept.join("server.log"), 200));
+        panic!(
+            "routes interop failed: {failure}\n(state kept in {})",
+            kept.display()
+        );
+    }
+}
+
+fn by_route(
+    runtime: &tokio::runtime::Runtime,
+    sectigo: &Pebble,
+    zerossl: &Pebble,
+    tmp: &Path,
+) -> Result<(), String> {
+    let write = |file: &str, pem: &str| {
+        let path = tmp.join(file);
+        fs::write(&path, pem)
+            .map(|()| path)
+            .map_err(|e| e.to_string())
+    };
+    let (pem1, pem2) =
+        runtime.block_on(async { (sectigo.root_pem().await, zerossl.root_pem().await) });
+    let root1 = write("sectigo-root.pem", &pem1)?;
+    let root2 = write("zerossl-root.pem", &pem2)?;
+    let both = write("roots.pem.in", &format!("{pem1}{pem2}"))?;
+    let (_dns, acme, ports) = client_ports(tmp)?;
+    let entry = |name: &str, p: &Pebble| json!({"name": name, "type": "externalcas", "config": p.authority_json()["config"]});
+    let authority = json!({
+        "upstreams": [entry("sectigo", sectigo), entry("zerossl", zerossl)],
+        "routes": [
+            {"name": "internal", "match": {"dns": ["*.internal.test"]}, "upstreams": ["zerossl"]},
+            {"name": "public", "upstreams": ["sectigo", "zerossl"]}
+        ],
+        "provisioners": [{"type": "ACME", "name": "acme"}]
+    });
+    let server = Server::start_with_authority(tmp, acme, &ports, authority, &both, true)?;
+    for (client, name, root, pebble) in [
+        (Client::Certbot, "db.internal.test", &root2, zerossl),
+        (Client::Lego, "www.public.test", &root1, sectigo),
+    ] {
+        let outcome = run_client(
+            client,
+            &server.directory_url,
+            &server.roots,
+            name,
+            Challenge::Http01,
+            &ports,
+            &tmp.join(format!("clients-{client}")),
+        )?;
+        let (first, second) = verify_issued_and_renewed(&outcome, name, root)
+            .map_err(|e| format!("{client} {name}: {e}"))?;
+        let revoked = runtime.block_on(pebble.cert_status(&second.serial.to_ascii_lowercase()));
+        if revoked != "Revoked" {
+            return Err(format!(
+                "{client} {name}: the upstream says the revoked serial {} is {revoked:?}",
+                second.serial
+            ));
+        }
+        println!(
+            "routes interop: {client} {name} issued {} and renewed {} through its route's Pebble; \
+             revoked there",
+            first.serial, second.serial
+        );
+    }
     Ok(())
 }
 
