@@ -461,17 +461,7 @@ fn attempt(client: Client, issuer: Issuer, name: &str, tmp: &Path) -> Result<(),
     // A stock CA (step-ca's default claims: 24h default and maximum) and no
     // lifetime in the RA's ca.json: the RA must leave the lifetime to step-ca.
     let ca = StepCa::start(tmp, None)?;
-    let records = tmp.join("dns-records");
-    fs::create_dir_all(&records).map_err(|e| e.to_string())?;
-    let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| e.to_string())?;
-    dns.set_records_dir(Some(records.clone()));
-    let [acme, http01, tls_alpn01] = free_ports().map_err(|e| e.to_string())?;
-    let ports = Ports {
-        http01,
-        tls_alpn01,
-        dns: dns.addr(),
-        dns_records: records,
-    };
+    let (_dns, acme, ports) = client_ports(tmp)?;
     let cfg = ra_config(tmp, "data", acme, &ports, &ca, issuer);
     let config_path = tmp.join("ca.json");
     write_json(&config_path, &cfg)?;
@@ -571,6 +561,133 @@ fn attempt(client: Client, issuer: Issuer, name: &str, tmp: &Path) -> Result<(),
         outcome.renew_time.as_secs_f64(),
         outcome.revoke_time.as_secs_f64(),
     );
+    Ok(())
+}
+
+/// A mock DNS server for the clients' records, the RA's port and the
+/// clients' challenge ports.
+fn client_ports(tmp: &Path) -> Result<(MockDns, u16, Ports), String> {
+    let records = tmp.join("dns-records");
+    fs::create_dir_all(&records).map_err(|e| e.to_string())?;
+    let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| e.to_string())?;
+    dns.set_records_dir(Some(records.clone()));
+    let [acme, http01, tls_alpn01] = free_ports().map_err(|e| e.to_string())?;
+    let ports = Ports {
+        http01,
+        tls_alpn01,
+        dns: dns.addr(),
+        dns_records: records,
+    };
+    Ok((dns, acme, ports))
+}
+
+/// Several upstreams (`authority.upstreams`, `routes`): step-ca as
+/// "internal" for `*.internal.test`, a Pebble that requires EAB as
+/// "sectigo" for the rest. certbot's internal name chains to step-ca's root
+/// (and its revocation is in step-ca's log), lego's public name to Pebble's
+/// (revoked at Pebble); the RA's own certificate comes from the public route.
+#[test]
+fn routes_between_stepca_and_pebble() {
+    let what = "routes between step-ca and Pebble";
+    let Some(tmp) = prepare(what, Some(Client::Certbot)) else {
+        return;
+    };
+    let result = routes_attempt(tmp.path());
+    finish(tmp, result, what);
+}
+
+fn routes_attempt(tmp: &Path) -> Result<(), String> {
+    use kit::pebble::{Pebble, PebbleOptions};
+    if let Some(why) = Client::Lego.missing_prerequisite() {
+        return Err(why);
+    }
+    if !Pebble::available() {
+        return Err("pebble is not installed".into());
+    }
+    let ca = StepCa::start(tmp, None)?;
+    let rt = runtime();
+    let pebble = rt.block_on(Pebble::start(PebbleOptions::default()));
+    let pebble_root = tmp.join("pebble-root.pem");
+    let pebble_pem = rt.block_on(pebble.root_pem());
+    fs::write(&pebble_root, &pebble_pem).map_err(|e| e.to_string())?;
+    let both = tmp.join("roots.in.pem");
+    let step_pem = fs::read_to_string(&ca.root).map_err(|e| e.to_string())?;
+    fs::write(&both, format!("{step_pem}{pebble_pem}")).map_err(|e| e.to_string())?;
+    let (_dns, acme, ports) = client_ports(tmp)?;
+    let d = &ca.dir;
+    let mut cfg = kit::CaJson::new(tmp.join("data"))
+        .port(acme)
+        .db(None)
+        .authority(json!({
+            "upstreams": [
+                {"name": "sectigo", "type": "externalcas", "config": pebble.authority_json()["config"]},
+                {"name": "internal", "type": "stepcas",
+                 "certificateAuthority": ca.url,
+                 "certificateAuthorityFingerprint": ca.fingerprint,
+                 "certificateIssuer": {"type": "jwk", "provisioner": "ra-jwk",
+                     "key": d.join("provisioner/jwk.jwe"), "passwordFile": d.join("password")}}
+            ],
+            "routes": [
+                {"name": "internal", "match": {"dns": ["*.internal.test"]}, "upstreams": ["internal"]},
+                {"name": "public", "upstreams": ["sectigo"]}
+            ],
+            "provisioners": [kit::CaJson::provisioner()],
+        }))
+        .validation(ports.http01, ports.tls_alpn01, ports.dns, 10)
+        .to_json();
+    cfg["root"] = json!(both);
+    let config_path = tmp.join("ca.json");
+    write_json(&config_path, &cfg)?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_acmeproxy"));
+    cmd.arg("serve").arg(&config_path);
+    let mut server = ChildGuard::spawn("acmeproxy", &mut cmd, &tmp.join("server.log"))?;
+    let directory = format!("https://127.0.0.1:{acme}/acme/acme/directory");
+    // The RA's own certificate (localhost) came through the public route.
+    wait_for(&mut server, &directory, &pebble_root, 200)?;
+    let roots = tmp.join("roots.pem");
+    fetch_roots_pem(acme, &roots)?;
+    for (client, name) in [
+        (Client::Certbot, "db.internal.test"),
+        (Client::Lego, "www.public.test"),
+    ] {
+        let outcome = run_client(
+            client,
+            &directory,
+            &roots,
+            name,
+            Challenge::Http01,
+            &ports,
+            &tmp.join(format!("clients-{client}")),
+        )?;
+        let internal = name.ends_with(".internal.test");
+        let root = if internal { &ca.root } else { &pebble_root };
+        for cert in [&outcome.issued, &outcome.renewed] {
+            verify_cert(cert, name, root).map_err(|e| format!("{client} {name}: {e}"))?;
+        }
+        if internal {
+            let revoked = decimal_serial(&outcome.renewed)?;
+            let log = fs::read_to_string(&ca.log).unwrap_or_default();
+            if !log
+                .lines()
+                .any(|l| l.contains("path=/1.0/revoke") && l.contains(&format!("serial={revoked}")))
+            {
+                return Err(format!(
+                    "step-ca's log shows no revocation of serial {revoked}"
+                ));
+            }
+        } else {
+            let serial = verify_cert(&outcome.renewed, name, root)?
+                .serial
+                .to_ascii_lowercase();
+            let status = rt.block_on(pebble.cert_status(&serial));
+            if status != "Revoked" {
+                return Err(format!(
+                    "Pebble says the revoked serial {serial} is {status:?}"
+                ));
+            }
+        }
+        println!("stepcas routes: {client} {name} issued, renewed and revoked through its route");
+    }
     Ok(())
 }
 
