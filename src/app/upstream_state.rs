@@ -8,6 +8,9 @@ use async_trait::async_trait;
 use crate::store::{Expect, Op, Store, StoreError, Table};
 use crate::upstream::{UpstreamError, UpstreamState};
 
+/// Entries read per scan in [`UpstreamState::list`].
+const LIST_PAGE: usize = 256;
+
 /// Upstream state in the RA's store.
 pub struct StoreUpstreamState {
     store: Arc<dyn Store>,
@@ -59,6 +62,24 @@ impl UpstreamState for StoreUpstreamState {
         crate::store::put_once(self.store.as_ref(), Table::Meta, &self.key(key), value)
             .await
             .map_err(internal)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, UpstreamError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .scan(Table::Meta, prefix, after.as_deref(), LIST_PAGE)
+                .await
+                .map_err(internal)?;
+            let full = page.len() == LIST_PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            all.extend(page);
+            if !full || after.is_none() {
+                return Ok(all);
+            }
+        }
     }
 
     async fn remove(&self, key: &str, value: &[u8]) -> Result<(), UpstreamError> {
