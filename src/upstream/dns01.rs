@@ -464,10 +464,12 @@ impl Dns01Solver {
                 kind: ProblemType::Dns,
                 detail: format!("updating the zone {zone} for dns-01 failed: {e}"),
             },
-            DnsError::Unreachable { .. } => UpstreamError::Unavailable {
-                context: format!("the DNS server for the zone {zone} is unreachable: {e}"),
-                source: None,
-            },
+            DnsError::Unreachable { .. } | DnsError::Unresolved { .. } => {
+                UpstreamError::Unavailable {
+                    context: format!("the DNS server for the zone {zone} is unreachable: {e}"),
+                    source: Some(Box::new(e)),
+                }
+            }
         }
     }
 }
@@ -521,7 +523,151 @@ fn unix_now() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
     use super::*;
+
+    /// The upstream state in memory.
+    #[derive(Default)]
+    struct MemState(Mutex<BTreeMap<String, Vec<u8>>>);
+
+    #[async_trait]
+    impl UpstreamState for MemState {
+        async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, UpstreamError> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+        async fn store_once(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, UpstreamError> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .entry(key.to_owned())
+                .or_insert(value)
+                .clone())
+        }
+        async fn remove(&self, key: &str, value: &[u8]) -> Result<(), UpstreamError> {
+            let mut map = self.0.lock().unwrap();
+            if map.get(key).is_some_and(|v| v == value) {
+                map.remove(key);
+            }
+            Ok(())
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, UpstreamError> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+    }
+
+    /// A solver with the exec provider running a script that logs its
+    /// arguments to `log`.
+    fn exec_solver(dir: &std::path::Path, state: Arc<MemState>) -> (Dns01Solver, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let log = dir.join("calls.log");
+        let script = dir.join("hook.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let settings = UpstreamChallengeSettings {
+            provider: Dns01Provider::Exec { command: script },
+            nameserver: None,
+            zone: None,
+            propagation_timeout: Duration::from_secs(5),
+            polling_interval: Duration::from_millis(100),
+            ttl: 60,
+        };
+        let solver = Dns01Solver::new(settings, state, Duration::from_secs(5)).unwrap();
+        (solver, log)
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_stale_records_and_keeps_fresh_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(MemState::default());
+        let (solver, log) = exec_solver(dir.path(), Arc::clone(&state));
+        let stale = TxtRecord {
+            fqdn: "_acme-challenge.old.example.".into(),
+            value: "old-value".into(),
+        };
+        let entry = LedgerEntry {
+            record: stale.clone(),
+            at: 0,
+        };
+        state
+            .store_once(&ledger_key(&stale), serde_json::to_vec(&entry).unwrap())
+            .await
+            .unwrap();
+        let fresh = TxtRecord {
+            fqdn: "_acme-challenge.new.example.".into(),
+            value: "new-value".into(),
+        };
+        solver.remember(&fresh).await.unwrap();
+
+        solver.sweep().await;
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(calls, "cleanup _acme-challenge.old.example. old-value\n");
+        let left: Vec<String> = state
+            .list(LEDGER)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, vec![ledger_key(&fresh)]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_script_is_a_refusal_with_its_words() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fail.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho \"provider API: zone example.org not found\" >&2\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let settings = UpstreamChallengeSettings {
+            provider: Dns01Provider::Exec { command: script },
+            nameserver: None,
+            zone: None,
+            propagation_timeout: Duration::from_secs(5),
+            polling_interval: Duration::from_millis(100),
+            ttl: 60,
+        };
+        let solver = Dns01Solver::new(
+            settings,
+            Arc::new(MemState::default()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let r = TxtRecord {
+            fqdn: "_acme-challenge.www.example.org.".into(),
+            value: "v".into(),
+        };
+        let e = solver.publish(&r, true).await.unwrap_err();
+        let UpstreamError::Rejected { kind, detail } = e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(kind, ProblemType::Dns);
+        assert!(
+            detail.contains("provider API: zone example.org not found")
+                && detail.contains("present _acme-challenge.www.example.org."),
+            "{detail}"
+        );
+    }
 
     #[test]
     fn progress_reads_bare_urls_and_json() {

@@ -282,10 +282,16 @@ pub(super) async fn resolve(hostport: &str) -> Result<Vec<SocketAddr>, DnsError>
     };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
         .await
-        .map_err(|e| DnsError::Protocol {
-            what: format!("cannot resolve the name server {hostport}: {e}"),
-            source: None,
+        .map_err(|e| DnsError::Unresolved {
+            host: hostport.to_owned(),
+            source: Some(e),
         })?
         .collect();
+    if addrs.is_empty() {
+        return Err(DnsError::Unresolved {
+            host: hostport.to_owned(),
+            source: None,
+        });
+    }
     Ok(addrs)
 }

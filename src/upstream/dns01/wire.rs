@@ -42,6 +42,13 @@ pub enum DnsError {
         #[source]
         source: Option<std::io::Error>,
     },
+    /// The name server's name did not resolve (now); retried later.
+    #[error("cannot resolve the name server {host}")]
+    Unresolved {
+        host: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// A message could not be built or read.
     #[error("{what}")]
     Protocol {
