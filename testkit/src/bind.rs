@@ -55,6 +55,18 @@ impl Bind {
     /// `ns1.<zone>` is 127.0.0.1, and waits until it answers the zone's SOA.
     /// `extra_records` are zone-file lines added to the zone.
     pub fn start(zone: &str, extra_records: &[&str]) -> Result<Self, String> {
+        // A free TCP port may have its UDP twin taken: try another.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::start_once(zone, extra_records) {
+                Ok(bind) => return Ok(bind),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn start_once(zone: &str, extra_records: &[&str]) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("acmeproxy-bind-")
             .tempdir()

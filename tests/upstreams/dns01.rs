@@ -520,6 +520,45 @@ async fn exec_provider_with_nsupdate() {
     assert_eq!(c.pebble.issued_count(), 1);
 }
 
+/// A record that never appears on the name servers (the exec script
+/// succeeds without writing anything): the order ends `invalid` naming the
+/// propagation timeout and what BIND answered; Pebble is never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_never_propagates_times_out() {
+    let Some(c) = chain("dns01-timeout", &[]).await else {
+        return;
+    };
+    let [port, http01] = free_ports().unwrap();
+    let noop = kit::find_in_path("true").expect("true(1)");
+    let challenge = json!({
+        "type": "dns-01",
+        "provider": "exec",
+        "command": noop,
+        "nameserver": c.bind.addr.to_string(),
+        "zone": ZONE,
+        "propagation_timeout": "2s",
+        "polling_interval": "200ms"
+    });
+    let config = c.write_config(port, http01, challenge);
+    let _server = c.serve(&config, port, &[]).await;
+    let account = c.account(port).await;
+    let t = Instant::now();
+    let mut order = c.order(&account, &["never.example.test"]).await;
+    let e = settle(&mut order).await.unwrap_err();
+    assert!(e.contains("Invalid"), "{e}");
+    assert!(
+        e.contains(
+            "timed out after 2s waiting for the TXT record _acme-challenge.never.example.test."
+        ) && e.contains(&format!("{} answered []", c.bind.addr)),
+        "the problem does not name the propagation timeout: {e}"
+    );
+    assert_eq!(c.pebble.issued_count(), 0);
+    println!(
+        "propagation timeout: order invalid after {:.2}s: {e}",
+        t.elapsed().as_secs_f64()
+    );
+}
+
 /// SIGKILL after the record is published and before the upstream is told
 /// to validate: after a restart on the same data the order completes with
 /// the same (one) upstream order, and the record is removed.
