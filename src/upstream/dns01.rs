@@ -173,6 +173,15 @@ impl Dns01Solver {
         let outcome = self
             .validate(order, &records, progress, checkpoint, retry)
             .await;
+        if let Err(e) = &outcome {
+            let names: Vec<&str> = records.iter().map(|r| r.fqdn.as_str()).collect();
+            tracing::warn!(
+                zone = self.settings.zone.as_deref().unwrap_or("-"),
+                records = ?names,
+                error = %e,
+                "answering the upstream's dns-01 challenges failed"
+            );
+        }
         let started = std::time::Instant::now();
         let removed = self.cleanup(&progress.dns01).await;
         if removed {
