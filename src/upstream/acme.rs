@@ -7,6 +7,11 @@
 //! (through [`Checkpoint`]) before the upstream finalize, so a crash, restart
 //! or slow upstream resumes that same order and never issues twice.
 //!
+//! Upstreams that validate every name themselves get their pending
+//! authorizations answered with dns-01 by [`super::dns01`] when
+//! `upstream_challenge` is configured; the records it publishes are part of
+//! the same checkpoint.
+//!
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4>
 
 use std::path::PathBuf;
