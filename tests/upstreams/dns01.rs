@@ -559,6 +559,36 @@ async fn a_record_that_never_propagates_times_out() {
     );
 }
 
+/// Every authoritative server is asked, not only the one updated: the zone
+/// has a second NS (127.0.0.2, where nothing answers), so the record never
+/// shows there and the order times out naming that server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_authoritative_server_must_answer() {
+    let ns2 = ["@ IN NS ns2.example.test.", "ns2 IN A 127.0.0.2"];
+    let Some(c) = chain("dns01-ns2", &ns2).await else {
+        return;
+    };
+    let [port, http01] = free_ports().unwrap();
+    let mut challenge = c.bind.rfc2136_json();
+    challenge["propagation_timeout"] = json!("2s");
+    let config = c.write_config(port, http01, challenge);
+    let _server = c.serve(&config, port, &[]).await;
+    let account = c.account(port).await;
+    let name = "ns2.example.test";
+    let mut order = c.order(&account, &[name]).await;
+    let e = settle(&mut order).await.unwrap_err();
+    assert!(
+        e.contains("timed out after 2s") && e.contains("127.0.0.2:53"),
+        "{e}"
+    );
+    assert!(
+        !e.contains(&format!("{} answered", c.bind.addr)),
+        "BIND itself had the record: {e}"
+    );
+    assert_eq!(c.pebble.issued_count(), 0);
+    c.assert_records_gone(&[name]);
+}
+
 /// SIGKILL after the record is published and before the upstream is told
 /// to validate: after a restart on the same data the order completes with
 /// the same (one) upstream order, and the record is removed.
