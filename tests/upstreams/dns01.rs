@@ -589,6 +589,57 @@ async fn every_authoritative_server_must_answer() {
     c.assert_records_gone(&[name]);
 }
 
+/// The RA's own HTTPS certificate, for a name in the zone, comes from the
+/// validating CA through the same dns-01 solver (no `tls` files): the
+/// server answers under that name with a chain to Pebble's root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ras_own_certificate_through_dns01() {
+    let Some(c) = chain("dns01-own", &[]).await else {
+        return;
+    };
+    let [port, http01] = free_ports().unwrap();
+    let mut authority = c.pebble.authority_json();
+    authority["config"]["upstream_challenge"] = c.bind.rfc2136_json();
+    let mut ca = kit::CaJson::new(c.tmp.path().join("data"))
+        .port(port)
+        .db(Some("sled"))
+        .authority(authority)
+        .validation(http01, 1, c.dns.addr(), 10);
+    ca.extra["root"] = json!(c.root);
+    ca.extra["dnsNames"] = json!(["ra.example.test"]);
+    let config = c.tmp.path().join("ca.json");
+    ca.write(&config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_acmeproxy"));
+    cmd.arg("serve").arg(&config);
+    let mut server =
+        ChildGuard::spawn("acmeproxy", &mut cmd, &c.tmp.path().join("server.log")).unwrap();
+    let root = reqwest::Certificate::from_pem(&fs::read(&c.root).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .resolve("ra.example.test", SocketAddr::from(([127, 0, 0, 1], port)))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("https://ra.example.test:{port}/acme/acme/directory");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        server.check_running().unwrap();
+        if let Ok(r) = http.get(&url).send().await {
+            assert!(r.status().is_success(), "{}", r.status());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the RA never served its own certificate:\n{}",
+            c.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.pebble.issued_count(), 1);
+    c.assert_records_gone(&["ra.example.test"]);
+}
+
 /// SIGKILL after the record is published and before the upstream is told
 /// to validate: after a restart on the same data the order completes with
 /// the same (one) upstream order, and the record is removed.
