@@ -640,6 +640,57 @@ async fn the_ras_own_certificate_through_dns01() {
     c.assert_records_gone(&["ra.example.test"]);
 }
 
+/// Among several upstreams (`authority.upstreams`): public names route to
+/// the validating CA, whose dns-01 solver runs as the second upstream (its
+/// state under `upstream/public/`); other names go to softcas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_to_the_validating_upstream() {
+    let Some(c) = chain("dns01-routed", &[]).await else {
+        return;
+    };
+    let [port, http01] = free_ports().unwrap();
+    let mut public = c.pebble.authority_json()["config"].clone();
+    public["upstream_challenge"] = c.bind.rfc2136_json();
+    let authority = json!({
+        "upstreams": [
+            {"name": "internal", "type": "softcas"},
+            {"name": "public", "type": "externalcas", "config": public}
+        ],
+        "routes": [
+            {"name": "public names", "match": {"dns": ["*.example.test"]}, "upstreams": ["public"]},
+            {"name": "the rest", "upstreams": ["internal"]}
+        ],
+        "provisioners": [{"type": "ACME", "name": "acme"}]
+    });
+    let mut ca = kit::CaJson::new(c.tmp.path().join("data"))
+        .port(port)
+        .db(Some("sled"))
+        .authority(authority)
+        .validation(http01, 1, c.dns.addr(), 10);
+    ca.extra["tls"] = json!({"certFile": c.tls_cert, "keyFile": c.tls_key});
+    let config = c.tmp.path().join("ca.json");
+    ca.write(&config).unwrap();
+    let _server = c.serve(&config, port, &[]).await;
+    let account = c.account(port).await;
+
+    let name = "www.routed.example.test";
+    let mut order = c.order(&account, &[name]).await;
+    let chain = settle(&mut order)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", c.server_log(), c.pebble.log()));
+    assert_eq!(c.pebble.issued_count(), 1, "the public name went to Pebble");
+    assert!(!chain.is_empty());
+    c.assert_records_gone(&[name]);
+
+    // An internal name never reaches Pebble nor BIND.
+    let mut order = c.order(&account, &["host.internal.test"]).await;
+    settle(&mut order)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.server_log()));
+    assert_eq!(c.pebble.issued_count(), 1);
+    assert_eq!(c.pebble.orders_created(), 1);
+}
+
 /// SIGKILL after the record is published and before the upstream is told
 /// to validate: after a restart on the same data the order completes with
 /// the same (one) upstream order, and the record is removed.
