@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::checks::{LIFETIME_DAYS, TIMEOUT_SECONDS, check_url, in_range};
+use super::upstream_challenge::{UpstreamChallengeConfig, UpstreamChallengeSettings};
 use super::{ConfigError, MetricsConfig, Secret};
 
 document! {
@@ -36,6 +37,9 @@ document! {
         /// Seconds to wait on the upstream per attempt (default 120).
         pub cert_obtain_timeout: Option<u64>,
         pub metrics: Option<MetricsConfig>,
+        /// How the RA answers the upstream's own challenges (dns-01), for
+        /// upstreams that validate every name themselves.
+        pub upstream_challenge: Option<UpstreamChallengeConfig>,
     }
     // The plugin's block for upstreams that validate the RA with dns-01.
     ignores { "dns01_txt" dns01_txt }
@@ -60,6 +64,8 @@ pub struct ExternalCasSettings {
     pub ca_bundle: Option<PathBuf>,
     /// How long one attempt may wait on the upstream.
     pub timeout: Duration,
+    /// How the upstream's dns-01 challenges are answered, if they are.
+    pub upstream_challenge: Option<UpstreamChallengeSettings>,
 }
 
 impl ExternalCasConfig {
@@ -106,6 +112,11 @@ impl ExternalCasConfig {
             }),
             ca_bundle: self.ca_bundle.clone(),
             timeout: Duration::from_secs(self.cert_obtain_timeout.unwrap_or(120).max(1)),
+            upstream_challenge: self
+                .upstream_challenge
+                .as_ref()
+                .map(UpstreamChallengeConfig::settings)
+                .transpose()?,
         })
     }
 

@@ -53,6 +53,7 @@ mod routes;
 mod secret;
 mod settings;
 mod stepcas;
+mod upstream_challenge;
 mod validate;
 mod vaultcas;
 
@@ -80,6 +81,9 @@ pub use settings::{
     Upstream, ValidationSettings, Warnings,
 };
 pub use stepcas::{IssuerConfig, IssuerType, StepCasSettings, read_password_file};
+pub use upstream_challenge::{
+    Dns01Provider, TSIG_ALGORITHMS, TsigKey, UpstreamChallengeConfig, UpstreamChallengeSettings,
+};
 pub use vaultcas::{
     DEFAULT_KUBERNETES_TOKEN_PATH, SecretIdSource, VaultAuth, VaultAuthOptions, VaultCasConfig,
     VaultCasSettings,

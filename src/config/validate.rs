@@ -23,7 +23,7 @@ use crate::acme::types::ChallengeType;
 /// names (vaultcas reads its own, without regard to case).
 enum UpstreamOptions {
     Soft(SoftCasConfig),
-    External(ExternalCasConfig),
+    External(Box<ExternalCasConfig>),
     /// step-ca RA mode reads no `config`; the plugin's keys are honoured.
     Step {
         metrics: Option<MetricsConfig>,
@@ -312,7 +312,7 @@ fn upstream_options(a: &AuthorityConfig) -> Result<UpstreamOptions, ConfigError>
             UpstreamKind::ExternalCas => {
                 let c: ExternalCasConfig = sub_config(config)?;
                 c.check_values()?;
-                UpstreamOptions::External(c)
+                UpstreamOptions::External(Box::new(c))
             }
             UpstreamKind::StepCas => {
                 let get = |k: &str| config.and_then(|c| c.0.get(k));

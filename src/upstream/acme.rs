@@ -7,6 +7,11 @@
 //! (through [`Checkpoint`]) before the upstream finalize, so a crash, restart
 //! or slow upstream resumes that same order and never issues twice.
 //!
+//! Upstreams that validate every name themselves get their pending
+//! authorizations answered with dns-01 by [`super::dns01`] when
+//! `upstream_challenge` is configured; the records it publishes are part of
+//! the same checkpoint.
+//!
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4>
 
 use std::path::PathBuf;
@@ -26,6 +31,7 @@ use instant_acme::{
 use rustls::pki_types::CertificateDer;
 use tokio::sync::Mutex;
 
+use super::dns01::{Dns01Solver, Progress};
 use super::{
     CertificateAuthorityService, Checkpoint, IssuedChain, RevokeRequest, SignRequest,
     UpstreamError, UpstreamState,
@@ -46,6 +52,8 @@ pub struct AcmeUpstreamOptions {
     pub ca_bundle: Option<PathBuf>,
     /// How long one attempt may wait on the upstream (requests and polling).
     pub timeout: Duration,
+    /// How pending authorizations are answered with dns-01, if they are.
+    pub upstream_challenge: Option<crate::config::UpstreamChallengeSettings>,
 }
 
 impl std::fmt::Debug for AcmeUpstreamOptions {
@@ -56,6 +64,7 @@ impl std::fmt::Debug for AcmeUpstreamOptions {
             .field("eab_kid", &self.eab.as_ref().map(|(kid, _)| kid))
             .field("ca_bundle", &self.ca_bundle)
             .field("timeout", &self.timeout)
+            .field("upstream_challenge", &self.upstream_challenge)
             .finish()
     }
 }
@@ -71,6 +80,7 @@ impl From<&crate::config::ExternalCasSettings> for AcmeUpstreamOptions {
                 .map(|e| (e.kid.clone(), e.hmac_key.expose().to_vec())),
             ca_bundle: ext.ca_bundle.clone(),
             timeout: ext.timeout,
+            upstream_challenge: ext.upstream_challenge.clone(),
         }
     }
 }
@@ -81,6 +91,8 @@ pub struct AcmeUpstream {
     http: HttpsClient,
     state: Arc<dyn UpstreamState>,
     account: Mutex<Option<Account>>,
+    /// Answers the upstream's dns-01 challenges, when configured.
+    dns01: Option<Dns01Solver>,
     /// The top of the last chain the upstream returned; `/roots.pem` takes
     /// it only when it is a self-signed root ([`super::roots`]).
     top_of_chain: std::sync::RwLock<Vec<Vec<u8>>>,
@@ -102,11 +114,17 @@ impl AcmeUpstream {
         state: Arc<dyn UpstreamState>,
     ) -> Result<Self, UpstreamError> {
         let http = HttpsClient::new(opts.ca_bundle.as_deref(), opts.timeout)?;
+        let dns01 = opts
+            .upstream_challenge
+            .clone()
+            .map(|s| Dns01Solver::new(s, Arc::clone(&state), opts.timeout))
+            .transpose()?;
         Ok(Self {
             opts,
             http,
             state,
             account: Mutex::new(None),
+            dns01,
             top_of_chain: std::sync::RwLock::new(Vec::new()),
         })
     }
@@ -213,26 +231,32 @@ impl AcmeUpstream {
             .initial_delay(Duration::from_millis(250))
             .backoff(1.5)
             .timeout(self.opts.timeout);
-        let resumed = match &req.resume {
-            Some(url) => {
-                tracing::info!(order = %url, "resuming the upstream order");
-                match account.order(url.clone()).await {
-                    Ok(order) => Some(order),
-                    Err(e) => match classify(e, "fetching the upstream order") {
-                        // The upstream no longer has that order (it lost its
-                        // state, or the order belongs to a replaced account):
-                        // nothing was issued for it, so start a new one.
-                        UpstreamError::Rejected { kind, detail }
-                            if kind != ProblemType::AccountDoesNotExist =>
-                        {
-                            tracing::warn!(order = %url, %detail, "the upstream order is gone; creating a new one");
-                            None
-                        }
-                        other => return Err(other),
-                    },
-                }
+        let mut progress = req
+            .resume
+            .as_deref()
+            .map(Progress::parse)
+            .transpose()?
+            .unwrap_or_default();
+        let resumed = if progress.order.is_empty() {
+            None
+        } else {
+            let url = progress.order.clone();
+            tracing::info!(order = %url, "resuming the upstream order");
+            match account.order(url.clone()).await {
+                Ok(order) => Some(order),
+                Err(e) => match classify(e, "fetching the upstream order") {
+                    // The upstream no longer has that order (it lost its
+                    // state, or the order belongs to a replaced account):
+                    // nothing was issued for it, so start a new one.
+                    UpstreamError::Rejected { kind, detail }
+                        if kind != ProblemType::AccountDoesNotExist =>
+                    {
+                        tracing::warn!(order = %url, %detail, "the upstream order is gone; creating a new one");
+                        None
+                    }
+                    other => return Err(other),
+                },
             }
-            None => None,
         };
         let mut order = match resumed {
             Some(order) => order,
@@ -265,21 +289,41 @@ impl AcmeUpstream {
                     None => account.new_order(&plain).await,
                 };
                 let order = result.map_err(|e| classify(e, "creating the upstream order"))?;
+                tracing::info!(order = %order.url(), "created the upstream order");
                 // Before anything irreversible: remember which order this is.
-                checkpoint.save(order.url()).await?;
+                progress.order = order.url().to_owned();
+                checkpoint.save(&progress.encode()).await?;
                 order
             }
         };
+        // Records an earlier attempt published (it crashed, or could not
+        // remove them) go now unless this attempt answers the same challenges.
+        if !progress.dns01.is_empty() && order.state().status != OrderStatus::Pending {
+            match &self.dns01 {
+                Some(solver) => solver.remove_leftovers(&mut progress, checkpoint).await?,
+                None => tracing::warn!(
+                    records = ?progress.dns01,
+                    "dns-01 records of an earlier attempt remain, and upstream_challenge is no longer configured to remove them"
+                ),
+            }
+        }
         loop {
             let status = order.state().status;
             match status {
-                OrderStatus::Pending => {
-                    answer_authorizations(&mut order).await?;
-                    order
-                        .poll_ready(&retry)
-                        .await
-                        .map_err(|e| classify(e, "waiting for the upstream authorizations"))?;
-                }
+                OrderStatus::Pending => match &self.dns01 {
+                    Some(solver) => {
+                        solver
+                            .answer(&mut order, &mut progress, checkpoint, &retry)
+                            .await?;
+                    }
+                    None => {
+                        answer_authorizations(&mut order).await?;
+                        order
+                            .poll_ready(&retry)
+                            .await
+                            .map_err(|e| classify(e, "waiting for the upstream authorizations"))?;
+                    }
+                },
                 OrderStatus::Ready => {
                     order
                         .finalize_csr(&req.csr_der)
@@ -520,7 +564,7 @@ fn revocation_reason(code: u8) -> Option<RevocationReason> {
 
 /// Sorts an instant-acme error into transient (retry later) and permanent
 /// (the client should see why).
-fn classify(e: instant_acme::Error, context: &str) -> UpstreamError {
+pub(super) fn classify(e: instant_acme::Error, context: &str) -> UpstreamError {
     match e {
         instant_acme::Error::Api(p) => {
             let kind = p.r#type.as_deref().and_then(ProblemType::from_urn);
@@ -562,7 +606,7 @@ fn rejected_from(p: Option<&instant_acme::Problem>, context: &str) -> UpstreamEr
     UpstreamError::Rejected { kind, detail }
 }
 
-fn problem_text(p: &instant_acme::Problem) -> String {
+pub(super) fn problem_text(p: &instant_acme::Problem) -> String {
     let mut s = p.detail.clone().unwrap_or_default();
     for sub in &p.subproblems {
         if let Some(d) = &sub.detail {

@@ -3,6 +3,7 @@
 //! `softcas` backend, meant for a first run and for tests, keeps one.
 
 pub mod acme;
+pub mod dns01;
 pub mod roots;
 pub mod routed;
 pub mod softcas;
@@ -113,6 +114,9 @@ pub trait UpstreamState: Send + Sync {
     async fn store_once(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, UpstreamError>;
     /// Removes `key` if it still holds `value`.
     async fn remove(&self, key: &str, value: &[u8]) -> Result<(), UpstreamError>;
+    /// Every key starting with `prefix`, with its value (the dns-01
+    /// solver's ledger of records to remove).
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, UpstreamError>;
 }
 
 /// Errors from an upstream CA.

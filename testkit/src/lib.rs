@@ -5,6 +5,7 @@
 //! process guards and the launchers of the programs the tests drive.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bind;
 pub mod cajson;
 pub mod clients;
 pub mod crash_support;
@@ -421,4 +422,39 @@ pub fn acmeproxy_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// A throw-away CA and a certificate for `localhost` and 127.0.0.1 signed
+/// by it, written to `dir` as `tls-ca.pem`, `tls-cert.pem`, `tls-key.pem`:
+/// a server's HTTPS identity where its upstream cannot issue one (a
+/// validating CA cannot prove loopback names). Returns (ca, cert, key).
+pub fn loopback_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "acmeproxy test TLS CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let (ca_file, cert, key) = (
+        dir.join("tls-ca.pem"),
+        dir.join("tls-cert.pem"),
+        dir.join("tls-key.pem"),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    (ca_file, cert, key)
 }

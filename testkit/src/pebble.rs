@@ -1,6 +1,7 @@
 //! Pebble (Let's Encrypt's test CA, Debian package `pebble`) as an
 //! EAB-requiring upstream: every challenge treated as valid, like a
-//! commercial CA with the organisation's domains pre-validated. Started on
+//! commercial CA with the organisation's domains pre-validated, or (with
+//! [`PebbleOptions::dns_server`]) validating for real, as public CAs do. Started on
 //! free loopback ports with its own TLS certificate; killed on drop.
 
 use std::net::TcpListener;
@@ -27,6 +28,7 @@ pub struct Pebble {
     pub eab_hmac: String,
     nonce_reject: u8,
     blocklist: Vec<String>,
+    dns_server: Option<std::net::SocketAddr>,
 }
 
 /// Options for Pebble.
@@ -36,6 +38,9 @@ pub struct PebbleOptions {
     pub nonce_reject: u8,
     /// Domains Pebble refuses to issue for (rejectedIdentifier).
     pub blocklist: &'static [&'static str],
+    /// Validate for real (no PEBBLE_VA_ALWAYS_VALID), resolving through
+    /// this DNS server (`-dnsserver`): dns-01 is checked there.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 fn free_port() -> u16 {
@@ -95,6 +100,7 @@ impl Pebble {
             eab_hmac,
             nonce_reject: opts.nonce_reject,
             blocklist: opts.blocklist.iter().map(|d| (*d).to_owned()).collect(),
+            dns_server: opts.dns_server,
         };
         pebble.spawn().await;
         pebble
@@ -120,11 +126,17 @@ impl Pebble {
             .append(true)
             .open(self.dir.path().join("pebble.log"))
             .unwrap();
-        self.child = Command::new("pebble")
-            .arg("-config")
-            .arg(&cfg_path)
-            .arg("-strict=false")
-            .env("PEBBLE_VA_ALWAYS_VALID", "1")
+        let mut cmd = Command::new("pebble");
+        cmd.arg("-config").arg(&cfg_path).arg("-strict=false");
+        match self.dns_server {
+            Some(dns) => {
+                cmd.arg("-dnsserver").arg(dns.to_string());
+            }
+            None => {
+                cmd.env("PEBBLE_VA_ALWAYS_VALID", "1");
+            }
+        }
+        self.child = cmd
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_AUTHZREUSE", "0")
             .env("PEBBLE_WFE_NONCEREJECT", self.nonce_reject.to_string())
@@ -134,11 +146,18 @@ impl Pebble {
             .unwrap();
         let http = self.http();
         let deadline = Instant::now() + Duration::from_secs(20);
+        // The management interface (roots, certificate status) starts on
+        // its own; wait for both.
+        let roots = format!("https://127.0.0.1:{}/roots/0", self.mgmt_port);
         loop {
-            if let Ok(r) = http.get(self.directory_url()).send().await {
-                if r.status().is_success() {
-                    return;
+            let mut up = 0;
+            for url in [self.directory_url(), roots.clone()] {
+                if let Ok(r) = http.get(url).send().await {
+                    up += usize::from(r.status().is_success());
                 }
+            }
+            if up == 2 {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

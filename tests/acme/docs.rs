@@ -427,7 +427,10 @@ fn configuration_doc_names_every_upstream_key() {
     }));
     let external = base(json!({
         "type": "externalcas",
-        "config": {"ca_url": "https://ca.example.com/dir"},
+        "config": {
+            "ca_url": "https://ca.example.com/dir",
+            "upstream_challenge": {"type": "dns-01", "provider": "rfc2136"}
+        },
         "provisioners": [{"type": "ACME", "name": "acme"}]
     }));
     let doc_path = repo().join("docs/configuration.md");
@@ -448,6 +451,12 @@ fn configuration_doc_names_every_upstream_key() {
             "authOptions.",
         ),
         ("externalcas", &external, "/authority/config", ""),
+        (
+            "externalcas",
+            &external,
+            "/authority/config/upstream_challenge",
+            "upstream_challenge.",
+        ),
     ] {
         let keys = accepted_keys(document, pointer)
             .unwrap_or_else(|| panic!("{what} {pointer} takes any key"));

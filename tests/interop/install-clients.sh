@@ -2,9 +2,11 @@
 # install-clients.sh: installs the ACME clients and tools that
 # tests/interop/clients.rs drives, Pebble, the upstream CA of
 # tests/upstreams/pebble.rs, and strace for the store's durability test
-# (Debian/Ubuntu), haproxy for the replicas test behind a load balancer, and
+# (Debian/Ubuntu), haproxy for the replicas test behind a load balancer,
 # prometheus (prometheus and promtool) for the metrics and alerting tests
-# (tests/acme/metrics.rs, tests/acme/alerts.rs).
+# (tests/acme/metrics.rs, tests/acme/alerts.rs), and BIND 9 (named,
+# tsig-keygen, nsupdate, dig) as the authoritative DNS server that Pebble
+# validates dns-01 against in tests/upstreams/dns01.rs.
 # Idempotent: runs apt-get only
 # when a package is missing, and `apt-get update` only then. Needs root for
 # that; prints what it did.
@@ -15,7 +17,7 @@
 # parsers (Python cryptography >= 42) see what Debian's does not.
 set -eu
 
-PACKAGES="certbot lego uacme dehydrated pebble openssl python3 python3-venv curl ca-certificates util-linux prometheus shellcheck strace haproxy"
+PACKAGES="certbot lego uacme dehydrated pebble openssl python3 python3-venv curl ca-certificates util-linux prometheus shellcheck strace haproxy bind9 bind9-utils bind9-dnsutils"
 CERTBOT_PYPI_VERSION="5.8.0"
 VENV="${ACMEPROXY_CERTBOT_VENV:-/var/tmp/acmeproxy-certbot}"
 
@@ -58,7 +60,7 @@ timeout 600 apt-get update -q
 echo "install-clients: apt-get install -y$missing"
 # shellcheck disable=SC2086 # word splitting of the package list is wanted
 timeout 1200 apt-get install -y -q --no-install-recommends $missing
-for bin in certbot lego uacme dehydrated pebble openssl prometheus promtool strace haproxy; do
+for bin in certbot lego uacme dehydrated pebble openssl prometheus promtool strace haproxy named tsig-keygen nsupdate dig; do
     command -v "$bin" >/dev/null || { echo "install-clients: $bin still missing" >&2; exit 1; }
 done
 install_pypi_certbot
