@@ -62,7 +62,7 @@ impl IpNetwork {
         self.addr
     }
 
-    /// Whether `ip` is in the network (same family only; see [`normalise`]).
+    /// Whether `ip` is in the network (same family only; see `validate::egress::normalise`).
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.addr.is_ipv4() == ip.is_ipv4() && self.masked(ip) == bits(self.addr)
     }

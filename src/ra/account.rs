@@ -195,7 +195,7 @@ impl Authority {
 
     /// The account behind a `kid` URL, checked to be usable under
     /// `provisioner`; with replicas it may come from the account cache
-    /// unless `fresh` (see [`forget_account`](Self::forget_account)).
+    /// unless `fresh` (see [`accounts_may_be_stale`](Self::accounts_may_be_stale)).
     pub async fn account_for_kid(
         &self,
         provisioner: &str,

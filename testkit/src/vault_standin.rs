@@ -1,7 +1,7 @@
 //! A stand-in for HashiCorp Vault over HTTPS, following Vault's documented
 //! HTTP API for exactly the endpoints the `vaultcas` upstream calls: AppRole
 //! and Kubernetes login, token renew-self and lookup-self, response-wrapping
-//! unwrap, PKI sign/<role>, revoke and cert/ca_chain, and sys/health. Tokens
+//! unwrap, PKI `sign/<role>`, revoke and cert/ca_chain, and sys/health. Tokens
 //! expire (short TTLs and a max TTL are configurable); an unknown or expired
 //! token gets `403 {"errors":["permission denied"]}`. It signs with an rcgen
 //! root → intermediate it holds and records roles, names and revoked serials.
