@@ -121,6 +121,28 @@ pub struct Ports {
     pub dns_records: PathBuf,
 }
 
+impl Ports {
+    /// A mock DNS server serving the clients' records from
+    /// `<tmp>/dns-records`, a free port for the RA, and free challenge
+    /// ports: the DNS server (keep it alive), the RA's port and the ports.
+    pub fn with_mock_dns(tmp: &Path) -> Result<(super::MockDns, u16, Self), String> {
+        let records = tmp.join("dns-records");
+        fs::create_dir_all(&records).map_err(|e| format!("{}: {e}", records.display()))?;
+        let dns = super::MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .map_err(|e| format!("mock DNS: {e}"))?;
+        dns.set_records_dir(Some(records.clone()));
+        let [acme, http01, tls_alpn01] =
+            super::free_ports().map_err(|e| format!("free ports: {e}"))?;
+        let ports = Self {
+            http01,
+            tls_alpn01,
+            dns: dns.addr(),
+            dns_records: records,
+        };
+        Ok((dns, acme, ports))
+    }
+}
+
 /// A certificate as the client stored it, copied right after the step.
 #[derive(Clone, Debug)]
 pub struct Issued {

@@ -16,18 +16,16 @@
 use acmeproxy_testkit as kit;
 
 use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use acmeproxy_testkit::MockDns;
 use serde_json::json;
 
 use kit::clients::{Challenge, Client, Ports, run_client, verify_cert, verify_issued_and_renewed};
 use kit::pebble::{Pebble, PebbleOptions};
 use kit::slowproxy::SlowProxy;
-use kit::{ChildGuard, fetch_roots_pem, free_ports, tail};
+use kit::{ChildGuard, fetch_roots_pem, tail};
 
 /// How long the server may take to answer its directory (it gets its own
 /// certificate from Pebble first).
@@ -102,17 +100,7 @@ fn certbot_through_a_chain_of_two_ras() {
         .unwrap();
 
     // The outer RA, as the real binary, with the inner one as its upstream.
-    let records = tmp.path().join("dns-records");
-    fs::create_dir_all(&records).unwrap();
-    let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    dns.set_records_dir(Some(records.clone()));
-    let [acme, http01, tls_alpn01] = free_ports().unwrap();
-    let ports = Ports {
-        http01,
-        tls_alpn01,
-        dns: dns.addr(),
-        dns_records: records,
-    };
+    let (_dns, acme, ports) = Ports::with_mock_dns(tmp.path()).unwrap();
     let authority = json!({
         "type": "externalcas",
         "config": {
@@ -230,7 +218,7 @@ fn attempt(
         Some(d) => Some(SlowProxy::start(pebble.acme_addr(), d).map_err(|e| e.to_string())?),
         None => None,
     };
-    let (_dns, acme, ports) = client_ports(tmp)?;
+    let (_dns, acme, ports) = Ports::with_mock_dns(tmp)?;
     let ca_url = match &proxy {
         Some(p) => format!("https://127.0.0.1:{}/dir", p.addr().port()),
         None => pebble.directory_url(),
@@ -312,24 +300,6 @@ fn attempt(
     Ok(())
 }
 
-/// A mock DNS server for the clients' records, the RA's port and the
-/// clients' challenge ports.
-fn client_ports(tmp: &Path) -> Result<(MockDns, u16, Ports), String> {
-    let records = tmp.join("dns-records");
-    fs::create_dir_all(&records).map_err(|e| format!("{}: {e}", records.display()))?;
-    let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .map_err(|e| format!("mock DNS: {e}"))?;
-    dns.set_records_dir(Some(records.clone()));
-    let [acme, http01, tls_alpn01] = free_ports().map_err(|e| format!("free ports: {e}"))?;
-    let ports = Ports {
-        http01,
-        tls_alpn01,
-        dns: dns.addr(),
-        dns_records: records,
-    };
-    Ok((dns, acme, ports))
-}
-
 /// Several upstreams (`authority.upstreams`, `routes`): two Pebbles that
 /// require EAB as "sectigo" and "zerossl". certbot orders an internal name
 /// (route "internal" → zerossl), lego a public one (route "public" →
@@ -383,7 +353,7 @@ fn by_route(
     let root1 = write("sectigo-root.pem", &pem1)?;
     let root2 = write("zerossl-root.pem", &pem2)?;
     let both = write("roots.pem.in", &format!("{pem1}{pem2}"))?;
-    let (_dns, acme, ports) = client_ports(tmp)?;
+    let (_dns, acme, ports) = Ports::with_mock_dns(tmp)?;
     let entry = |name: &str, p: &Pebble| json!({"name": name, "type": "externalcas", "config": p.authority_json()["config"]});
     let authority = json!({
         "upstreams": [entry("sectigo", sectigo), entry("zerossl", zerossl)],

@@ -19,7 +19,6 @@
 
 use acmeproxy_testkit as kit;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use kit::clients::{Challenge, Client, Ports, run_client, verify_cert};
 use kit::openbao::{
     self, OpenBao, OpenBaoOptions, ROLE_ANY, ROLE_EC, ROLE_MAX_TTL, ROLE_NO_CN, ROLE_TTL,
 };
-use kit::{ChildGuard, Options, TestServer, free_ports, issue_http01 as try_issue, tail};
+use kit::{ChildGuard, Options, TestServer, issue_http01 as try_issue, tail};
 use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ED25519};
 use reqwest::Method;
 use rustls::pki_types::CertificateDer;
@@ -615,18 +614,7 @@ async fn client_scenario(client: Client, name: &str) {
 }
 
 async fn run_scenario(bao: &OpenBao, client: Client, name: &str, tmp: &Path) -> Result<(), String> {
-    let records = tmp.join("dns-records");
-    std::fs::create_dir_all(&records).map_err(|e| e.to_string())?;
-    let dns =
-        kit::MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| e.to_string())?;
-    dns.set_records_dir(Some(records.clone()));
-    let [acme, http01, tls_alpn01] = free_ports().map_err(|e| e.to_string())?;
-    let ports = Ports {
-        http01,
-        tls_alpn01,
-        dns: dns.addr(),
-        dns_records: records,
-    };
+    let (_dns, acme, ports) = Ports::with_mock_dns(tmp)?;
     // No lifetime in ca.json.
     let cfg = kit::CaJson::new(tmp.join("data"))
         .port(acme)

@@ -34,7 +34,6 @@ use acmeproxy::upstream::stepca::{StepCa as StepCaUpstream, StepCaOptions};
 use acmeproxy::upstream::{
     CertificateAuthorityService, NoCheckpoint, RevokeRequest, SignRequest, UpstreamError,
 };
-use acmeproxy_testkit::MockDns;
 use serde_json::{Value, json};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -461,7 +460,7 @@ fn attempt(client: Client, issuer: Issuer, name: &str, tmp: &Path) -> Result<(),
     // A stock CA (step-ca's default claims: 24h default and maximum) and no
     // lifetime in the RA's ca.json: the RA must leave the lifetime to step-ca.
     let ca = StepCa::start(tmp, None)?;
-    let (_dns, acme, ports) = client_ports(tmp)?;
+    let (_dns, acme, ports) = Ports::with_mock_dns(tmp)?;
     let cfg = ra_config(tmp, "data", acme, &ports, &ca, issuer);
     let config_path = tmp.join("ca.json");
     write_json(&config_path, &cfg)?;
@@ -564,23 +563,6 @@ fn attempt(client: Client, issuer: Issuer, name: &str, tmp: &Path) -> Result<(),
     Ok(())
 }
 
-/// A mock DNS server for the clients' records, the RA's port and the
-/// clients' challenge ports.
-fn client_ports(tmp: &Path) -> Result<(MockDns, u16, Ports), String> {
-    let records = tmp.join("dns-records");
-    fs::create_dir_all(&records).map_err(|e| e.to_string())?;
-    let dns = MockDns::start(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| e.to_string())?;
-    dns.set_records_dir(Some(records.clone()));
-    let [acme, http01, tls_alpn01] = free_ports().map_err(|e| e.to_string())?;
-    let ports = Ports {
-        http01,
-        tls_alpn01,
-        dns: dns.addr(),
-        dns_records: records,
-    };
-    Ok((dns, acme, ports))
-}
-
 /// Several upstreams (`authority.upstreams`, `routes`): step-ca as
 /// "internal" for `*.internal.test`, a Pebble that requires EAB as
 /// "sectigo" for the rest. certbot's internal name chains to step-ca's root
@@ -613,7 +595,7 @@ fn routes_attempt(tmp: &Path) -> Result<(), String> {
     let both = tmp.join("roots.in.pem");
     let step_pem = fs::read_to_string(&ca.root).map_err(|e| e.to_string())?;
     fs::write(&both, format!("{step_pem}{pebble_pem}")).map_err(|e| e.to_string())?;
-    let (_dns, acme, ports) = client_ports(tmp)?;
+    let (_dns, acme, ports) = Ports::with_mock_dns(tmp)?;
     let d = &ca.dir;
     let mut cfg = kit::CaJson::new(tmp.join("data"))
         .port(acme)
