@@ -3,7 +3,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install test test-deps lint fmt clean fuzz chaos
+.PHONY: build run install test test-deps lint fmt clean fuzz chaos bench-compare
 
 build:
 	$(CARGO) build --release --locked
@@ -44,6 +44,16 @@ fuzz:
 # the 100-order variant with 3 kills.
 chaos: test-deps
 	CI=true $(CARGO) test --locked --test upstreams chaos::campaign_full -- --ignored --nocapture
+
+# acmeproxy (softcas + sled) against the project's step-ca, one after the
+# other, with the same generator settings (bench/compare.sh): both figures
+# and the ratio. As root (step-ca validates http-01 on port 80).
+# BENCH_SECONDS (default 30) and BENCH_CONCURRENCY (default 64).
+BENCH_SECONDS ?= 30
+BENCH_CONCURRENCY ?= 64
+bench-compare:
+	sh tests/stepca/build-stepca.sh
+	sh bench/compare.sh $(BENCH_SECONDS) $(BENCH_CONCURRENCY)
 
 lint:
 	$(CARGO) fmt --all -- --check
