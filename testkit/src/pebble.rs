@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 
 /// A running Pebble.
 pub struct Pebble {
@@ -65,26 +62,9 @@ impl Pebble {
     /// Starts Pebble and waits until its directory answers.
     pub async fn start(opts: PebbleOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        // Pebble's HTTPS certificate, from a throw-away CA.
-        let mut ca_params = CertificateParams::default();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "pebble test TLS CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
-        let tls_ca_file = dir.path().join("tls-ca.pem");
-        std::fs::write(&tls_ca_file, ca.pem()).unwrap();
-        std::fs::write(dir.path().join("tls-cert.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.path().join("tls-key.pem"), leaf_key.serialize_pem()).unwrap();
+        // Pebble's HTTPS certificate (tls-cert.pem, tls-key.pem), from a
+        // throw-away CA (tls-ca.pem).
+        let (tls_ca_file, _, _) = crate::loopback_tls(dir.path());
 
         let eab_kid = "kid-1".to_owned();
         let eab_hmac = URL_SAFE_NO_PAD.encode(acmeproxy::model::random_token(32).as_bytes());
