@@ -155,6 +155,7 @@ pub async fn verify(
         ));
     };
     state.nonces.redeem(nonce).await?;
+    let mut from_cache = false;
     let signer = match (&jws.header.jwk, &jws.header.kid, key_ref) {
         (Some(_), Some(_), _) => {
             return Err(HttpError::new(
@@ -191,7 +192,9 @@ pub async fn verify(
                     format!("kid {kid:?} is not an account URL of this directory ({prefix}…)"),
                 ));
             };
-            Signer::Account(state.ra.account_for_kid(provisioner, id, false).await?)
+            let (account, cached) = state.ra.account_for_kid(provisioner, id, false).await?;
+            from_cache = cached;
+            Signer::Account(account)
         }
     };
     let key = match &signer {
@@ -201,9 +204,10 @@ pub async fn verify(
     let signer = match (jws.verify(key), signer) {
         (Ok(()), signer) => signer,
         // With replicas the account may have come from the cache before
-        // its key changed on another replica: check the stored one.
-        (Err(_), Signer::Account(kept)) if state.ra.accounts_may_be_stale() => {
-            let stored = state
+        // its key changed on another replica: check the stored one (a
+        // signature the stored key refused is not read again).
+        (Err(_), Signer::Account(kept)) if from_cache => {
+            let (stored, _) = state
                 .ra
                 .account_for_kid(provisioner, kept.id.as_str(), true)
                 .await?;

@@ -194,14 +194,15 @@ impl Authority {
     }
 
     /// The account behind a `kid` URL, checked to be usable under
-    /// `provisioner`; with replicas it may come from the account cache
-    /// unless `fresh` (see [`accounts_may_be_stale`](Self::accounts_may_be_stale)).
+    /// `provisioner`, and whether it came from the account cache (replicas
+    /// only; never when `fresh`): a signature a cached key refuses is worth
+    /// checking again against the stored account.
     pub async fn account_for_kid(
         &self,
         provisioner: &str,
         id: &str,
         fresh: bool,
-    ) -> Result<AccountRecord, RaError> {
+    ) -> Result<(AccountRecord, bool), RaError> {
         let Some(id) = AccountId::parse(id) else {
             return problem(
                 ProblemType::AccountDoesNotExist,
@@ -210,7 +211,7 @@ impl Authority {
         };
         if !fresh {
             if let Some(acct) = self.accounts.get(id.as_str()) {
-                return self.check_account(acct, provisioner);
+                return Ok((self.check_account(acct, provisioner)?, true));
             }
         }
         let Some(acct) = self.records.get::<AccountRecord>(id.as_str()).await? else {
@@ -221,14 +222,7 @@ impl Authority {
             );
         };
         self.accounts.put(&acct.value);
-        self.check_account(acct.value, provisioner)
-    }
-
-    /// Whether an account read by `kid` may have come from the cache
-    /// (replicas), so that a signature it refused is worth checking again
-    /// against the stored account.
-    pub fn accounts_may_be_stale(&self) -> bool {
-        self.leases.is_some()
+        Ok((self.check_account(acct.value, provisioner)?, false))
     }
 
     fn check_account(
