@@ -101,7 +101,21 @@ fn crash_child() {
         return;
     };
     let window = Window::parse(&mode).expect("unknown crash window");
-    let (cfg, _) = Config::load(Path::new(&config)).unwrap();
+    serve_hooked(
+        Path::new(&config),
+        Freezing {
+            window,
+            marker: PathBuf::from(marker),
+        },
+    );
+}
+
+/// A crash test's first server: `acmeproxy` on the ca.json at `config`
+/// (an externalcas upstream) with `hook` around its upstream, serving
+/// until the parent kills it (or [`CHILD_LIFETIME`] ends).
+pub(crate) fn serve_hooked(config: &Path, hook: impl Hook + 'static) {
+    let hook = Arc::new(hook);
+    let (cfg, _) = Config::load(config).unwrap();
     acmeproxy::telemetry::init(false);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
@@ -110,14 +124,10 @@ fn crash_child() {
             panic!("the crash tests run an externalcas upstream");
         };
         let opts = AcmeUpstreamOptions::from(ext);
-        let marker = PathBuf::from(marker);
         let factory: UpstreamFactory = Box::new(move |store: Arc<dyn Store>| {
             let state = Arc::new(StoreUpstreamState::new(store));
             let inner = AcmeUpstream::new(opts, state).unwrap();
-            Arc::new(Hooked {
-                inner,
-                hook: Arc::new(Freezing { window, marker }),
-            }) as Arc<dyn CertificateAuthorityService>
+            Arc::new(Hooked { inner, hook }) as Arc<dyn CertificateAuthorityService>
         });
         let shutdown = CancellationToken::new();
         let server = acmeproxy::app::start_with(

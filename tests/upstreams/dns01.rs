@@ -16,13 +16,8 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use acmeproxy::app::{Overrides, StoreUpstreamState, UpstreamFactory};
-use acmeproxy::config::Config;
-use acmeproxy::store::Store;
-use acmeproxy::upstream::acme::{AcmeUpstream, AcmeUpstreamOptions};
 use acmeproxy::upstream::{
     CertificateAuthorityService, Checkpoint, IssuedChain, SignRequest, UpstreamError,
 };
@@ -34,10 +29,9 @@ use instant_acme::{
 use kit::bind::Bind;
 use kit::clients::{Challenge, Client, Ports, run_client, verify_issued_and_renewed};
 use kit::pebble::{Pebble, PebbleOptions};
-use kit::upstream::{Hook, Hooked};
+use kit::upstream::Hook;
 use kit::{ChildGuard, MockDns, free_ports, tail};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 /// The zone BIND serves and Pebble validates in.
 const ZONE: &str = "example.test.";
@@ -767,40 +761,12 @@ fn dns01_crash_child() {
         eprintln!("dns01_crash_child runs only as a child of the crash test");
         return;
     };
-    let (cfg, _) = Config::load(Path::new(&config)).unwrap();
-    acmeproxy::telemetry::init(false);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
-        let acmeproxy::config::Upstream::ExternalCas(ext) = &cfg.upstream else {
-            panic!("the crash test runs an externalcas upstream");
-        };
-        let opts = AcmeUpstreamOptions::from(ext);
-        let marker = PathBuf::from(marker);
-        let factory: UpstreamFactory = Box::new(move |store: Arc<dyn Store>| {
-            let state = Arc::new(StoreUpstreamState::new(store));
-            let inner = AcmeUpstream::new(opts, state).unwrap();
-            Arc::new(Hooked {
-                inner,
-                hook: Arc::new(FreezeWhenPublished { marker }),
-            }) as Arc<dyn CertificateAuthorityService>
-        });
-        let shutdown = CancellationToken::new();
-        let _server = acmeproxy::app::start_with(
-            cfg,
-            listener,
-            shutdown.clone(),
-            Overrides {
-                upstream_factory: Some(factory),
-                ..Overrides::default()
-            },
-        )
-        .await
-        .unwrap();
-        // The parent kills this process; should it vanish, end anyway.
-        tokio::time::sleep(Duration::from_secs(300)).await;
-        shutdown.cancel();
-    });
+    super::crash::serve_hooked(
+        Path::new(&config),
+        FreezeWhenPublished {
+            marker: PathBuf::from(marker),
+        },
+    );
 }
 
 /// Freezes the upstream call at the checkpoint saved once the records
