@@ -32,83 +32,63 @@ fn per_op(iterations: u32, mut op: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(iterations))
 }
 
-fn ring_timing(iterations: u32, msg: &[u8]) -> Result<Timing> {
-    use ring::rand::SystemRandom;
-    use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
-    let rng = SystemRandom::new();
-    let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(|e| anyhow!("{e}"))?;
-    let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).map_err(|e| anyhow!("{e}"))?;
-    let sig = key.sign(&rng, msg).map_err(|e| anyhow!("{e}"))?;
-    let public = signature::UnparsedPublicKey::new(
-        &signature::ECDSA_P256_SHA256_FIXED,
-        key.public_key().as_ref().to_vec(),
-    );
-    let verify_p256 = per_op(iterations, || {
-        public
-            .verify(msg, sig.as_ref())
-            .map_err(|e| anyhow!("ring P-256 verify: {e}"))
-    })?;
-    let sign_p256 = per_op(iterations, || {
-        key.sign(&rng, msg)
-            .map(|_| ())
-            .map_err(|e| anyhow!("ring P-256 sign: {e}"))
-    })?;
-    let ed_pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| anyhow!("{e}"))?;
-    let ed = Ed25519KeyPair::from_pkcs8(ed_pkcs8.as_ref()).map_err(|e| anyhow!("{e}"))?;
-    let ed_sig = ed.sign(msg);
-    let ed_public =
-        signature::UnparsedPublicKey::new(&signature::ED25519, ed.public_key().as_ref().to_vec());
-    let verify_ed25519 = per_op(iterations, || {
-        ed_public
-            .verify(msg, ed_sig.as_ref())
-            .map_err(|e| anyhow!("ring Ed25519 verify: {e}"))
-    })?;
-    Ok(Timing {
-        verify_p256,
-        sign_p256,
-        verify_ed25519,
-    })
+/// `$fn_name`: the timing of `$lib` (named `$name` in errors), whose
+/// `signature` and `rand` modules have ring's shape, as aws-lc-rs keeps it;
+/// `$key` makes the P-256 key pair from (algorithm, PKCS#8, random source).
+macro_rules! timing {
+    ($fn_name:ident, $lib:ident, $name:literal, $key:expr) => {
+        fn $fn_name(iterations: u32, msg: &[u8]) -> Result<Timing> {
+            use $lib::rand::SystemRandom;
+            use $lib::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+            let rng = SystemRandom::new();
+            let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(|e| anyhow!("{e}"))?;
+            let key: EcdsaKeyPair =
+                ($key)(alg, pkcs8.as_ref(), &rng).map_err(|e| anyhow!("{e}"))?;
+            let sig = key.sign(&rng, msg).map_err(|e| anyhow!("{e}"))?;
+            let public = signature::UnparsedPublicKey::new(
+                &signature::ECDSA_P256_SHA256_FIXED,
+                key.public_key().as_ref().to_vec(),
+            );
+            let verify_p256 = per_op(iterations, || {
+                public
+                    .verify(msg, sig.as_ref())
+                    .map_err(|e| anyhow!(concat!($name, " P-256 verify: {}"), e))
+            })?;
+            let sign_p256 = per_op(iterations, || {
+                key.sign(&rng, msg)
+                    .map(|_| ())
+                    .map_err(|e| anyhow!(concat!($name, " P-256 sign: {}"), e))
+            })?;
+            let ed_pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| anyhow!("{e}"))?;
+            let ed = Ed25519KeyPair::from_pkcs8(ed_pkcs8.as_ref()).map_err(|e| anyhow!("{e}"))?;
+            let ed_sig = ed.sign(msg);
+            let ed_public = signature::UnparsedPublicKey::new(
+                &signature::ED25519,
+                ed.public_key().as_ref().to_vec(),
+            );
+            let verify_ed25519 = per_op(iterations, || {
+                ed_public
+                    .verify(msg, ed_sig.as_ref())
+                    .map_err(|e| anyhow!(concat!($name, " Ed25519 verify: {}"), e))
+            })?;
+            Ok(Timing {
+                verify_p256,
+                sign_p256,
+                verify_ed25519,
+            })
+        }
+    };
 }
 
-fn aws_lc_timing(iterations: u32, msg: &[u8]) -> Result<Timing> {
-    use aws_lc_rs::rand::SystemRandom;
-    use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
-    let rng = SystemRandom::new();
-    let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(|e| anyhow!("{e}"))?;
-    let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref()).map_err(|e| anyhow!("{e}"))?;
-    let sig = key.sign(&rng, msg).map_err(|e| anyhow!("{e}"))?;
-    let public = signature::UnparsedPublicKey::new(
-        &signature::ECDSA_P256_SHA256_FIXED,
-        key.public_key().as_ref().to_vec(),
-    );
-    let verify_p256 = per_op(iterations, || {
-        public
-            .verify(msg, sig.as_ref())
-            .map_err(|e| anyhow!("aws-lc-rs P-256 verify: {e}"))
-    })?;
-    let sign_p256 = per_op(iterations, || {
-        key.sign(&rng, msg)
-            .map(|_| ())
-            .map_err(|e| anyhow!("aws-lc-rs P-256 sign: {e}"))
-    })?;
-    let ed_pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| anyhow!("{e}"))?;
-    let ed = Ed25519KeyPair::from_pkcs8(ed_pkcs8.as_ref()).map_err(|e| anyhow!("{e}"))?;
-    let ed_sig = ed.sign(msg);
-    let ed_public =
-        signature::UnparsedPublicKey::new(&signature::ED25519, ed.public_key().as_ref().to_vec());
-    let verify_ed25519 = per_op(iterations, || {
-        ed_public
-            .verify(msg, ed_sig.as_ref())
-            .map_err(|e| anyhow!("aws-lc-rs Ed25519 verify: {e}"))
-    })?;
-    Ok(Timing {
-        verify_p256,
-        sign_p256,
-        verify_ed25519,
-    })
-}
+// The one difference: ring's `from_pkcs8` takes the random source
+// (`EcdsaKeyPair` is the library's own, in scope inside the function).
+timing!(ring_timing, ring, "ring", |alg, pkcs8, rng| {
+    EcdsaKeyPair::from_pkcs8(alg, pkcs8, rng)
+});
+timing!(aws_lc_timing, aws_lc_rs, "aws-lc-rs", |alg, pkcs8, _rng| {
+    EcdsaKeyPair::from_pkcs8(alg, pkcs8)
+});
 
 fn main() -> Result<()> {
     let iterations: u32 = match std::env::args().nth(1) {
