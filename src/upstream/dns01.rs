@@ -577,17 +577,12 @@ mod tests {
         }
     }
 
-    /// A solver with the exec provider running a script that logs its
-    /// arguments to `log`.
-    fn exec_solver(dir: &std::path::Path, state: Arc<MemState>) -> (Dns01Solver, PathBuf) {
+    /// A solver with the exec provider running the shell script `body`
+    /// (written to `<dir>/hook.sh`).
+    fn script_solver(dir: &std::path::Path, body: &str, state: Arc<MemState>) -> Dns01Solver {
         use std::os::unix::fs::PermissionsExt;
-        let log = dir.join("calls.log");
         let script = dir.join("hook.sh");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display()),
-        )
-        .unwrap();
+        std::fs::write(&script, format!("#!/bin/sh\n{body}")).unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let settings = UpstreamChallengeSettings {
             provider: Dns01Provider::Exec { command: script },
@@ -597,8 +592,15 @@ mod tests {
             polling_interval: Duration::from_millis(100),
             ttl: 60,
         };
-        let solver = Dns01Solver::new(settings, state, Duration::from_secs(5)).unwrap();
-        (solver, log)
+        Dns01Solver::new(settings, state, Duration::from_secs(5)).unwrap()
+    }
+
+    /// A solver with the exec provider running a script that logs its
+    /// arguments to `log`.
+    fn exec_solver(dir: &std::path::Path, state: Arc<MemState>) -> (Dns01Solver, PathBuf) {
+        let log = dir.join("calls.log");
+        let body = format!("echo \"$@\" >> '{}'\n", log.display());
+        (script_solver(dir, &body, state), log)
     }
 
     #[tokio::test]
@@ -639,29 +641,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_script_is_a_refusal_with_its_words() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("fail.sh");
-        std::fs::write(
-            &script,
-            "#!/bin/sh\necho \"provider API: zone example.org not found\" >&2\nexit 3\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let settings = UpstreamChallengeSettings {
-            provider: Dns01Provider::Exec { command: script },
-            nameserver: None,
-            zone: None,
-            propagation_timeout: Duration::from_secs(5),
-            polling_interval: Duration::from_millis(100),
-            ttl: 60,
-        };
-        let solver = Dns01Solver::new(
-            settings,
+        let solver = script_solver(
+            dir.path(),
+            "echo \"provider API: zone example.org not found\" >&2\nexit 3\n",
             Arc::new(MemState::default()),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        );
         let r = TxtRecord {
             fqdn: "_acme-challenge.www.example.org.".into(),
             value: "v".into(),
