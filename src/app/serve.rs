@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{SHUTDOWN_GRACE, create_private_dir, open_store, provisioners, shutdown_on_signals};
 use crate::config::{Settings, Upstream};
 use crate::http::ready::CachedReadiness;
-use crate::http::{AppState, router};
+use crate::http::{AppState, router_with};
 use crate::model::{Clock, SystemClock};
 use crate::ra::{Authority, AuthorityOptions, FinalizeWorker, RetentionPolicy, RetentionWorker};
 use crate::store::{Records, Store};
@@ -176,10 +176,15 @@ pub async fn start_with(
     }
     ra.set_public_names(names);
     let nonces = super::nonces::service(&store, clock, NONCE_LIFETIME, shutdown.clone()).await?;
-    let app = router(AppState {
-        ra: Arc::clone(&ra),
-        nonces,
-    });
+    // One readiness cache for `/ready` and the metrics scrape.
+    let readiness = Arc::new(CachedReadiness::for_authority(Arc::clone(&ra)));
+    let app = router_with(
+        AppState {
+            ra: Arc::clone(&ra),
+            nonces,
+        },
+        Arc::clone(&readiness),
+    );
 
     let tls = &cfg.tls;
     let shared_identity = store.is_shared().then(|| {
@@ -209,7 +214,7 @@ pub async fn start_with(
     spawn_sighup_reload(Arc::clone(&identity), shutdown.clone());
 
     let metrics_addr = match cfg.metrics {
-        Some(addr) => Some(spawn_metrics(addr, Arc::clone(&ra), shutdown.clone()).await?),
+        Some(addr) => Some(spawn_metrics(addr, readiness, shutdown.clone()).await?),
         None => None,
     };
 
@@ -440,20 +445,20 @@ async fn build_one(
     })
 }
 
-/// The Prometheus listener. A scrape first refreshes the readiness check
-/// (at most once a second, bounded by its 4 s budget, as `/ready`), so that
-/// `acmeproxy_upstream_up` and `acmeproxy_store_writable` are current even
-/// where nothing polls `/ready` (a systemd service scraped by Prometheus).
+/// The Prometheus listener. A scrape first refreshes the readiness check it
+/// shares with `/ready` (at most once a second for both, bounded by its 4 s
+/// budget), so that `acmeproxy_upstream_up` and `acmeproxy_store_writable`
+/// are current even where nothing polls `/ready` (a systemd service scraped
+/// by Prometheus).
 async fn spawn_metrics(
     addr: SocketAddr,
-    ra: Arc<Authority>,
+    readiness: Arc<CachedReadiness>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("metrics listener on {addr}"))?;
     let bound = listener.local_addr().context("metrics listener address")?;
-    let readiness = Arc::new(CachedReadiness::for_authority(ra));
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || async move {

@@ -46,6 +46,13 @@ pub struct AppState {
 
 /// The ACME router: `/acme/<provisioner>/…`, `/roots.pem`, `/health`, `/ready`.
 pub fn router(state: AppState) -> Router {
+    let readiness = Arc::new(ready::CachedReadiness::for_authority(Arc::clone(&state.ra)));
+    router_with(state, readiness)
+}
+
+/// [`router`] whose `/ready` answers from `readiness`, a cache the server
+/// shares with its metrics listener (one check a second for both).
+pub fn router_with(state: AppState, readiness: Arc<ready::CachedReadiness>) -> Router {
     let acme = Router::new()
         .route("/acme/{prov}/directory", get(directory::directory))
         .route(
@@ -70,7 +77,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(directory::not_found)
         .method_not_allowed_fallback(directory::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), acme_headers));
-    let readiness = Arc::new(ready::CachedReadiness::for_authority(Arc::clone(&state.ra)));
     Router::new()
         .route("/roots.pem", get(directory::roots))
         .route("/health", get(directory::health))
