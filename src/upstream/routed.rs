@@ -463,10 +463,12 @@ impl CertificateAuthorityService for Routed {
         self.members.iter().all(|m| m.service.signs_locally())
     }
 
-    /// Ready while every route has an upstream not marked down (a probe
-    /// runs here too, so that `/ready` is current).
+    /// Ready while every route has an upstream not marked down. The marks
+    /// come from the probes every `probeEvery` and from the jobs' calls;
+    /// this does not probe again, so `/ready` and the metrics scrape (once
+    /// a second) neither raise the probe rate the operator chose nor wait
+    /// on a slow upstream that its route can fail over from.
     async fn health(&self) -> Result<(), UpstreamError> {
-        self.probe_all().await;
         let stranded: Vec<&str> = self
             .routes
             .iter()

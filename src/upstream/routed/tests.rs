@@ -266,8 +266,7 @@ async fn failover_to_the_next_and_back_after_recovery() {
     }
     assert_eq!(a.calls(), 2, "a is skipped once marked down");
     assert_eq!(r.is_down("a"), Some(true));
-    // Not ready: the "web" route has only a (the probe in health() sees
-    // a still failing).
+    // Not ready: the "web" route has only a, marked down.
     let e = r.health().await.unwrap_err().to_string();
     assert!(e.contains("web") && e.contains("down: a"), "{e}");
     // a recovers: the next probe brings it back, and new jobs return to it.
@@ -280,8 +279,10 @@ async fn failover_to_the_next_and_back_after_recovery() {
         .unwrap();
     assert_eq!(issued.upstream, "a");
     assert!(r.health().await.is_ok());
-    // Every upstream of a route down: not ready, naming the route.
+    // Every upstream of a route down (its probe failed): not ready, naming
+    // the route.
     step.failing.store(true, Ordering::SeqCst);
+    r.probe_all().await;
     let e = r.health().await.unwrap_err().to_string();
     assert!(e.contains("internal") && e.contains("step"), "{e}");
 }
