@@ -18,15 +18,12 @@ use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::*;
 
 pub(crate) fn pebble_or_skip() -> bool {
-    if Pebble::available() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "pebble is not installed (tests/interop/install-clients.sh installs it)"
-    );
-    eprintln!("SKIP: pebble is not installed");
-    false
+    !kit::skip_when_missing(
+        "this Pebble test",
+        (!Pebble::available()).then(|| {
+            "pebble is not installed (tests/interop/install-clients.sh installs it)".into()
+        }),
+    )
 }
 
 async fn ra_for(pebble: &Pebble) -> TestServer {
