@@ -31,7 +31,7 @@ pub(super) use format::{BackupReader, DataFile, Item, verify, write_backup};
 use format::{FORMAT, VERSION};
 
 use super::admin_socket::{self, AdminRequest, AdminResponse};
-use crate::config::{Config, Settings, StoreChoice, Upstream};
+use crate::config::{Config, Settings, StoreChoice};
 use crate::ra::Authority;
 
 /// Bytes the server hands to the socket at a time.
@@ -41,20 +41,17 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Clone, Debug)]
 pub(super) struct BackupFiles {
     data_dir: PathBuf,
-    dirs: Vec<&'static str>,
+    dirs: Vec<String>,
 }
 
 impl BackupFiles {
     /// The files the configuration's server keeps in its data directory:
-    /// softcas's CA (with the softcas upstream) and the obtained TLS
-    /// certificate (unless `tls.certFile` names the operator's own).
+    /// the CA of each softcas upstream and the obtained TLS certificate
+    /// (unless `tls.certFile` names the operator's own).
     pub(super) fn of(cfg: &Settings) -> Self {
-        let mut dirs = Vec::new();
-        if matches!(cfg.upstream, Upstream::SoftCas(_)) {
-            dirs.push("softcas");
-        }
+        let mut dirs = super::serve::softcas_dirs(cfg);
         if cfg.tls.cert_file.is_none() {
-            dirs.push("tls");
+            dirs.push("tls".to_owned());
         }
         Self {
             data_dir: cfg.data_dir.clone(),
@@ -347,4 +344,31 @@ async fn offline(cfg: &Settings, out: std::fs::File) -> anyhow::Result<()> {
         .and_then(|f| f.sync_all())
         .context("syncing the backup")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_softcas_upstreams_ca_is_backed_up() {
+        let doc = serde_json::json!({
+            "address": "127.0.0.1:8443", "dnsNames": ["localhost"], "dataDir": "/var/lib/acmeproxy",
+            "authority": {
+                "upstreams": [
+                    {"name": "first", "type": "softcas"},
+                    {"name": "ext", "type": "externalcas", "config": {
+                        "ca_url": "https://127.0.0.1:14000/dir", "eab_kid": "k",
+                        "eab_hmac_key": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}},
+                    {"name": "second", "type": "softcas"}
+                ],
+                "provisioners": [{"type": "ACME", "name": "acme"}]
+            }
+        });
+        let (cfg, _) = Config::parse(&doc.to_string()).unwrap();
+        assert_eq!(
+            BackupFiles::of(&cfg).dirs,
+            ["softcas", "softcas-second", "tls"]
+        );
+    }
 }

@@ -366,7 +366,7 @@ async fn build_upstream(
     for (i, named) in cfg.upstreams.iter().enumerate() {
         // The first keeps the single upstream's state (its ACME account,
         // softcas's CA); the others keep theirs apart.
-        let scope = (i > 0).then_some(named.name.as_str());
+        let scope = upstream_scope(i, &named.name);
         let service = build_one(&named.upstream, scope, data_dir, store)
             .await
             .with_context(|| format!("upstream {:?}", named.name))?;
@@ -400,6 +400,38 @@ impl crate::upstream::routed::RouteEvents for RouteMetrics {
     }
 }
 
+/// Where a softcas upstream keeps its CA under the data directory:
+/// `softcas/`, or `softcas-<name>/` for one of several upstreams that is
+/// not the first (`scope`).
+fn softcas_dir(scope: Option<&str>) -> String {
+    match scope {
+        None => "softcas".to_owned(),
+        Some(name) => format!("softcas-{name}"),
+    }
+}
+
+/// The directories of every softcas upstream `cfg` configures (for backups).
+pub(super) fn softcas_dirs(cfg: &Settings) -> Vec<String> {
+    if cfg.upstreams.is_empty() {
+        return match cfg.upstream {
+            Upstream::SoftCas(_) => vec![softcas_dir(None)],
+            _ => Vec::new(),
+        };
+    }
+    cfg.upstreams
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| matches!(u.upstream, Upstream::SoftCas(_)))
+        .map(|(i, u)| softcas_dir(upstream_scope(i, &u.name)))
+        .collect()
+}
+
+/// The scope that keeps the `i`th of several upstreams' state apart: none
+/// for the first, which keeps what the single upstream stored.
+fn upstream_scope(i: usize, name: &str) -> Option<&str> {
+    (i > 0).then_some(name)
+}
+
 /// One upstream; `scope` (one of several, not the first) keeps its stored
 /// state apart.
 async fn build_one(
@@ -422,10 +454,7 @@ async fn build_one(
         }
         Upstream::SoftCas(sc) => Arc::new(
             SoftCas::open(SoftCasOptions {
-                dir: match scope {
-                    None => data_dir.join("softcas"),
-                    Some(name) => data_dir.join(format!("softcas-{name}")),
-                },
+                dir: data_dir.join(softcas_dir(scope)),
                 name: sc.name.clone(),
                 default_lifetime: sc.lifetime,
                 sign_delay: sc.sign_delay,
