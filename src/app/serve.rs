@@ -319,9 +319,11 @@ async fn find_roots(
     use crate::upstream::roots::{self, RootSources};
     let configured = roots::read_root_files(&cfg.root_files)?;
     let mut trust_store = roots::system_trust_store();
-    if let Upstream::ExternalCas(ext) = &cfg.upstream {
-        if let Some(bundle) = &ext.ca_bundle {
-            trust_store.extend(roots::bundle_certificates(bundle));
+    for upstream in cfg.every_upstream() {
+        if let Upstream::ExternalCas(ext) = upstream {
+            if let Some(bundle) = &ext.ca_bundle {
+                trust_store.extend(roots::bundle_certificates(bundle));
+            }
         }
     }
     let chain = roots::pem_certificates(identity.chain_pem().as_bytes())

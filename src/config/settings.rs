@@ -62,6 +62,15 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Every upstream configured: `upstreams`, or the single `upstream`.
+    pub fn every_upstream(&self) -> Vec<&Upstream> {
+        if self.upstreams.is_empty() {
+            vec![&self.upstream]
+        } else {
+            self.upstreams.iter().map(|u| &u.upstream).collect()
+        }
+    }
+
     /// The stepcas issuer password from `--issuer-password-file`: it wins
     /// over `certificateIssuer.password` and `passwordFile`. Other upstreams
     /// have no use for it.
