@@ -628,6 +628,7 @@ async fn obtain_with_key(
     let csr = params.serialize_request(&key).map_err(TlsError::Csr)?;
     let req = SignRequest {
         csr_der: csr.der().to_vec(),
+        csr_verified: true,
         identifiers: names.to_vec(),
         not_before: None,
         not_after: None,

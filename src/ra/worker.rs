@@ -321,6 +321,7 @@ impl Authority {
         });
         let req = SignRequest {
             csr_der: job.csr_der.clone(),
+            csr_verified: true,
             identifiers: order.identifiers.clone(),
             not_before: order.not_before,
             not_after,

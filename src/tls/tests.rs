@@ -86,6 +86,7 @@ async fn issue(ca: &SoftCas, from: OffsetDateTime, to: OffsetDateTime) -> (Strin
         .unwrap();
     let req = SignRequest {
         csr_der: csr.der().to_vec(),
+        csr_verified: false,
         identifiers: vec![Identifier::Dns("localhost".to_owned())],
         not_before: Some(from),
         not_after: Some(to),

@@ -20,6 +20,13 @@ use crate::acme::{Identifier, ProblemType};
 pub struct SignRequest {
     /// The client's CSR, DER, already checked against the order.
     pub csr_der: Vec<u8>,
+    /// The RA has verified the CSR's self-signature already: at finalize
+    /// (`policy::csr::parse_csr`, before the job holding this CSR was
+    /// stored), or it made the CSR itself (its own TLS certificate). An
+    /// upstream that signs in-process (softcas) then skips a second ECDSA or
+    /// RSA verification; an upstream across the network checks as it always
+    /// does.
+    pub csr_verified: bool,
     /// The order's identifiers, exactly as validated.
     pub identifiers: Vec<Identifier>,
     pub not_before: Option<OffsetDateTime>,

@@ -353,6 +353,7 @@ fn sign_request(
     let csr = params.serialize_request(&key).unwrap();
     SignRequest {
         csr_der: csr.der().to_vec(),
+        csr_verified: false,
         identifiers: vec![Identifier::Dns(order_name.to_owned())],
         not_before: None,
         not_after,

@@ -108,6 +108,7 @@ fn dns(name: &str) -> Identifier {
 fn req(ids: &[Identifier], resume: Option<&str>) -> SignRequest {
     SignRequest {
         csr_der: Vec::new(),
+        csr_verified: false,
         identifiers: ids.to_vec(),
         not_before: None,
         not_after: None,

@@ -56,6 +56,7 @@ fn request(key: &KeyPair, csr_name: &str, ids: Vec<Identifier>) -> SignRequest {
     let csr_der = csr.der().to_vec();
     SignRequest {
         csr_der,
+        csr_verified: false,
         identifiers: ids,
         not_before,
         not_after,
@@ -376,4 +377,26 @@ async fn revoking_twice_is_already_revoked() {
     req.certificate_der = chain.certificates[0].clone();
     let err = ca.revoke_certificate(&req).await.unwrap_err();
     assert_eq!(kind(err), Some(ProblemType::Unauthorized));
+}
+
+/// softcas checks the CSR's signature unless the RA says it has
+/// (`csr_verified`, set by finalize's worker after `policy::csr::parse_csr`).
+#[tokio::test]
+async fn checks_the_csr_signature_unless_the_ra_verified_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = open(tmp.path(), 7200).unwrap();
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut req = request(&key, "a.example", ids());
+    // Flip a bit of the signature (the last bytes of the DER).
+    let last = req.csr_der.len() - 1;
+    req.csr_der[last] ^= 1;
+    let err = ca
+        .create_certificate(&req, &NoCheckpoint)
+        .await
+        .unwrap_err();
+    assert_eq!(kind(err), Some(ProblemType::BadCsr));
+
+    req.csr_verified = true;
+    let chain = ca.create_certificate(&req, &NoCheckpoint).await.unwrap();
+    check_chain(&chain, &ids(), false);
 }

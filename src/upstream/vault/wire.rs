@@ -358,6 +358,7 @@ mod tests {
             .push(rcgen::DnType::CommonName, cn);
         SignRequest {
             csr_der: params.serialize_request(&key).unwrap().der().to_vec(),
+            csr_verified: false,
             identifiers: vec![
                 Identifier::Dns("a.test".into()),
                 Identifier::Dns("b.test".into()),
@@ -411,6 +412,7 @@ mod tests {
 
         let bad = SignRequest {
             csr_der: b"junk".to_vec(),
+            csr_verified: false,
             ..request(&rcgen::PKCS_ED25519, "a.test")
         };
         let e = sign_body(&bad, &settings()).unwrap_err();
@@ -433,6 +435,7 @@ mod tests {
             rcgen::CertificateParams::new(vec!["192.0.2.7".into(), "2001:db8::1".into()]).unwrap();
         let req = SignRequest {
             csr_der: params.serialize_request(&key).unwrap().der().to_vec(),
+            csr_verified: false,
             identifiers: vec![
                 Identifier::Ip("192.0.2.7".parse().unwrap()),
                 Identifier::Ip("2001:db8::1".parse().unwrap()),
