@@ -107,7 +107,6 @@ impl Authority {
         match self.records.commit(batch).await {
             Ok(()) => {
                 quota.keep();
-                self.accounts.put(&account);
                 tracing::info!(
                     account = %account.id,
                     provisioner = %provisioner,
@@ -214,6 +213,7 @@ impl Authority {
                 return Ok((self.check_account(acct, provisioner)?, true));
             }
         }
+        let epoch = self.accounts.epoch();
         let Some(acct) = self.records.get::<AccountRecord>(id.as_str()).await? else {
             self.accounts.forget(id.as_str());
             return problem(
@@ -221,7 +221,7 @@ impl Authority {
                 format!("account {id} does not exist"),
             );
         };
-        self.accounts.put(&acct.value);
+        self.accounts.put_read(&acct.value, epoch);
         Ok((self.check_account(acct.value, provisioner)?, false))
     }
 
@@ -299,7 +299,7 @@ impl Authority {
                 Ok(Change::Commit(batch, (next, deactivated)))
             })
             .await?;
-        self.accounts.put(&next);
+        self.accounts.forget(next.id.as_str());
         if deactivated {
             tracing::info!(account = %next.id, "account deactivated");
         }
@@ -391,7 +391,7 @@ impl Authority {
             ));
         match self.records.commit(batch).await {
             Ok(()) => {
-                self.accounts.put(&next);
+                self.accounts.forget(next.id.as_str());
                 Ok(next)
             }
             Err(StoreError::Conflict { .. }) => problem(

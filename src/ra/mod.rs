@@ -116,9 +116,16 @@ pub struct AuthorityOptions {
     pub shared_poll_every: StdDuration,
     /// Replicas: how long an account read by `kid` is kept in memory
     /// (`account_cache`); a change made on another replica is seen here
-    /// within it. Unused on a store one process serves.
+    /// within it. A store one process serves keeps accounts for
+    /// [`LOCAL_ACCOUNT_TTL`]: every change goes through this process, which
+    /// drops the kept account at once.
     pub shared_account_ttl: StdDuration,
 }
+
+/// How long an account read by `kid` is kept in memory when this process
+/// alone writes the store (sled, memory): the cache only bounds its memory,
+/// since this process's own changes drop the kept entry.
+const LOCAL_ACCOUNT_TTL: StdDuration = StdDuration::from_secs(30);
 
 impl Default for AuthorityOptions {
     fn default() -> Self {
@@ -202,7 +209,7 @@ impl Authority {
         let accounts = account_cache::AccountCache::new(if leases.is_some() {
             opts.shared_account_ttl
         } else {
-            StdDuration::ZERO
+            LOCAL_ACCOUNT_TTL
         });
         Arc::new(Self {
             public_names: std::sync::RwLock::new(Arc::from(Vec::new())),
