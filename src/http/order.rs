@@ -55,7 +55,7 @@ pub(super) async fn order(
 ) -> Result<Response, HttpError> {
     let signed = verify(&st, &prov, &headers, &uri, &body, KeyRef::Kid).await?;
     let acct = signed.post_as_get_account()?;
-    let order = st.ra.order(&acct.id, &id).await?;
+    let order = st.ra.polled_order(acct, &id).await?;
     Ok(order_response(&signed.links, &order))
 }
 

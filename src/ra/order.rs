@@ -212,6 +212,25 @@ impl Authority {
         Ok(self.refresh_order(order).await?.value)
     }
 
+    /// An order as a client polls it. While it is `pending`, a validation
+    /// that a stopped process left `processing` is started again, as reading
+    /// its authorization does: clients that poll the order rather than the
+    /// authorization after answering a challenge (instant-acme does) would
+    /// otherwise wait for it forever.
+    pub async fn polled_order(
+        self: &Arc<Self>,
+        account: &AccountRecord,
+        id: &str,
+    ) -> Result<OrderRecord, RaError> {
+        let order = self.order(&account.id, id).await?;
+        if order.status == OrderStatus::Pending {
+            for authz in self.order_authzs(&order).await? {
+                self.resume_stalled(account, &authz);
+            }
+        }
+        Ok(order)
+    }
+
     pub(super) async fn owned_order(
         &self,
         account: &AccountId,

@@ -187,3 +187,44 @@ async fn a_validation_whose_replica_died_runs_again_after_its_lease() {
         "B released its lease"
     );
 }
+
+/// A client that polls the order after answering the challenge (instant-acme
+/// does) gets the dead replica's validation run again too, not only one that
+/// reads the authorization.
+#[tokio::test]
+async fn polling_the_order_resumes_a_dead_replicas_validation() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new_shared());
+    let b = replica(&store);
+    let acct = account();
+    let (o, authz) = order(
+        b.ra.records(),
+        &acct,
+        OrderStatus::Pending,
+        ChallengeStatus::Processing,
+    )
+    .await;
+    let dead = Leases::new(Arc::clone(&store), "dead");
+    let name = format!("authz/{}", authz.id);
+    assert!(matches!(
+        dead.acquire(&name, T0, Duration::seconds(20))
+            .await
+            .unwrap(),
+        Acquired::Held(_)
+    ));
+    let status = || async {
+        let a = b.ra.records.get::<AuthzRecord>(authz.id.as_str()).await;
+        a.unwrap().unwrap().value.challenges[0].status
+    };
+    b.clock.advance(Duration::seconds(21));
+    let polled = b.ra.polled_order(&acct, o.id.as_str()).await.unwrap();
+    assert_eq!(polled.status, OrderStatus::Pending);
+    let started = Instant::now();
+    while status().await == ChallengeStatus::Processing {
+        assert!(
+            started.elapsed() < StdDuration::from_secs(10),
+            "polling the order did not resume the validation"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    assert_eq!(status().await, ChallengeStatus::Invalid);
+}
