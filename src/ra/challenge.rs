@@ -7,14 +7,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration as StdDuration, Instant};
 
 use super::error::{RaError, problem};
 use super::{Authority, Event, state};
 use crate::acme::jws::key_authorization;
 use crate::acme::types::{AuthorizationStatus, ChallengeStatus, ChallengeType, OrderStatus};
 use crate::acme::{Problem, ProblemType};
-use crate::model::{AccountRecord, AuthzRecord, OrderRecord};
+use crate::model::{AccountRecord, AuthzId, AuthzRecord, OrderRecord};
 use crate::store::StoreError;
 use crate::store::lease::Acquired;
 use crate::store::records::{Batch, Change, Versioned};
@@ -138,40 +138,82 @@ impl Authority {
                 // lease has expired (`resume_stalled`).
                 Some(leases) => {
                     let name = format!("authz/{}", authz.id);
-                    match leases
-                        .acquire(&name, ra.clock.now(), ra.opts.job_lease)
-                        .await
-                    {
-                        Ok(held @ (Acquired::Held(_) | Acquired::TookOver(_))) => {
-                            let (outcome, until) = match held {
-                                Acquired::TookOver(until) => ("taken_over", until),
-                                Acquired::Held(until) | Acquired::Busy { until, .. } => {
-                                    ("taken", until)
+                    let ttl = ra.opts.validation_lease;
+                    loop {
+                        match leases.acquire(&name, ra.clock.now(), ttl).await {
+                            Ok(held @ (Acquired::Held(_) | Acquired::TookOver(_))) => {
+                                let (outcome, until) = match held {
+                                    Acquired::TookOver(until) => ("taken_over", until),
+                                    Acquired::Held(until) | Acquired::Busy { until, .. } => {
+                                        ("taken", until)
+                                    }
+                                };
+                                crate::metrics::lease("validation", outcome);
+                                tokio::select! {
+                                    () = ra.run_validation(authz, index, key_auth) => {}
+                                    () = ra.hold_lease(&name, ttl) => {}
                                 }
-                            };
-                            crate::metrics::lease("validation", outcome);
-                            tokio::select! {
-                                () = ra.run_validation(authz, index, key_auth) => {}
-                                () = ra.hold_lease(&name) => {}
+                                if let Err(e) = leases.release_held(&name, until).await {
+                                    tracing::warn!(lease = %name, error = %e, "cannot release a validation lease; it expires");
+                                }
+                                break;
                             }
-                            if let Err(e) = leases.release_held(&name, until).await {
-                                tracing::warn!(lease = %name, error = %e, "cannot release a validation lease; it expires");
+                            // Another replica validates, or died holding the
+                            // lease before it stored anything. Answering the
+                            // client's POST and leaving the challenge as it is
+                            // would leave it unvalidated for good when that
+                            // replica died: wait for the outcome, or for the
+                            // lease's end and then validate here. (Past the
+                            // POST's wait this runs in a task of its own, the
+                            // challenge `processing`.)
+                            Ok(Acquired::Busy { until, .. }) => {
+                                crate::metrics::lease("validation", "busy");
+                                let left = StdDuration::try_from(until - ra.clock.now())
+                                    .unwrap_or_default()
+                                    .min(ra.opts.shared_scan_every)
+                                    .max(StdDuration::from_millis(50));
+                                tokio::select! {
+                                    () = tokio::time::sleep(left) => {}
+                                    () = ra.shutdown.cancelled() => break,
+                                }
+                                if !ra.awaits_validation(&authz.id, index).await {
+                                    break;
+                                }
                             }
-                        }
-                        Ok(Acquired::Busy { .. }) => crate::metrics::lease("validation", "busy"),
-                        // Without this the challenge would stay pending and
-                        // never validated (nothing resumes a challenge that
-                        // was never `processing`): validate without the lease;
-                        // the first outcome stored wins (compare-and-swap).
-                        Err(e) => {
-                            tracing::warn!(lease = %name, error = %e, "cannot take a validation lease; validating without it");
-                            ra.run_validation(authz, index, key_auth).await;
+                            // Without this the challenge would stay pending and
+                            // never validated (nothing resumes a challenge that
+                            // was never `processing`): validate without the lease;
+                            // the first outcome stored wins (compare-and-swap).
+                            Err(e) => {
+                                tracing::warn!(lease = %name, error = %e, "cannot take a validation lease; validating without it");
+                                ra.run_validation(authz, index, key_auth).await;
+                                break;
+                            }
                         }
                     }
                 }
             }
             drop(claim);
         })))
+    }
+
+    /// Whether challenge `index` of authorization `id` still waits for an
+    /// outcome (the authorization pending, the challenge pending or
+    /// processing). A store error counts as yes: the caller tries again.
+    async fn awaits_validation(&self, id: &AuthzId, index: usize) -> bool {
+        match self.records.get::<AuthzRecord>(id.as_str()).await {
+            Ok(Some(a)) => {
+                a.value.status == AuthorizationStatus::Pending
+                    && a.value.challenges.get(index).is_some_and(|c| {
+                        matches!(
+                            c.status,
+                            ChallengeStatus::Pending | ChallengeStatus::Processing
+                        )
+                    })
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 
     /// A challenge left `processing` by a process that stopped (crash or
@@ -309,7 +351,7 @@ type Validation = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// This process's claim on validating one authorization.
 struct Claim {
     ra: Arc<Authority>,
-    id: crate::model::AuthzId,
+    id: AuthzId,
 }
 
 impl Drop for Claim {

@@ -108,6 +108,11 @@ pub struct AuthorityOptions {
     /// unless renewed (its holder renews it every third of that while the
     /// upstream works); a dead replica's job is taken over after it.
     pub job_lease: Duration,
+    /// Replicas: how long a validation's lease lasts unless renewed (every
+    /// third of it while the validation runs). Shorter than `job_lease`: a
+    /// validation takes seconds, and a client waits for the outcome of a
+    /// validation whose replica died until another replica takes it over.
+    pub validation_lease: Duration,
     /// Replicas: how often the worker looks through the stored jobs (for
     /// jobs whose holder died, and new jobs of other replicas).
     pub shared_scan_every: StdDuration,
@@ -138,6 +143,7 @@ impl Default for AuthorityOptions {
             finalize_concurrency: 32,
             rate_limits: limits::RateLimits::default(),
             job_lease: Duration::seconds(20),
+            validation_lease: Duration::seconds(6),
             shared_scan_every: StdDuration::from_secs(2),
             shared_poll_every: StdDuration::from_millis(75),
             shared_account_ttl: StdDuration::from_secs(2),
@@ -411,20 +417,20 @@ impl Authority {
     /// Keeps our lease `name` (renewing it every third of its time) until it
     /// is lost: returns then, or never while it holds. Pending forever
     /// when the store is not shared.
-    async fn hold_lease(&self, name: &str) {
+    async fn hold_lease(&self, name: &str, ttl: Duration) {
         let Some(leases) = &self.leases else {
             return std::future::pending().await;
         };
-        let every = StdDuration::try_from(self.opts.job_lease / 3)
+        let every = StdDuration::try_from(ttl / 3)
             .unwrap_or(StdDuration::from_secs(1))
             .max(StdDuration::from_millis(50));
-        let margin = Duration::try_from(every).unwrap_or(self.opts.job_lease);
-        let mut held_until = self.clock.now() + self.opts.job_lease;
+        let margin = Duration::try_from(every).unwrap_or(ttl);
+        let mut held_until = self.clock.now() + ttl;
         loop {
             tokio::time::sleep(every).await;
             let now = self.clock.now();
-            match leases.renew(name, now, self.opts.job_lease).await {
-                Ok(true) => held_until = now + self.opts.job_lease,
+            match leases.renew(name, now, ttl).await {
+                Ok(true) => held_until = now + ttl,
                 Ok(false) => {
                     crate::metrics::lease(lease_kind(name), "lost");
                     return;

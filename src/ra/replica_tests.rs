@@ -228,3 +228,48 @@ async fn polling_the_order_resumes_a_dead_replicas_validation() {
     }
     assert_eq!(status().await, ChallengeStatus::Invalid);
 }
+
+/// A replica died holding a validation's lease before it stored anything
+/// (the challenge still pending). The client's POST, sent again to B, gets
+/// `processing`, and B validates once the lease has expired, without any
+/// further read by the client.
+#[tokio::test]
+async fn a_challenge_post_waits_out_a_dead_replicas_lease_and_validates() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new_shared());
+    let b = replica(&store);
+    let acct = account();
+    let (_, authz) = order(
+        b.ra.records(),
+        &acct,
+        OrderStatus::Pending,
+        ChallengeStatus::Pending,
+    )
+    .await;
+    let dead = Leases::new(Arc::clone(&store), "dead");
+    let name = format!("authz/{}", authz.id);
+    assert!(matches!(
+        dead.acquire(&name, T0, Duration::seconds(20))
+            .await
+            .unwrap(),
+        Acquired::Held(_)
+    ));
+    let answered =
+        b.ra.answer_challenge(&acct, authz.id.as_str(), ChallengeType::Http01)
+            .await
+            .unwrap();
+    assert_eq!(answered.challenges[0].status, ChallengeStatus::Processing);
+    let status = || async {
+        let a = b.ra.records.get::<AuthzRecord>(authz.id.as_str()).await;
+        a.unwrap().unwrap().value.challenges[0].status
+    };
+    b.clock.advance(Duration::seconds(21));
+    let started = Instant::now();
+    while status().await == ChallengeStatus::Processing {
+        assert!(
+            started.elapsed() < StdDuration::from_secs(10),
+            "B never validated after the dead replica's lease expired"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    assert_eq!(status().await, ChallengeStatus::Invalid);
+}

@@ -344,7 +344,7 @@ impl Authority {
             // (the lease then expires, as if this replica had died).
             Some(_) => tokio::select! {
                 r = call => r,
-                () = self.hold_lease(&lease_name) => {
+                () = self.hold_lease(&lease_name, self.opts.job_lease) => {
                     tracing::warn!(order = %order.id, "lost the finalize job's lease; another replica resumes it");
                     return Ok(None);
                 }
