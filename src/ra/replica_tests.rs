@@ -140,19 +140,23 @@ async fn a_waiting_request_learns_of_an_outcome_another_replica_stored() {
     );
 }
 
-#[tokio::test]
-async fn a_validation_whose_replica_died_runs_again_after_its_lease() {
+/// Replica B on a shared store, an account, and its order whose one
+/// authorization has its http-01 challenge `challenge`, the validation's
+/// lease held (taken at T0 for 20 s) by a replica that then died.
+struct DeadLease {
+    b: Replica,
+    acct: AccountRecord,
+    order: OrderRecord,
+    authz: AuthzRecord,
+    dead: Leases,
+    name: String,
+}
+
+async fn dead_lease(challenge: ChallengeStatus) -> DeadLease {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new_shared());
     let b = replica(&store);
     let acct = account();
-    let (_, authz) = order(
-        b.ra.records(),
-        &acct,
-        OrderStatus::Pending,
-        ChallengeStatus::Processing,
-    )
-    .await;
-    // Replica A took the validation's lease, stored `processing`, and died.
+    let (order, authz) = order(b.ra.records(), &acct, OrderStatus::Pending, challenge).await;
     let dead = Leases::new(Arc::clone(&store), "dead");
     let name = format!("authz/{}", authz.id);
     assert!(matches!(
@@ -161,28 +165,59 @@ async fn a_validation_whose_replica_died_runs_again_after_its_lease() {
             .unwrap(),
         Acquired::Held(_)
     ));
-    let status = || async {
-        let a = b.ra.records.get::<AuthzRecord>(authz.id.as_str()).await;
-        a.unwrap().unwrap().value.challenges[0].status
-    };
-    // While the lease holds, a read on B leaves it alone.
-    b.ra.resume_stalled(&acct, &authz);
-    tokio::time::sleep(StdDuration::from_millis(300)).await;
-    assert_eq!(status().await, ChallengeStatus::Processing);
-    // Once it has expired, the next read validates again, to an outcome.
-    b.clock.advance(Duration::seconds(21));
-    b.ra.resume_stalled(&acct, &authz);
-    let started = Instant::now();
-    while status().await == ChallengeStatus::Processing {
-        assert!(
-            started.elapsed() < StdDuration::from_secs(10),
-            "still processing"
-        );
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    DeadLease {
+        b,
+        acct,
+        order,
+        authz,
+        dead,
+        name,
     }
-    assert_eq!(status().await, ChallengeStatus::Invalid);
+}
+
+impl DeadLease {
+    /// The challenge's stored status.
+    async fn status(&self) -> ChallengeStatus {
+        let a = self
+            .b
+            .ra
+            .records
+            .get::<AuthzRecord>(self.authz.id.as_str())
+            .await;
+        a.unwrap().unwrap().value.challenges[0].status
+    }
+
+    /// Waits (10 s at most, else fails saying `what`) until B has stored an
+    /// outcome, and returns it.
+    async fn outcome(&self, what: &str) -> ChallengeStatus {
+        let started = Instant::now();
+        while matches!(
+            self.status().await,
+            ChallengeStatus::Processing | ChallengeStatus::Pending
+        ) {
+            assert!(started.elapsed() < StdDuration::from_secs(10), "{what}");
+            tokio::time::sleep(StdDuration::from_millis(50)).await;
+        }
+        self.status().await
+    }
+}
+
+#[tokio::test]
+async fn a_validation_whose_replica_died_runs_again_after_its_lease() {
+    let t = dead_lease(ChallengeStatus::Processing).await;
+    // While the lease holds, a read on B leaves it alone.
+    t.b.ra.resume_stalled(&t.acct, &t.authz);
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    assert_eq!(t.status().await, ChallengeStatus::Processing);
+    // Once it has expired, the validation runs again, to an outcome.
+    t.b.clock.advance(Duration::seconds(21));
+    t.b.ra.resume_stalled(&t.acct, &t.authz);
     assert_eq!(
-        dead.read(&name).await.unwrap(),
+        t.outcome("still processing").await,
+        ChallengeStatus::Invalid
+    );
+    assert_eq!(
+        t.dead.read(&t.name).await.unwrap(),
         None,
         "B released its lease"
     );
@@ -193,40 +228,19 @@ async fn a_validation_whose_replica_died_runs_again_after_its_lease() {
 /// reads the authorization.
 #[tokio::test]
 async fn polling_the_order_resumes_a_dead_replicas_validation() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new_shared());
-    let b = replica(&store);
-    let acct = account();
-    let (o, authz) = order(
-        b.ra.records(),
-        &acct,
-        OrderStatus::Pending,
-        ChallengeStatus::Processing,
-    )
-    .await;
-    let dead = Leases::new(Arc::clone(&store), "dead");
-    let name = format!("authz/{}", authz.id);
-    assert!(matches!(
-        dead.acquire(&name, T0, Duration::seconds(20))
+    let t = dead_lease(ChallengeStatus::Processing).await;
+    t.b.clock.advance(Duration::seconds(21));
+    let polled =
+        t.b.ra
+            .polled_order(&t.acct, t.order.id.as_str())
             .await
-            .unwrap(),
-        Acquired::Held(_)
-    ));
-    let status = || async {
-        let a = b.ra.records.get::<AuthzRecord>(authz.id.as_str()).await;
-        a.unwrap().unwrap().value.challenges[0].status
-    };
-    b.clock.advance(Duration::seconds(21));
-    let polled = b.ra.polled_order(&acct, o.id.as_str()).await.unwrap();
+            .unwrap();
     assert_eq!(polled.status, OrderStatus::Pending);
-    let started = Instant::now();
-    while status().await == ChallengeStatus::Processing {
-        assert!(
-            started.elapsed() < StdDuration::from_secs(10),
-            "polling the order did not resume the validation"
-        );
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
-    }
-    assert_eq!(status().await, ChallengeStatus::Invalid);
+    assert_eq!(
+        t.outcome("polling the order did not resume the validation")
+            .await,
+        ChallengeStatus::Invalid
+    );
 }
 
 /// A replica died holding a validation's lease before it stored anything
@@ -235,41 +249,17 @@ async fn polling_the_order_resumes_a_dead_replicas_validation() {
 /// further read by the client.
 #[tokio::test]
 async fn a_challenge_post_waits_out_a_dead_replicas_lease_and_validates() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new_shared());
-    let b = replica(&store);
-    let acct = account();
-    let (_, authz) = order(
-        b.ra.records(),
-        &acct,
-        OrderStatus::Pending,
-        ChallengeStatus::Pending,
-    )
-    .await;
-    let dead = Leases::new(Arc::clone(&store), "dead");
-    let name = format!("authz/{}", authz.id);
-    assert!(matches!(
-        dead.acquire(&name, T0, Duration::seconds(20))
-            .await
-            .unwrap(),
-        Acquired::Held(_)
-    ));
+    let t = dead_lease(ChallengeStatus::Pending).await;
     let answered =
-        b.ra.answer_challenge(&acct, authz.id.as_str(), ChallengeType::Http01)
+        t.b.ra
+            .answer_challenge(&t.acct, t.authz.id.as_str(), ChallengeType::Http01)
             .await
             .unwrap();
     assert_eq!(answered.challenges[0].status, ChallengeStatus::Processing);
-    let status = || async {
-        let a = b.ra.records.get::<AuthzRecord>(authz.id.as_str()).await;
-        a.unwrap().unwrap().value.challenges[0].status
-    };
-    b.clock.advance(Duration::seconds(21));
-    let started = Instant::now();
-    while status().await == ChallengeStatus::Processing {
-        assert!(
-            started.elapsed() < StdDuration::from_secs(10),
-            "B never validated after the dead replica's lease expired"
-        );
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
-    }
-    assert_eq!(status().await, ChallengeStatus::Invalid);
+    t.b.clock.advance(Duration::seconds(21));
+    assert_eq!(
+        t.outcome("B never validated after the dead replica's lease expired")
+            .await,
+        ChallengeStatus::Invalid
+    );
 }
