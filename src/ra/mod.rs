@@ -122,7 +122,7 @@ pub struct AuthorityOptions {
     /// Replicas: how long an account read by `kid` is kept in memory
     /// (`account_cache`); a change made on another replica is seen here
     /// within it. A store one process serves keeps accounts for
-    /// [`LOCAL_ACCOUNT_TTL`]: every change goes through this process, which
+    /// 30 s: every change goes through this process, which
     /// drops the kept account at once.
     pub shared_account_ttl: StdDuration,
 }
