@@ -16,7 +16,7 @@ use crate::acme::types::{AuthorizationStatus, ChallengeStatus, ChallengeType, Or
 use crate::acme::{Problem, ProblemType};
 use crate::model::{AccountRecord, AuthzId, AuthzRecord, OrderRecord};
 use crate::store::StoreError;
-use crate::store::lease::Acquired;
+use crate::store::lease::{Acquired, Leases};
 use crate::store::records::{Batch, Change, Versioned};
 
 impl Authority {
@@ -137,64 +137,76 @@ impl Authority {
                 // is run again by the next replica that reads it once the
                 // lease has expired (`resume_stalled`).
                 Some(leases) => {
-                    let name = format!("authz/{}", authz.id);
-                    let ttl = ra.opts.validation_lease;
-                    loop {
-                        match leases.acquire(&name, ra.clock.now(), ttl).await {
-                            Ok(held @ (Acquired::Held(_) | Acquired::TookOver(_))) => {
-                                let (outcome, until) = match held {
-                                    Acquired::TookOver(until) => ("taken_over", until),
-                                    Acquired::Held(until) | Acquired::Busy { until, .. } => {
-                                        ("taken", until)
-                                    }
-                                };
-                                crate::metrics::lease("validation", outcome);
-                                tokio::select! {
-                                    () = ra.run_validation(authz, index, key_auth) => {}
-                                    () = ra.hold_lease(&name, ttl) => {}
-                                }
-                                if let Err(e) = leases.release_held(&name, until).await {
-                                    tracing::warn!(lease = %name, error = %e, "cannot release a validation lease; it expires");
-                                }
-                                break;
-                            }
-                            // Another replica validates, or died holding the
-                            // lease before it stored anything. Answering the
-                            // client's POST and leaving the challenge as it is
-                            // would leave it unvalidated for good when that
-                            // replica died: wait for the outcome, or for the
-                            // lease's end and then validate here. (Past the
-                            // POST's wait this runs in a task of its own, the
-                            // challenge `processing`.)
-                            Ok(Acquired::Busy { until, .. }) => {
-                                crate::metrics::lease("validation", "busy");
-                                let left = StdDuration::try_from(until - ra.clock.now())
-                                    .unwrap_or_default()
-                                    .min(ra.opts.shared_scan_every)
-                                    .max(StdDuration::from_millis(50));
-                                tokio::select! {
-                                    () = tokio::time::sleep(left) => {}
-                                    () = ra.shutdown.cancelled() => break,
-                                }
-                                if !ra.awaits_validation(&authz.id, index).await {
-                                    break;
-                                }
-                            }
-                            // Without this the challenge would stay pending and
-                            // never validated (nothing resumes a challenge that
-                            // was never `processing`): validate without the lease;
-                            // the first outcome stored wins (compare-and-swap).
-                            Err(e) => {
-                                tracing::warn!(lease = %name, error = %e, "cannot take a validation lease; validating without it");
-                                ra.run_validation(authz, index, key_auth).await;
-                                break;
-                            }
-                        }
-                    }
+                    ra.validate_under_lease(leases, authz, index, key_auth)
+                        .await
                 }
             }
             drop(claim);
         })))
+    }
+
+    /// Runs the validation under its lease on a shared store. If another
+    /// replica holds the lease, waits for its outcome or for the lease's end
+    /// and then validates here.
+    async fn validate_under_lease(
+        &self,
+        leases: &Leases,
+        authz: AuthzRecord,
+        index: usize,
+        key_auth: String,
+    ) {
+        let name = format!("authz/{}", authz.id);
+        let ttl = self.opts.validation_lease;
+        loop {
+            match leases.acquire(&name, self.clock.now(), ttl).await {
+                Ok(held @ (Acquired::Held(_) | Acquired::TookOver(_))) => {
+                    let (outcome, until) = match held {
+                        Acquired::TookOver(until) => ("taken_over", until),
+                        Acquired::Held(until) | Acquired::Busy { until, .. } => ("taken", until),
+                    };
+                    crate::metrics::lease("validation", outcome);
+                    tokio::select! {
+                        () = self.run_validation(authz, index, key_auth) => {}
+                        () = self.hold_lease(&name, ttl) => {}
+                    }
+                    if let Err(e) = leases.release_held(&name, until).await {
+                        tracing::warn!(lease = %name, error = %e, "cannot release a validation lease; it expires");
+                    }
+                    break;
+                }
+                // Another replica validates, or died holding the
+                // lease before it stored anything. Answering the
+                // client's POST and leaving the challenge as it is
+                // would leave it unvalidated for good when that
+                // replica died: wait for the outcome, or for the
+                // lease's end and then validate here. (Past the
+                // POST's wait this runs in a task of its own, the
+                // challenge `processing`.)
+                Ok(Acquired::Busy { until, .. }) => {
+                    crate::metrics::lease("validation", "busy");
+                    let left = StdDuration::try_from(until - self.clock.now())
+                        .unwrap_or_default()
+                        .min(self.opts.shared_scan_every)
+                        .max(StdDuration::from_millis(50));
+                    tokio::select! {
+                        () = tokio::time::sleep(left) => {}
+                        () = self.shutdown.cancelled() => break,
+                    }
+                    if !self.awaits_validation(&authz.id, index).await {
+                        break;
+                    }
+                }
+                // Without this the challenge would stay pending and
+                // never validated (nothing resumes a challenge that
+                // was never `processing`): validate without the lease;
+                // the first outcome stored wins (compare-and-swap).
+                Err(e) => {
+                    tracing::warn!(lease = %name, error = %e, "cannot take a validation lease; validating without it");
+                    self.run_validation(authz, index, key_auth).await;
+                    break;
+                }
+            }
+        }
     }
 
     /// Whether challenge `index` of authorization `id` still waits for an
