@@ -111,6 +111,9 @@ pub fn skip(what: &str) -> bool {
     crate::procs::skip_when_missing(what, missing())
 }
 
+/// Starts of `bao server -dev` tried when its ports were taken meanwhile.
+const START_ATTEMPTS: u32 = 3;
+
 /// A free loopback port whose successor is free too (the dev server puts
 /// its cluster listener on port + 1).
 fn free_port_pair() -> u16 {
@@ -173,66 +176,78 @@ impl OpenBao {
 
         let audit_log = dir.path().join("audit.log");
         let config = dir.path().join("openbao.hcl");
-        let [port, cluster_port] = free_ports().unwrap();
-        // The HTTPS listener, and the audit device (OpenBao enables audit
-        // devices only from its configuration).
-        fs::write(
-            &config,
-            format!(
-                "listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  \
-                 cluster_address = \"127.0.0.1:{cluster_port}\"\n  \
-                 tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n}}\n\
-                 audit \"file\" \"acmeproxy-test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
-                tls_cert.display(),
-                tls_key.display(),
-                audit_log.display()
-            ),
-        )
-        .unwrap();
-        // The dev server's own plain-HTTP listener (and its cluster port + 1).
-        let dev_port = free_port_pair();
-        let root_token = format!("root-{}", acmeproxy::model::random_token(12));
-        let log = dir.path().join("bao.log");
-        let mut cmd = Command::new(bao_binary());
-        cmd.arg("server")
-            .arg("-dev")
-            .arg(format!("-dev-listen-address=127.0.0.1:{dev_port}"))
-            .arg(format!("-dev-root-token-id={root_token}"))
-            .arg("-dev-no-store-token")
-            .arg(format!("-config={}", config.display()))
-            .env("HOME", dir.path())
-            .env_remove("BAO_ADDR")
-            .env_remove("VAULT_ADDR")
-            .current_dir(dir.path());
-        let mut child = ChildGuard::spawn("bao server -dev", &mut cmd, &log).unwrap();
-        let addr = format!("https://127.0.0.1:{port}");
-        let http = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-            .timeout(Duration::from_secs(30))
-            .build()
+        let mut attempt = 0;
+        let (child, addr, root_token, log, http) = 'start: loop {
+            attempt += 1;
+            let [port, cluster_port] = free_ports().unwrap();
+            // The HTTPS listener, and the audit device (OpenBao enables audit
+            // devices only from its configuration).
+            fs::write(
+                &config,
+                format!(
+                    "listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  \
+                     cluster_address = \"127.0.0.1:{cluster_port}\"\n  \
+                     tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n}}\n\
+                     audit \"file\" \"acmeproxy-test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                    tls_cert.display(),
+                    tls_key.display(),
+                    audit_log.display()
+                ),
+            )
             .unwrap();
+            // The dev server's own plain-HTTP listener (and its cluster port + 1).
+            let dev_port = free_port_pair();
+            let root_token = format!("root-{}", acmeproxy::model::random_token(12));
+            let log = dir.path().join("bao.log");
+            let mut cmd = Command::new(bao_binary());
+            cmd.arg("server")
+                .arg("-dev")
+                .arg(format!("-dev-listen-address=127.0.0.1:{dev_port}"))
+                .arg(format!("-dev-root-token-id={root_token}"))
+                .arg("-dev-no-store-token")
+                .arg(format!("-config={}", config.display()))
+                .env("HOME", dir.path())
+                .env_remove("BAO_ADDR")
+                .env_remove("VAULT_ADDR")
+                .current_dir(dir.path());
+            let mut child = ChildGuard::spawn("bao server -dev", &mut cmd, &log).unwrap();
+            let addr = format!("https://127.0.0.1:{port}");
+            let http = reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap();
 
-        // Wait for /v1/sys/health to answer 200.
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("not tried");
-        loop {
-            if let Err(e) = child.check_running() {
-                panic!("{e}\n{}", tail(&log, 40));
+            // Wait for /v1/sys/health to answer 200.
+            let deadline = Instant::now() + READY_TIMEOUT;
+            let mut last = String::from("not tried");
+            loop {
+                if let Err(e) = child.check_running() {
+                    // free_ports() only found the ports free: another test
+                    // may have bound one since. Try again with new ones.
+                    let why = tail(&log, 40);
+                    if attempt < START_ATTEMPTS && why.contains("address already in use") {
+                        continue 'start;
+                    }
+                    panic!("{e}\n{why}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "OpenBao at {addr} not ready after {}s: {last}\n{}",
+                    READY_TIMEOUT.as_secs(),
+                    tail(&log, 40)
+                );
+                match http.get(format!("{addr}/v1/sys/health")).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        break 'start (child, addr, root_token, log, http);
+                    }
+                    Ok(r) => last = format!("HTTP {}", r.status()),
+                    Err(e) => last = format!("{e:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(
-                Instant::now() < deadline,
-                "OpenBao at {addr} not ready after {}s: {last}\n{}",
-                READY_TIMEOUT.as_secs(),
-                tail(&log, 40)
-            );
-            match http.get(format!("{addr}/v1/sys/health")).send().await {
-                Ok(r) if r.status() == 200 => break,
-                Ok(r) => last = format!("HTTP {}", r.status()),
-                Err(e) => last = format!("{e:?}"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
         let mut bao = Self {
             _child: child,
             root_file: dir.path().join("pki-root.pem"),
